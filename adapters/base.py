@@ -1,0 +1,132 @@
+"""The one small protocol every backend implements, and the adapters' exception tree.
+
+An adapter writes a step's script, submits it, reports its completion (pushed where the
+backend allows), and cancels it. Foreign errors (``OSError``, ``CalledProcessError``,
+parse failures) are translated at this edge with ``map_exceptions`` and re-raised as
+``AdapterError`` subclasses with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import msgspec
+
+if TYPE_CHECKING:
+    from engine.spec.graph import StepInstance
+
+__all__ = [
+    "Adapter",
+    "AdapterError",
+    "CancelError",
+    "JobHandle",
+    "StatusError",
+    "SubmitError",
+    "map_exceptions",
+]
+
+
+class AdapterError(Exception):
+    """Base of the errors an adapter raises.
+
+    Attributes:
+        step: The step instance concerned, if any.
+    """
+
+    def __init__(self, message: str, step: str = "") -> None:
+        self.step = step
+        super().__init__(message)
+
+
+class SubmitError(AdapterError):
+    """Raised by ``submit`` when the job could not be started or queued.
+
+    Attributes:
+        retryable: True for transient causes (a busy controller), False otherwise.
+    """
+
+    def __init__(self, message: str, step: str = "", *, retryable: bool = False) -> None:
+        super().__init__(message, step)
+        self.retryable = retryable
+
+
+class StatusError(AdapterError):
+    """Raised by ``wait``/``poll`` when a job's state cannot be determined."""
+
+
+class CancelError(AdapterError):
+    """Raised by ``cancel`` when the backend refused or failed to stop a job."""
+
+
+class JobHandle(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adapter returns for a submitted job.
+
+    Attributes:
+        step: The step instance name.
+        attempt: The attempt number this job runs.
+        job_id: The backend's id (a pid for local jobs).
+        backend: The adapter's name.
+    """
+
+    step: str
+    attempt: int
+    job_id: str
+    backend: str
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A backend: local processes, Slurm or Flux."""
+
+    name: str
+
+    def write_script(self, step: StepInstance) -> Path:
+        """Write the step's script(s) into its workspace and return the main script."""
+        ...
+
+    async def submit(self, step: StepInstance, attempt: int) -> JobHandle:
+        """Start (or queue) attempt ``attempt`` of ``step``.
+
+        Raises:
+            SubmitError: the job could not be started.
+        """
+        ...
+
+    async def wait(self, handle: JobHandle) -> int:
+        """Wait for the job to end and return its exit code (negative: killed by signal).
+
+        Raises:
+            StatusError: the outcome cannot be determined.
+        """
+        ...
+
+    async def cancel(self, handle: JobHandle) -> None:
+        """Stop the job and everything it started. Cancelling an ended job is a no-op.
+
+        Raises:
+            CancelError: the backend failed to stop it.
+        """
+        ...
+
+
+@contextmanager
+def map_exceptions(mapping: Mapping[type[Exception], type[AdapterError]], step: str = "") -> Iterator[None]:
+    """Translate foreign exceptions raised inside the block into adapter errors.
+
+    Args:
+        mapping: Foreign exception type -> adapter error type.
+        step: The step concerned, recorded on the new exception.
+
+    Raises:
+        AdapterError: the mapped type, chained to the original with ``from``.
+    """
+    try:
+        yield
+    except Exception as exc:
+        for src, dst in mapping.items():
+            if isinstance(exc, src):
+                raise dst(f"{type(exc).__name__}: {exc}", step) from exc
+        raise

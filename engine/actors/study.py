@@ -1,0 +1,323 @@
+"""The async shell around one study's actors: step actors, supervisor and adapter.
+
+Step actors are records, not tasks: an idle step costs a dict entry, never a coroutine or
+a subscription. One wildcard subscription per study (``subjects.step_events``) receives
+every step event from NATS; the router turns a terminal event of step P into a
+``DependencyEnded`` for each child of P (the actors that listen on P's completion
+subject) and a ``StepEnded`` for the supervisor. A single dispatcher drains the study's
+inbox (its mailbox), feeds each event to the pure ``decide`` of its target, and carries
+out the returned commands: publish on the bus, ask or release a throttle slot, submit or
+cancel a job. Slow commands (a job's whole life) run in child tasks that report back into
+the inbox as events (``JobStarted``, ``JobExited``, ``SubmitFailed``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import structlog
+
+from adapters.base import Adapter, JobHandle, SubmitError
+from engine import subjects
+from engine.bus import Bus
+from engine.machines import step as step_machine
+from engine.machines import supervisor as sup_machine
+from engine.messages import (
+    TERMINAL_STATES,
+    AnyBusMessage,
+    CancelJob,
+    CancelRequested,
+    Command,
+    DependencyEnded,
+    Event,
+    GrantSlot,
+    JobExited,
+    JobStarted,
+    PublishState,
+    ReleaseSlot,
+    RequestSlot,
+    SlotGranted,
+    SlotReleased,
+    SlotRequested,
+    SlotWithdrawn,
+    StepEnded,
+    StepStateChanged,
+    StudyCancelRequested,
+    StudyEnded,
+    StudyFinished,
+    StudyOpened,
+    StudyStarted,
+    StudyState,
+    SubmitFailed,
+    SubmitJob,
+    ThrottleChanged,
+    WithdrawSlotRequest,
+    WriteScript,
+    new_event_id,
+)
+from engine.spec.graph import StudyGraph
+from engine.status import render_status, write_status
+
+__all__ = ["StudyRuntime"]
+
+_SUPERVISOR = ""  # inbox target of supervisor events (no step has an empty name)
+
+
+class StudyRuntime:
+    """Runs one expanded study to completion on one adapter.
+
+    Args:
+        graph: The expanded study.
+        study_id: The study's id (used in subjects and events).
+        bus: A connected bus.
+        adapter: The backend that runs the steps.
+        throttle: Maximum steps running at once (0 = unlimited).
+        dry_run: Write scripts and mark steps DRYRUN without running anything.
+        status_path: Where to keep ``status.csv`` (None: don't write one).
+        clock: Returns seconds since the epoch (injected for tests).
+        status_interval: Minimum seconds between two status.csv rewrites; transitions in
+            between are coalesced into the next write.
+    """
+
+    def __init__(
+        self,
+        graph: StudyGraph,
+        *,
+        study_id: str,
+        bus: Bus,
+        adapter: Adapter,
+        throttle: int = 0,
+        dry_run: bool = False,
+        status_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        status_interval: float = 0.1,
+    ) -> None:
+        self.graph = graph
+        self.study_id = study_id
+        self.bus = bus
+        self.adapter = adapter
+        self.dry_run = dry_run
+        self.status_path = status_path
+        self.clock = clock
+        self.status_interval = status_interval
+        self.records = {
+            s.name: step_machine.new_record(s.name, len(s.parents), dry_run=dry_run)
+            for s in graph.steps
+        }
+        self.supervisor = sup_machine.SupervisorState(total=len(graph.steps), limit=throttle)
+        self.outcome: StudyState | None = None
+        self.counts: dict[str, int] = {}
+        self._order = graph.bfs_order()
+        self._send, self._recv = anyio.create_memory_object_stream[tuple[str, Event]](math.inf)
+        self._handles: dict[tuple[str, int], JobHandle] = {}
+        self._cancel_pending: set[tuple[str, int]] = set()
+        self._terminal_seen: set[str] = set()
+        self._dirty = anyio.Event()
+        self._cancel_count = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._log = structlog.get_logger("troupe.study").bind(study_id=study_id)
+
+    # ------------------------------------------------------------------ public API
+
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        """Cancel the whole study: every step not yet terminal becomes CANCELLED.
+
+        A second call SIGKILLs whatever is still running instead of waiting for the
+        adapter's grace period.
+        """
+        self._cancel_count += 1
+        if self._cancel_count > 1:
+            kill = getattr(self.adapter, "kill_all_now", None)
+            if kill is not None:
+                kill()
+            return
+        self._send.send_nowait((_SUPERVISOR, StudyCancelRequested(event_id=new_event_id())))
+        for name in self._order:
+            self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
+
+    def set_throttle(self, limit: int) -> None:
+        """Change the global throttle while the study runs (0 = unlimited)."""
+        self._send.send_nowait((_SUPERVISOR, ThrottleChanged(event_id=new_event_id(), limit=limit)))
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> StudyState:
+        """Run the study until every step is terminal; return the study's final state.
+
+        ``task_status.started()`` is called once the router listens, so a caller using
+        ``TaskGroup.start`` knows every actor can hear its dependencies.
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            async with self.bus.subscribe(subjects.step_events(self.study_id)) as events:
+                tg.start_soon(self._route, events)
+                if self.status_path is not None:
+                    tg.start_soon(self._status_writer)
+                await self.bus.publish(
+                    subjects.study_event(self.study_id, "started"),
+                    StudyStarted(
+                        event_id=new_event_id(), study_id=self.study_id, name=self.graph.name,
+                        study_dir=self.graph.study_dir, spec_path=self.graph.spec_path,
+                        steps=len(self.graph.steps), time=self.clock(), dry_run=self.dry_run,
+                    ),
+                )
+                self._log.info("study_started", steps=len(self.graph.steps), dry_run=self.dry_run)
+                task_status.started()
+                for inst in self.graph.steps:
+                    if not inst.parents:
+                        self._send.send_nowait((inst.name, StudyOpened(event_id=new_event_id())))
+                if not self.graph.steps:
+                    self.outcome = StudyState.FINISHED
+                async for target, event in self._recv:
+                    await self._dispatch(target, event)
+                    if self.outcome is not None:
+                        break
+                tg.cancel_scope.cancel()
+        await self._finish()
+        assert self.outcome is not None
+        return self.outcome
+
+    # ------------------------------------------------------------------ internals
+
+    async def _finish(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.status_path is not None:
+                self._write_status_now()
+            ended = StudyEnded(
+                event_id=new_event_id(), study_id=self.study_id,
+                state=self.outcome or StudyState.FAILURE, time=self.clock(), counts=self.counts,
+            )
+            subject = subjects.study_event(self.study_id, "ended")
+            if self.bus.durable:
+                await self.bus.persist(subject, ended)
+            else:
+                await self.bus.publish(subject, ended)
+                await self.bus.flush()
+            self._log.info("study_ended", state=ended.state.value, counts=self.counts)
+
+    async def _route(self, events: AsyncIterator[AnyBusMessage]) -> None:
+        """Deliver each step's first terminal event to its children and the supervisor."""
+        children = self.graph.children
+        send = self._send.send_nowait
+        async for msg in events:
+            if not isinstance(msg, StepStateChanged) or msg.study_id != self.study_id:
+                continue
+            if msg.state not in TERMINAL_STATES or msg.step in self._terminal_seen:
+                continue
+            if msg.step not in children:
+                continue  # not one of ours (e.g. another engine on the same subject)
+            self._terminal_seen.add(msg.step)
+            for child in children[msg.step]:
+                send((child, DependencyEnded(
+                    event_id=new_event_id(), cause_id=msg.event_id,
+                    dependency=msg.step, state=msg.state,
+                )))
+            send((_SUPERVISOR, StepEnded(
+                event_id=new_event_id(), cause_id=msg.event_id, step=msg.step, state=msg.state,
+            )))
+
+    async def _dispatch(self, target: str, event: Event) -> None:
+        """Feed ``event`` to its actor and carry out the commands, depth first."""
+        work: deque[tuple[Command, str]] = deque()
+        self._decide(target, event, work)
+        while work:
+            cmd, cause = work.popleft()
+            match cmd:
+                case PublishState():
+                    await self._publish(cmd, cause)
+                case RequestSlot(step=s):
+                    self._decide(_SUPERVISOR, SlotRequested(event_id=cause, step=s), work)
+                case ReleaseSlot(step=s):
+                    self._decide(_SUPERVISOR, SlotReleased(event_id=cause, step=s), work)
+                case WithdrawSlotRequest(step=s):
+                    self._decide(_SUPERVISOR, SlotWithdrawn(event_id=cause, step=s), work)
+                case GrantSlot(step=s):
+                    self._decide(s, SlotGranted(event_id=new_event_id(), cause_id=cause), work)
+                case SubmitJob(step=s, attempt=a):
+                    assert self._tg is not None
+                    self._tg.start_soon(self._run_job, s, a)
+                case CancelJob(step=s, attempt=a):
+                    assert self._tg is not None
+                    self._tg.start_soon(self._cancel_job, s, a)
+                case WriteScript(step=s):
+                    self.adapter.write_script(self.graph.by_name[s])
+                case StudyFinished(state=state, counts=counts):
+                    self.outcome, self.counts = state, counts
+                case _:
+                    raise AssertionError(f"unhandled command {cmd!r}")
+
+    def _decide(self, target: str, event: Event, work: deque[tuple[Command, str]]) -> None:
+        now = self.clock()
+        if target == _SUPERVISOR:
+            self.supervisor, cmds = sup_machine.decide(self.supervisor, event, now=now)
+        else:
+            rec, cmds = step_machine.decide(self.records[target], event, now=now)
+            self.records[target] = rec
+        cause = event.event_id
+        work.extend((c, cause) for c in cmds)
+
+    async def _publish(self, cmd: PublishState, cause: str) -> None:
+        msg = StepStateChanged(
+            event_id=new_event_id(), cause_id=cause, study_id=self.study_id, step=cmd.step,
+            attempt=cmd.attempt, state=cmd.state, previous=cmd.previous, time=cmd.time,
+            job_id=cmd.job_id, exit_code=cmd.exit_code, kind=cmd.kind,
+            retryable=cmd.retryable, reason=cmd.reason,
+        )
+        await self.bus.publish(subjects.step_event(self.study_id, cmd.step, cmd.state), msg)
+        self._dirty.set()
+        self._log.info(
+            "step_state_changed", step=cmd.step, state=cmd.state.value, attempt=cmd.attempt,
+            job_id=cmd.job_id or None, exit_code=cmd.exit_code, reason=cmd.reason or None,
+        )
+
+    async def _run_job(self, name: str, attempt: int) -> None:
+        """One job's life: submit, report the start, wait, report the exit."""
+        inst = self.graph.by_name[name]
+        send = self._send.send_nowait
+        try:
+            handle = await self.adapter.submit(inst, attempt)
+        except SubmitError as exc:
+            self._log.warning("submit_failed", step=name, attempt=attempt, error=str(exc))
+            send((name, SubmitFailed(event_id=new_event_id(), detail=str(exc),
+                                     retryable=exc.retryable)))
+            return
+        key = (name, attempt)
+        self._handles[key] = handle
+        send((name, JobStarted(event_id=new_event_id(), job_id=handle.job_id, time=self.clock())))
+        if key in self._cancel_pending:
+            self._cancel_pending.discard(key)
+            assert self._tg is not None
+            self._tg.start_soon(self.adapter.cancel, handle)
+        try:
+            code = await self.adapter.wait(handle)
+        finally:
+            self._handles.pop(key, None)
+        send((name, JobExited(event_id=new_event_id(), exit_code=code, time=self.clock())))
+
+    async def _cancel_job(self, name: str, attempt: int) -> None:
+        handle = self._handles.get((name, attempt))
+        if handle is None:
+            self._cancel_pending.add((name, attempt))  # still being submitted
+            return
+        await self.adapter.cancel(handle)
+
+    async def _status_writer(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = anyio.Event()
+            started = time.perf_counter()
+            self._write_status_now()
+            spent = time.perf_counter() - started
+            # Coalesce harder for big studies: writing never takes over 10% of the loop.
+            await anyio.sleep(max(self.status_interval, 10 * spent))
+
+    def _write_status_now(self) -> None:
+        assert self.status_path is not None
+        text = render_status(self._order, self.graph.by_name, self.records, now=self.clock())
+        write_status(self.status_path, text)

@@ -1,0 +1,197 @@
+"""The bus: the only module that touches nats-py.
+
+``open_bus(url, ...)`` connects (with optional user/password, token, creds file or TLS)
+and yields a ``Bus``. Messages are ``engine.messages`` Structs encoded as JSON. Events are
+published with core NATS (no round trip per event); the JetStream stream captures them on
+the server, and ``Bus.persist`` publishes one message with an acknowledgement, which, as
+JetStream stores one connection's messages in order, proves every earlier event stored.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import Error as JetStreamError
+
+from engine.errors import BusError
+from engine.messages import BUS_DECODER, ENCODER, AnyBusMessage, BusMessage
+
+__all__ = ["Bus", "Credentials", "open_bus"]
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True):
+    """How to authenticate to a NATS server (all optional)."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    tls_ca: str | None = None
+
+
+class Bus:
+    """A connected NATS client speaking Troupe's messages."""
+
+    def __init__(self, nc: Client, url: str) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.url = url
+        self.durable = False  # True once ensure_stream found JetStream
+
+    async def publish(self, subject: str, message: BusMessage) -> None:
+        """Publish ``message`` on ``subject`` (core NATS, fire and forget).
+
+        Raises:
+            BusError: the connection is closed.
+        """
+        try:
+            await self._nc.publish(subject, ENCODER.encode(message))
+        except NatsError as exc:
+            raise BusError(f"publish to {subject} failed: {exc}", self.url) from exc
+
+    async def persist(self, subject: str, message: BusMessage, *, timeout: float = 10.0) -> int:
+        """Publish ``message`` and wait until JetStream has stored it.
+
+        Returns:
+            The stream sequence number of the message.
+
+        Raises:
+            BusError: no stream captures ``subject`` or the server did not acknowledge.
+        """
+        try:
+            ack = await self._js.publish(subject, ENCODER.encode(message), timeout=timeout)
+        except (NatsError, JetStreamError) as exc:
+            raise BusError(f"persisting to {subject} failed: {exc}", self.url) from exc
+        return ack.seq
+
+    async def ensure_stream(self, name: str, subjects: list[str]) -> bool:
+        """Create (or reuse) a file-backed stream capturing ``subjects``.
+
+        Returns:
+            False if the server has no JetStream (events are then not durable).
+        """
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+        )
+        try:
+            await self._js.add_stream(cfg)
+        except (NatsError, JetStreamError) as exc:
+            if "jetstream not enabled" in str(exc).lower() or "503" in str(exc):
+                return False
+            # Same name with another config: keep the existing stream.
+            try:
+                await self._js.stream_info(name)
+            except (NatsError, JetStreamError):
+                raise BusError(f"cannot create stream {name}: {exc}", self.url) from exc
+        self.durable = True
+        return True
+
+    async def replay(
+        self, subject: str, *, timeout: float = 2.0
+    ) -> list[AnyBusMessage]:
+        """Return every stored message on ``subject`` (a wildcard is fine), in order."""
+        out: list[AnyBusMessage] = []
+        sub = await self._js.subscribe(subject, ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    break
+                out.append(BUS_DECODER.decode(msg.data))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+        return out
+
+    @asynccontextmanager
+    async def subscribe(self, subject: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
+        """Subscribe to ``subject`` and yield an async iterator of decoded messages.
+
+        The subscription is removed (shielded) when the context exits.
+        """
+        sub = await self._nc.subscribe(subject, pending_msgs_limit=10_000_000,
+                                       pending_bytes_limit=1 << 30)
+
+        async def messages() -> AsyncIterator[AnyBusMessage]:
+            async for msg in sub.messages:
+                yield BUS_DECODER.decode(msg.data)
+
+        try:
+            await self._nc.flush()
+            yield messages()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except NatsError:
+                    pass  # connection already closed: the subscription is gone with it
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the server has processed everything published so far."""
+        try:
+            await self._nc.flush(timeout=timeout)
+        except NatsError as exc:
+            raise BusError(f"flush failed: {exc}", self.url) from exc
+
+
+async def _quiet_error_cb(exc: Exception) -> None:
+    """nats-py prints tracebacks by default; connection errors surface through connect()."""
+
+
+@asynccontextmanager
+async def open_bus(
+    url: str,
+    credentials: Credentials | None = None,
+    *,
+    connect_timeout: float = 2.0,
+    name: str = "troupe",
+) -> AsyncIterator[Bus]:
+    """Connect to ``url`` and yield a ``Bus``; drain and close on exit.
+
+    Raises:
+        BusError: the server cannot be reached or refused the credentials.
+    """
+    creds = credentials or Credentials()
+    kwargs: dict[str, object] = {
+        "connect_timeout": connect_timeout,
+        "max_reconnect_attempts": 3,
+        "allow_reconnect": True,
+        "error_cb": _quiet_error_cb,
+        "name": name,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    if creds.user is not None:
+        kwargs["user"] = creds.user
+        kwargs["password"] = creds.password or ""
+    if creds.token is not None:
+        kwargs["token"] = creds.token
+    if creds.creds_file is not None:
+        kwargs["user_credentials"] = creds.creds_file
+    if creds.tls_ca is not None:
+        kwargs["tls"] = ssl.create_default_context(cafile=creds.tls_ca)
+    try:
+        nc = await nats.connect(url, **kwargs)  # type: ignore[arg-type]
+    except (NatsError, OSError, ssl.SSLError, TimeoutError) as exc:
+        raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", url) from exc
+    try:
+        yield Bus(nc, url)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await nc.drain()
+            except NatsError:
+                await nc.close()

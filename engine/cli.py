@@ -1,0 +1,143 @@
+"""``enginectl``: the command-line client.
+
+``run`` runs one study to completion in this process (exit 0 finished, 2 failure,
+3 cancelled); ``validate`` prints the expanded steps. Bad input (a spec error, a bad
+option, an unreachable server) is one line on stderr and exit code 1, never a traceback;
+set ``TROUPE_DEBUG=1`` to see the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from engine import __version__
+from engine.bus import Credentials
+from engine.errors import EngineError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn engine errors into one line + exit 1; internal errors likewise, unless
+    ``TROUPE_DEBUG`` is set."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EngineError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence for the user
+            if os.environ.get("TROUPE_DEBUG"):
+                traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set TROUPE_DEBUG=1 for details)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(spec: str, out: str | None, pgen: str | None, pargs: Sequence[str]):  # type: ignore[no-untyped-def]
+    from engine.spec import load_study
+
+    graph = load_study(spec, out_dir=out, now=dt.datetime.now(), cwd=os.getcwd(), pgen=pgen, pargs=pargs)
+    for warning in graph.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return graph
+
+
+_spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
+_pgen_opt = click.option("--pgen", "-p", type=click.Path(exists=True, dir_okay=False),
+                         help="A Maestro custom parameter generator (Python file).")
+_pargs_opt = click.option("--pargs", multiple=True, metavar="KEY:VALUE",
+                          help="Argument for the parameter generator (repeatable).")
+_out_opt = click.option("-o", "--out", type=click.Path(file_okay=False),
+                        help="Study directory, used as given (no timestamp).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="enginectl")
+@click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Troupe: run Maestro studies as event-driven actors over NATS."""
+    from engine.log import configure_logging
+
+    configure_logging(verbose)
+
+
+@main.command()
+@_spec_arg
+@_out_opt
+@click.option("--dry", is_flag=True, help="Write every script and mark steps DRYRUN; run nothing.")
+@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
+              help="Max steps running at once (default: number of CPUs; 0 = unlimited).")
+@click.option("--nats-url", metavar="URL", help="Use this NATS server instead of an embedded one.")
+@click.option("--user", help="NATS user (with --nats-url).")
+@click.option("--password", help="NATS password (with --nats-url).")
+@click.option("--token", help="NATS token (with --nats-url).")
+@click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
+@click.option("--local", "run_local", is_flag=True,
+              help="Run steps that ask for nodes/procs here too, with $(LAUNCHER) removed.")
+@click.option("--kill-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when a step is stopped.")
+@_pgen_opt
+@_pargs_opt
+@_friendly_errors
+def run(spec: str, out: str | None, dry: bool, throttle: int | None, nats_url: str | None,
+        user: str | None, password: str | None, token: str | None, creds: str | None,
+        tls_ca: str | None, run_local: bool, kill_grace: float, pgen: str | None,
+        pargs: tuple[str, ...]) -> None:
+    """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
+    from engine.runner import RunOptions, default_progress_stream, run_study
+
+    if (user or password or token or creds or tls_ca) and not nats_url:
+        _fail("--user/--password/--token/--creds/--tls-ca need --nats-url")
+    graph = _load(spec, out, pgen, pargs)
+    opts = RunOptions(
+        throttle=throttle, dry_run=dry, nats_url=nats_url, run_local=run_local,
+        credentials=Credentials(user=user, password=password, token=token,
+                                creds_file=creds, tls_ca=tls_ca),
+        kill_grace=kill_grace, progress=default_progress_stream(), pgen=pgen,
+    )
+    state = anyio.run(run_study, graph, opts)
+    click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)
+    sys.exit(state.exit_code)
+
+
+@main.command()
+@_spec_arg
+@_out_opt
+@_pgen_opt
+@_pargs_opt
+@_friendly_errors
+def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
+    """Check SPEC and print its expanded steps, workspaces and dependencies."""
+    graph = _load(spec, out, pgen, pargs)
+    root = Path(graph.study_dir)
+    click.echo(f"{graph.name}: {len(graph.steps)} steps, study directory {root}")
+    lines = []
+    for inst in graph.steps:
+        ws = os.path.relpath(inst.workspace, root)
+        deps = ", ".join(inst.parents) if inst.parents else "-"
+        lines.append(f"  {inst.name}\n    workspace: {ws}\n    depends:   {deps}")
+    click.echo("\n".join(lines))

@@ -1,0 +1,71 @@
+"""The engine's exception tree.
+
+Exceptions are for bugs, bad input and broken infrastructure; a step's failure is data
+(a ``StepStateChanged`` event with a ``kind``), never an exception. Every class says when
+it is raised and carries its data as attributes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusError",
+    "ConfigError",
+    "EngineError",
+    "InvalidTransition",
+    "SpecError",
+]
+
+
+class EngineError(Exception):
+    """Base of every exception the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """Raised when a command-line option or setting is invalid (e.g. ``--pargs`` without
+    ``--pgen``). ``str()`` is the one-line message shown to the user."""
+
+
+class SpecError(ConfigError):
+    """Raised when a study spec cannot be loaded, validated or expanded.
+
+    Attributes:
+        file: The spec file as the user named it.
+        field: The field path inside the spec, e.g. ``study[2].run.depends``; empty when
+            the problem concerns the whole file (e.g. malformed YAML).
+        message: What is wrong, without the file and field.
+    """
+
+    def __init__(self, file: str, field: str, message: str) -> None:
+        self.file = str(file)
+        self.field = field
+        self.message = message
+        prefix = f"{self.file}: {field}: " if field else f"{self.file}: "
+        super().__init__(prefix + message)
+
+
+class InvalidTransition(EngineError):
+    """Raised by a pure ``decide`` function when an event is not valid in the current state.
+
+    Attributes:
+        step: The step (or actor) whose machine rejected the event.
+        state: The state it was in.
+        event: The event it received.
+    """
+
+    def __init__(self, step: str, state: object, event: object) -> None:
+        self.step = step
+        self.state = state
+        self.event = event
+        super().__init__(f"{step}: event {type(event).__name__} is invalid in state {state}")
+
+
+class BusError(EngineError):
+    """Raised when the NATS bus cannot be reached or an embedded server fails to start.
+
+    Attributes:
+        url: The server URL involved, if known.
+    """
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message)

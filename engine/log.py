@@ -1,0 +1,89 @@
+"""Logging set-up: structlog on top of the standard library's handlers.
+
+Two sinks: the terminal (stderr), human-readable on a TTY and JSON lines otherwise, at
+WARNING unless ``-v`` is given; and, while a study runs, the study's own log file
+``<study>/logs/<name>.log`` as JSON lines at INFO. Events are snake_case past tense with
+ids as keys (``step_state_changed step=... state=...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+
+__all__ = ["configure_logging", "study_log_file"]
+
+_SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def _json_formatter() -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
+def configure_logging(verbosity: int = 0, *, stream=None) -> None:  # type: ignore[no-untyped-def]
+    """Route structlog through stdlib logging to stderr.
+
+    Args:
+        verbosity: 0 = warnings only, 1 = info, 2+ = debug.
+        stream: Where terminal logs go (default ``sys.stderr``).
+    """
+    stream = stream or sys.stderr
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    if stream.isatty():
+        handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_SHARED,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        ))
+    else:
+        handler.setFormatter(_json_formatter())
+    handler.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    handler.set_name("troupe-terminal")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "troupe-terminal"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    for noisy in ("nats", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def study_log_file(path: Path) -> Iterator[None]:
+    """While the block runs, also write every INFO+ log line to ``path`` as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_json_formatter())
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

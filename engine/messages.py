@@ -1,0 +1,351 @@
+"""Every message the engine's actors exchange: bus events, machine events and commands.
+
+All are frozen, tagged msgspec Structs. Bus messages (``BusMessage`` subclasses) travel
+as JSON on NATS and are public (``docs/events.md``); machine events and commands are the
+inputs and outputs of the pure ``decide`` functions in ``engine.machines``. Evolution
+follows msgspec's rules: new fields get defaults, fields are never renamed or retyped,
+tags never change, and every bus message carries ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "ACTIVE_STATES",
+    "BUS_DECODER",
+    "ENCODER",
+    "FAILURE_STATES",
+    "SCHEMA_VERSION",
+    "TERMINAL_STATES",
+    "AnyBusMessage",
+    "BusMessage",
+    "CancelJob",
+    "CancelRequested",
+    "Command",
+    "DependencyEnded",
+    "Event",
+    "FailureKind",
+    "GrantSlot",
+    "JobExited",
+    "JobStarted",
+    "PublishState",
+    "ReleaseSlot",
+    "RequestSlot",
+    "SlotGranted",
+    "SlotReleased",
+    "SlotRequested",
+    "SlotWithdrawn",
+    "StepEnded",
+    "StepState",
+    "StepStateChanged",
+    "StudyCancelRequested",
+    "StudyEnded",
+    "StudyFinished",
+    "StudyOpened",
+    "StudyStarted",
+    "StudyState",
+    "SubmitFailed",
+    "SubmitJob",
+    "ThrottleChanged",
+    "WithdrawSlotRequest",
+    "WriteScript",
+    "new_event_id",
+]
+
+SCHEMA_VERSION = 1
+
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_event_id() -> str:
+    """Return a process-unique event id (random 8-hex prefix + a counter)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+class StepState(enum.StrEnum):
+    """A step instance's state; names are Maestro's (``status.csv`` shows them)."""
+
+    INITIALIZED = "INITIALIZED"  # waiting for its dependencies
+    WAITING = "WAITING"  # dependencies met, waiting for a throttle slot
+    PENDING = "PENDING"  # handed to its adapter, not yet running
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    TIMEDOUT = "TIMEDOUT"
+    HWFAILURE = "HWFAILURE"
+    UNKNOWN = "UNKNOWN"
+    CANCELLED = "CANCELLED"
+    DRYRUN = "DRYRUN"
+
+
+class StudyState(enum.StrEnum):
+    """A study's state, with Maestro's exit codes (see ``exit_code``)."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def exit_code(self) -> int:
+        """``enginectl run``'s exit code for a study that ended in this state."""
+        return {"FINISHED": 0, "FAILURE": 2, "CANCELLED": 3}.get(self.value, 1)
+
+
+TERMINAL_STATES = frozenset(
+    {
+        StepState.FINISHED,
+        StepState.FAILED,
+        StepState.TIMEDOUT,
+        StepState.HWFAILURE,
+        StepState.UNKNOWN,
+        StepState.CANCELLED,
+        StepState.DRYRUN,
+    }
+)
+"""States a step never leaves in this run."""
+
+FAILURE_STATES = frozenset(
+    {StepState.FAILED, StepState.TIMEDOUT, StepState.HWFAILURE, StepState.UNKNOWN}
+)
+"""Terminal states that fail a step's descendants (Maestro's rule)."""
+
+ACTIVE_STATES = frozenset({StepState.PENDING, StepState.RUNNING})
+"""States in which a step holds a throttle slot and may own a process or job."""
+
+FailureKind = Literal["", "exit_code", "timeout", "lost", "submit_rejected", "dependency"]
+
+
+# --------------------------------------------------------------------------- bus
+
+
+class BusMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every message published on NATS (JSON on the wire)."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    cause_id: str = ""
+
+
+class StepStateChanged(BusMessage, tag="step_state_changed"):
+    """A step instance entered ``state``. Published for every transition.
+
+    Attributes:
+        study_id: The study's id.
+        step: The instance name (raw, as in status.csv).
+        attempt: 1 for the first submission; 0 before any.
+        state: The new state.
+        previous: The state it left.
+        time: Seconds since the epoch when the engine made the transition.
+        job_id: The pid (local) or scheduler job id, once known.
+        exit_code: The job's exit code, for FINISHED and FAILED by exit code.
+        kind: For failures, why: exit_code, timeout, lost, submit_rejected, dependency.
+        retryable: Whether the supervisor may run the step again.
+        reason: Human-readable detail (e.g. the failed dependency's name).
+    """
+
+    study_id: str
+    step: str
+    attempt: int
+    state: StepState
+    previous: StepState
+    time: float
+    job_id: str = ""
+    exit_code: int | None = None
+    kind: FailureKind = ""
+    retryable: bool = False
+    reason: str = ""
+
+
+class StudyStarted(BusMessage, tag="study_started"):
+    """A study began running (or dry-running)."""
+
+    study_id: str
+    name: str
+    study_dir: str
+    spec_path: str
+    steps: int
+    time: float
+    dry_run: bool = False
+
+
+class StudyEnded(BusMessage, tag="study_ended"):
+    """Every step of a study reached a terminal state; ``counts`` is steps per state."""
+
+    study_id: str
+    state: StudyState
+    time: float
+    counts: dict[str, int] = {}
+
+
+AnyBusMessage = StepStateChanged | StudyStarted | StudyEnded
+
+ENCODER = msgspec.json.Encoder()
+BUS_DECODER = msgspec.json.Decoder(AnyBusMessage)
+
+
+# ----------------------------------------------------------------- machine events
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of the past-tense facts fed to the pure machines."""
+
+    event_id: str = ""
+    cause_id: str = ""
+
+
+class StudyOpened(Event, tag="study_opened"):
+    """The runtime is listening; steps without dependencies may start."""
+
+
+class DependencyEnded(Event, tag="dependency_ended"):
+    """A parent instance reached a terminal state."""
+
+    dependency: str
+    state: StepState
+
+
+class SlotGranted(Event, tag="slot_granted"):
+    """The supervisor gave this step a throttle slot."""
+
+
+class JobStarted(Event, tag="job_started"):
+    """The adapter started the job; ``job_id`` is a pid or a scheduler id."""
+
+    job_id: str
+    time: float
+
+
+class JobExited(Event, tag="job_exited"):
+    """The job ended with ``exit_code`` (negative: killed by that signal)."""
+
+    exit_code: int
+    time: float
+
+
+class SubmitFailed(Event, tag="submit_failed"):
+    """The adapter could not start the job at all."""
+
+    detail: str
+    retryable: bool = False
+
+
+class CancelRequested(Event, tag="cancel_requested"):
+    """Someone asked to cancel this step (or the whole study)."""
+
+    reason: str = "cancelled"
+
+
+class SlotRequested(Event, tag="slot_requested"):
+    """Supervisor input: ``step`` wants a slot."""
+
+    step: str
+
+
+class SlotReleased(Event, tag="slot_released"):
+    """Supervisor input: ``step`` gave its slot back."""
+
+    step: str
+
+
+class SlotWithdrawn(Event, tag="slot_withdrawn"):
+    """Supervisor input: ``step`` no longer wants the slot it asked for."""
+
+    step: str
+
+
+class ThrottleChanged(Event, tag="throttle_changed"):
+    """Supervisor input: the global throttle is now ``limit`` (0 = unlimited)."""
+
+    limit: int
+
+
+class StepEnded(Event, tag="step_ended"):
+    """Supervisor input: ``step`` reached the terminal ``state`` (seen on the bus)."""
+
+    step: str
+    state: StepState
+
+
+class StudyCancelRequested(Event, tag="study_cancel_requested"):
+    """Supervisor input: the whole study is being cancelled."""
+
+
+# ------------------------------------------------------------------- commands
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of the imperatives the machines return for their shells to carry out."""
+
+
+class PublishState(Command, tag="publish_state"):
+    """Publish this step's new state on the bus."""
+
+    step: str
+    state: StepState
+    previous: StepState
+    attempt: int
+    time: float
+    job_id: str = ""
+    exit_code: int | None = None
+    kind: FailureKind = ""
+    retryable: bool = False
+    reason: str = ""
+
+
+class RequestSlot(Command, tag="request_slot"):
+    """Ask the supervisor for a throttle slot."""
+
+    step: str
+
+
+class WithdrawSlotRequest(Command, tag="withdraw_slot_request"):
+    """Tell the supervisor a slot asked for is no longer wanted."""
+
+    step: str
+
+
+class ReleaseSlot(Command, tag="release_slot"):
+    """Give a held throttle slot back."""
+
+    step: str
+
+
+class GrantSlot(Command, tag="grant_slot"):
+    """Supervisor output: tell ``step`` it may run."""
+
+    step: str
+
+
+class SubmitJob(Command, tag="submit_job"):
+    """Write the step's script and start attempt ``attempt`` through its adapter."""
+
+    step: str
+    attempt: int
+
+
+class CancelJob(Command, tag="cancel_job"):
+    """Stop attempt ``attempt`` of ``step`` (its process group or job)."""
+
+    step: str
+    attempt: int
+
+
+class WriteScript(Command, tag="write_script"):
+    """Write the step's script without running it (``--dry``)."""
+
+    step: str
+
+
+class StudyFinished(Command, tag="study_finished"):
+    """Supervisor output: every step is terminal; the study ended in ``state``."""
+
+    state: StudyState
+    counts: dict[str, int] = {}

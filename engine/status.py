@@ -1,0 +1,125 @@
+"""``status.csv``: Maestro's 11-column status table, rewritten atomically.
+
+Rows are in BFS order from the study's roots (Maestro's order); times are local
+``YYYY-MM-DD HH:MM:SS`` rounded to the second, durations ``Nd:HHh:MMm:SSs``, ``--`` and
+``--:--:--`` when unknown; there is no trailing newline (as Maestro writes it). The file
+is written to a temporary name and renamed, so a reader never sees half a table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from engine.machines.step import StepRecord
+from engine.messages import StepState
+from engine.spec.graph import StepInstance
+
+__all__ = [
+    "HEADER",
+    "format_duration",
+    "format_time",
+    "read_status",
+    "render_status",
+    "state_counts",
+    "write_status",
+]
+
+HEADER = (
+    "Step Name,Job ID,Workspace,State,Run Time,Elapsed Time,"
+    "Start Time,Submit Time,End Time,Number Restarts,Params"
+)
+
+
+def format_time(ts: float | None) -> str:
+    """Maestro's timestamp: local time rounded to the nearest second, or ``--``."""
+    if ts is None:
+        return "--"
+    return dt.datetime.fromtimestamp(round(ts)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Maestro's duration ``0d:00h:00m:01s``, or ``--:--:--``."""
+    if seconds is None:
+        return "--:--:--"
+    s = int(max(seconds, 0.0))
+    return f"{s // 86400:d}d:{s % 86400 // 3600:02d}h:{s % 3600 // 60:02d}m:{s % 60:02d}s"
+
+
+def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
+    ws = Path(inst.workspace)
+    workspace = f"{ws.parent.name}/{ws.name}" if inst.params else ws.name
+    run_time = elapsed = None
+    if rec.start_time is not None:
+        end = rec.end_time if rec.end_time is not None else now
+        run_time = end - rec.start_time
+    if rec.submit_time is not None:
+        end = rec.end_time if rec.end_time is not None else now
+        elapsed = end - rec.submit_time
+    params = ";".join(f"{k}:{v}" for k, v in inst.params)
+    cells = [
+        inst.name,
+        rec.job_id or "--",
+        workspace,
+        rec.state.value,
+        format_duration(run_time),
+        format_duration(elapsed),
+        format_time(rec.start_time),
+        format_time(rec.submit_time),
+        format_time(rec.end_time),
+        str(rec.restarts),
+        params,
+    ]
+    return ",".join(cells)
+
+
+def render_status(
+    order: Sequence[str],
+    steps: Mapping[str, StepInstance],
+    records: Mapping[str, StepRecord],
+    *,
+    now: float,
+) -> str:
+    """Return the whole table (header + one row per step in ``order``)."""
+    lines = [HEADER]
+    lines.extend(_row(steps[name], records[name], now) for name in order)
+    return "\n".join(lines)
+
+
+def write_status(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically replace ``path`` with ``text``."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, target)
+
+
+def read_status(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Read a status.csv (ours or Maestro's) into one dict per row.
+
+    Like Maestro's reader it splits on commas; cells beyond the header's eleven (a comma
+    inside a parameter value) are joined back into the last column.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if not lines:
+        return []
+    keys = lines[0].split(",")
+    rows = []
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) > len(keys):
+            cells = [*cells[: len(keys) - 1], ",".join(cells[len(keys) - 1 :])]
+        rows.append(dict(zip(keys, cells, strict=False)))
+    return rows
+
+
+def state_counts(records: Mapping[str, StepRecord]) -> dict[str, int]:
+    """Steps per state, in the order of ``StepState``."""
+    counts = {s.value: 0 for s in StepState}
+    for rec in records.values():
+        counts[rec.state.value] += 1
+    return {k: v for k, v in counts.items() if v}
