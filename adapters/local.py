@@ -15,11 +15,11 @@ import os
 import re
 import signal
 import stat
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 
 from adapters.base import JobHandle, SubmitError, map_exceptions
 from engine.spec.naming import make_safe_path
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 
@@ -68,8 +69,9 @@ class LocalAdapter:
         self.kill_grace = kill_grace
         self._env = {**os.environ, **(env or {})}
         # Invariant: a key is present exactly while its process may still be alive.
-        self._procs: dict[tuple[str, int], anyio.abc.Process] = {}
+        self._procs: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
         self._cancelled: set[tuple[str, int]] = set()
+        self._exited: dict[tuple[str, int], anyio.Event] = {}
 
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.sh`` (and ``.restart.sh`` if the step has one)."""
@@ -91,41 +93,49 @@ class LocalAdapter:
 
         Raises:
             SubmitError: the workspace or script could not be written, or exec failed
-                (e.g. a bad shebang).
+                (e.g. a bad shebang or a missing shell).
         """
-        with map_exceptions({OSError: SubmitError}, step.name):
-            script = self.write_script(step)
-            ws = Path(step.workspace)
-            stem = output_stem(step)
-            out_tmp = ws / f"{stem}.out.starting"
-            err_tmp = ws / f"{stem}.err.starting"
-            with open(out_tmp, "wb") as out, open(err_tmp, "wb") as err:
-                proc = await anyio.open_process(
-                    [str(script)],
-                    cwd=ws,
-                    stdin=None,
-                    stdout=out,
-                    stderr=err,
-                    env=self._env,
-                    start_new_session=True,
-                )
-            pid = proc.pid
-            # The open descriptors follow the rename: the files get Maestro's names.
-            os.replace(out_tmp, ws / f"{stem}.{pid}.out")
-            os.replace(err_tmp, ws / f"{stem}.{pid}.err")
+        with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError},
+                            step.name):
+            proc = self._spawn(step)
         self._procs[(step.name, attempt)] = proc
-        return JobHandle(step=step.name, attempt=attempt, job_id=str(pid), backend=self.name)
+        self._exited[(step.name, attempt)] = anyio.Event()
+        return JobHandle(step=step.name, attempt=attempt, job_id=str(proc.pid), backend=self.name)
+
+    def _spawn(self, step: StepInstance) -> subprocess.Popen[bytes]:
+        script = self.write_script(step)
+        ws = Path(step.workspace)
+        stem = output_stem(step)
+        out_tmp = ws / f"{stem}.out.starting"
+        err_tmp = ws / f"{stem}.err.starting"
+        out = os.open(out_tmp, _OUT_FLAGS, 0o644)
+        try:
+            err = os.open(err_tmp, _OUT_FLAGS, 0o644)
+            try:
+                proc = subprocess.Popen(
+                    [str(script)], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    env=self._env, start_new_session=True, close_fds=True,
+                )
+            finally:
+                os.close(err)
+        finally:
+            os.close(out)
+        # The child holds the descriptors; renaming gives the files Maestro's names.
+        os.replace(out_tmp, ws / f"{stem}.{proc.pid}.out")
+        os.replace(err_tmp, ws / f"{stem}.{proc.pid}.err")
+        return proc
 
     async def wait(self, handle: JobHandle) -> int:
         """Wait for the process to exit; return its code (negative: the killing signal)."""
         key = (handle.step, handle.attempt)
         proc = self._procs[key]
         try:
-            code = await proc.wait()
+            code = await _wait_process(proc)
         finally:
             self._procs.pop(key, None)
-            with anyio.CancelScope(shield=True):
-                await proc.aclose()
+            exited = self._exited.pop(key, None)
+            if exited is not None:
+                exited.set()
             if key in self._cancelled:
                 # Whatever the cancelled step started in its group dies with it.
                 self._cancelled.discard(key)
@@ -140,8 +150,10 @@ class LocalAdapter:
             return  # already ended
         self._cancelled.add(key)
         _killpg(proc.pid, signal.SIGTERM)
-        with anyio.move_on_after(self.kill_grace):
-            await proc.wait()
+        exited = self._exited.get(key)
+        if exited is not None:
+            with anyio.move_on_after(self.kill_grace):
+                await exited.wait()  # set by wait() once it has reaped the process
         _killpg(proc.pid, signal.SIGKILL)
 
     def kill_all_now(self) -> None:
@@ -153,6 +165,21 @@ class LocalAdapter:
     def running(self) -> int:
         """How many processes this adapter may still have alive."""
         return len(self._procs)
+
+
+async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
+    """Await a child's exit without a thread per child: poll a pidfd for readability."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+    try:
+        while (code := proc.poll()) is None:
+            await anyio.wait_readable(pidfd)
+        return code
+    finally:
+        anyio.notify_closing(pidfd)
+        os.close(pidfd)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -1,9 +1,8 @@
 """The study directory on disk, laid out as Maestro lays it out, and its dependencies.
 
 ``prepare_study_dir`` creates ``<study>/`` with a copy of the spec (original basename),
-``batch.info``, ``meta/`` (``study.json``: the expanded graph; ``metadata.yaml``:
-dependencies, workspaces and parameters per step; the embedded NATS store goes under
-``meta/nats``) and ``logs/``. It never deletes or overwrites a user's files: an existing,
+``batch.info``, ``meta/`` (``study.json``: the expanded graph with every step's dependencies,
+workspace and parameters; the embedded NATS store goes under ``meta/nats``) and ``logs/``. It never deletes or overwrites a user's files: an existing,
 non-empty study directory is an error. ``acquire_dependencies`` clones git dependencies
 (``git clone`` + checkout of tag/branch/hash into ``<path>/<name>``) and checks that path
 dependencies exist, as Maestro does before launching.
@@ -45,12 +44,6 @@ def prepare_study_dir(graph: StudyGraph, *, pgen: str | None = None) -> Path:
             shutil.copy2(pgen, root / Path(pgen).name)
         (root / "batch.info").write_text(yaml.safe_dump(dict(graph.batch), sort_keys=False))
         (root / "meta" / "study.json").write_bytes(msgspec.json.format(msgspec.json.encode(graph)))
-        meta = {
-            "dependencies": {s.name: list(s.parents) for s in graph.steps},
-            "workspaces": {s.name: s.workspace for s in graph.steps},
-            "used_parameters": {s.name: dict(s.params) for s in graph.steps if s.params},
-        }
-        (root / "meta" / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     except OSError as exc:
         raise ConfigError(f"cannot create study directory {root}: {exc.strerror or exc}") from exc
     return root

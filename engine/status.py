@@ -19,6 +19,7 @@ from engine.spec.graph import StepInstance
 
 __all__ = [
     "HEADER",
+    "StatusTable",
     "format_duration",
     "format_time",
     "read_status",
@@ -48,19 +49,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400:d}d:{s % 86400 // 3600:02d}h:{s % 3600 // 60:02d}m:{s % 60:02d}s"
 
 
+def _static_cells(inst: StepInstance) -> tuple[str, str, str]:
+    """The cells of a row that never change: name, workspace column, params."""
+    ws = inst.workspace.rstrip("/")
+    parent, _, leaf = ws.rpartition("/")
+    workspace = f"{parent.rpartition('/')[2]}/{leaf}" if inst.params else leaf
+    params = ";".join(f"{k}:{v}" for k, v in inst.params)
+    return inst.name, workspace, params
+
+
 def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
-    ws = Path(inst.workspace)
-    workspace = f"{ws.parent.name}/{ws.name}" if inst.params else ws.name
+    name, workspace, params = _static_cells(inst)
     run_time = elapsed = None
+    end = rec.end_time if rec.end_time is not None else now
     if rec.start_time is not None:
-        end = rec.end_time if rec.end_time is not None else now
         run_time = end - rec.start_time
     if rec.submit_time is not None:
-        end = rec.end_time if rec.end_time is not None else now
         elapsed = end - rec.submit_time
-    params = ";".join(f"{k}:{v}" for k, v in inst.params)
     cells = [
-        inst.name,
+        name,
         rec.job_id or "--",
         workspace,
         rec.state.value,
@@ -75,6 +82,36 @@ def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
     return ",".join(cells)
 
 
+class StatusTable:
+    """Renders status.csv, re-rendering only the rows whose record changed.
+
+    A row of a step that is not running depends only on its (immutable) record, so it is
+    cached by record identity; rows of running steps show a growing run time and are
+    rendered every time.
+    """
+
+    def __init__(self, order: Sequence[str], steps: Mapping[str, StepInstance]) -> None:
+        self._order = list(order)
+        self._steps = steps
+        self._cache: dict[str, tuple[StepRecord, str]] = {}
+
+    def render(self, records: Mapping[str, StepRecord], *, now: float) -> str:
+        """Return the whole table for ``records``."""
+        lines = [HEADER]
+        cache = self._cache
+        for name in self._order:
+            rec = records[name]
+            hit = cache.get(name)
+            if hit is not None and hit[0] is rec:
+                lines.append(hit[1])
+                continue
+            row = _row(self._steps[name], rec, now)
+            if rec.end_time is not None or rec.start_time is None:
+                cache[name] = (rec, row)
+            lines.append(row)
+        return "\n".join(lines)
+
+
 def render_status(
     order: Sequence[str],
     steps: Mapping[str, StepInstance],
@@ -83,9 +120,7 @@ def render_status(
     now: float,
 ) -> str:
     """Return the whole table (header + one row per step in ``order``)."""
-    lines = [HEADER]
-    lines.extend(_row(steps[name], records[name], now) for name in order)
-    return "\n".join(lines)
+    return StatusTable(order, steps).render(records, now=now)
 
 
 def write_status(path: str | os.PathLike[str], text: str) -> None:

@@ -29,6 +29,7 @@ from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.messages import (
+    FAILURE_STATES,
     TERMINAL_STATES,
     AnyBusMessage,
     CancelJob,
@@ -62,7 +63,7 @@ from engine.messages import (
     new_event_id,
 )
 from engine.spec.graph import StudyGraph
-from engine.status import render_status, write_status
+from engine.status import StatusTable, write_status
 
 __all__ = ["StudyRuntime"]
 
@@ -114,6 +115,7 @@ class StudyRuntime:
         self.outcome: StudyState | None = None
         self.counts: dict[str, int] = {}
         self._order = graph.bfs_order()
+        self._table = StatusTable(self._order, graph.by_name)
         self._send, self._recv = anyio.create_memory_object_stream[tuple[str, Event]](math.inf)
         self._handles: dict[tuple[str, int], JobHandle] = {}
         self._cancel_pending: set[tuple[str, int]] = set()
@@ -271,7 +273,9 @@ class StudyRuntime:
         )
         await self.bus.publish(subjects.step_event(self.study_id, cmd.step, cmd.state), msg)
         self._dirty.set()
-        self._log.info(
+        # Every transition is on the bus already; the log keeps failures at INFO.
+        emit = self._log.info if cmd.state in FAILURE_STATES else self._log.debug
+        emit(
             "step_state_changed", step=cmd.step, state=cmd.state.value, attempt=cmd.attempt,
             job_id=cmd.job_id or None, exit_code=cmd.exit_code, reason=cmd.reason or None,
         )
@@ -319,5 +323,5 @@ class StudyRuntime:
 
     def _write_status_now(self) -> None:
         assert self.status_path is not None
-        text = render_status(self._order, self.graph.by_name, self.records, now=self.clock())
+        text = self._table.render(self.records, now=self.clock())
         write_status(self.status_path, text)
