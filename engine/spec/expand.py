@@ -192,7 +192,8 @@ class _Expander:
         for ref in dict.fromkeys(_WS_REF.findall(f"{node.cmd} {node.restart}")):
             if ref not in self.used:
                 known = any(s.name == ref for s in self.spec.study)
-                self.fail(f"{field}.cmd", f"$({ref}.workspace) is used before step '{ref}' "
+                where = "cmd" if f"$({ref}.workspace)" in node.cmd else "restart"
+                self.fail(f"{field}.{where}", f"$({ref}.workspace) is used before step '{ref}' "
                           f"would be generated (make '{ref}' an ancestor of '{name}')"
                           if known else f"$({ref}.workspace) names no step")  # fmt: skip
             refs.append(ref)

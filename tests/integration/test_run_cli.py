@@ -1,0 +1,229 @@
+"""``enginectl run`` end to end: real processes, a real nats-server, the real CLI."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import nats
+import pytest
+
+from engine.messages import BUS_DECODER, StepState, StepStateChanged, StudyEnded
+from engine.status import HEADER, read_status
+from tests.conftest import ENGINECTL, REPO, enginectl
+
+def write_spec(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def states(study: Path) -> dict[str, str]:
+    return {row["Step Name"]: row["State"] for row in read_status(study / "status.csv")}
+
+
+def test_hello_example_runs_to_finished_on_the_embedded_default(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    result = enginectl("run", str(REPO / "examples/hello/hello.yaml"), "-o", str(study))
+    assert 0 == result.returncode, result.stderr
+    assert {"hello_world": "FINISHED"} == states(study)
+    assert "Hello, World!\n" == (study / "hello_world" / "hello_world.txt").read_text()
+    ws = study / "hello_world"
+    assert (ws / "hello_world.sh").read_text().startswith("#!/bin/bash\n\n")
+    pid = read_status(study / "status.csv")[0]["Job ID"]
+    assert (ws / f"hello_world.{pid}.out").exists() and (ws / f"hello_world.{pid}.err").exists()
+    assert (study / "hello.yaml").exists(), "a copy of the spec is kept"
+    assert (study / "meta" / "nats" / "js").is_dir(), "the embedded JetStream store is in meta/"
+    assert (study / "logs" / "hello.log").exists()
+    text = (study / "status.csv").read_text()
+    assert text.startswith(HEADER + "\n") and not text.endswith("\n")
+
+
+SPEC_CHAIN = """
+description: {{name: chain, description: a failing chain and an independent branch}}
+study:
+  - name: a
+    description: first
+    run: {{cmd: "echo a > a.txt"}}
+  - name: b
+    description: fails
+    run: {{cmd: "exit {code}", depends: [a]}}
+  - name: c
+    description: after b
+    run: {{cmd: "echo c", depends: [b]}}
+  - name: d
+    description: independent
+    run: {{cmd: "echo d > d.txt"}}
+"""
+
+
+def test_failed_step_fails_its_descendants_and_the_study_exits_2(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "chain.yaml", SPEC_CHAIN.format(code=3))
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study))
+    assert 2 == result.returncode, result.stderr
+    assert {"a": "FINISHED", "b": "FAILED", "c": "FAILED", "d": "FINISHED"} == states(study)
+    assert (study / "d" / "d.txt").exists()
+    assert not list((study / "c").glob("*.out")) if (study / "c").exists() else True
+
+
+def test_dry_run_writes_every_script_and_runs_nothing(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "chain.yaml", SPEC_CHAIN.format(code=0))
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study), "--dry")
+    assert 0 == result.returncode, result.stderr
+    assert {"a": "DRYRUN", "b": "DRYRUN", "c": "DRYRUN", "d": "DRYRUN"} == states(study)
+    assert "#!/bin/bash\n\necho a > a.txt\n" == (study / "a" / "a.sh").read_text()
+    assert not (study / "a" / "a.txt").exists()
+
+
+def _ledger_spec(n: int, cmd: str) -> str:
+    steps = "\n".join(
+        f"  - name: s{i}\n    description: ledger step\n    run:\n      cmd: |\n"
+        + "".join(f"        {line}\n" for line in cmd.format(i=i).splitlines())
+        for i in range(n)
+    )
+    return f"description: {{name: ledger, description: ledger}}\nstudy:\n{steps}\n"
+
+
+def test_throttle_bounds_how_many_steps_run_at_once(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    cmd = f'echo "start {{i}}" >> {ledger}\nsleep 0.2\necho "end {{i}}" >> {ledger}'
+    spec = write_spec(tmp_path / "t.yaml", _ledger_spec(6, cmd))
+    result = enginectl("run", str(spec), "-o", str(tmp_path / "s"), "--throttle", "2")
+    assert 0 == result.returncode, result.stderr
+    running = peak = 0
+    for line in ledger.read_text().splitlines():
+        running += 1 if line.startswith("start") else -1
+        peak = max(peak, running)
+    assert 2 == peak
+
+
+def test_unthrottled_steps_run_in_parallel(tmp_path: Path) -> None:
+    """Each step waits until all four have started: only a parallel run can finish."""
+    ledger = tmp_path / "ledger"
+    cmd = (
+        f'echo "start {{i}}" >> {ledger}\n'
+        f'for t in $(seq 200); do [ "$(wc -l < {ledger})" -ge 4 ] && exit 0; sleep 0.05; done\n'
+        "exit 1"
+    )
+    spec = write_spec(tmp_path / "p.yaml", _ledger_spec(4, cmd))
+    result = enginectl("run", str(spec), "-o", str(tmp_path / "s"), "--throttle", "0")
+    assert 0 == result.returncode, result.stderr
+
+
+async def test_external_subscriber_sees_every_event_of_a_study_in_order(
+    tmp_path: Path, nats_server: str
+) -> None:
+    nc = await nats.connect(nats_server)
+    sub = await nc.subscribe("troupe.v1.events.>")
+    await nc.flush()
+    study = tmp_path / "s"
+    result = await anyio.run_process(
+        [*ENGINECTL, "run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(study),
+         "--nats-url", nats_server], check=False,
+    )
+    assert 0 == result.returncode, result.stderr.decode()
+    seen: dict[str, list[StepState]] = {}
+    ended = None
+    with anyio.fail_after(10):
+        while ended is None:
+            msg = BUS_DECODER.decode((await sub.next_msg(timeout=10)).data)
+            if isinstance(msg, StepStateChanged):
+                chain = seen.setdefault(msg.step, [StepState.INITIALIZED])
+                assert chain[-1] == msg.previous, f"{msg.step}: events out of order"
+                chain.append(msg.state)
+            elif isinstance(msg, StudyEnded):
+                ended = msg
+    expected = [StepState.INITIALIZED, StepState.WAITING, StepState.PENDING, StepState.RUNNING,
+                StepState.FINISHED]
+    assert 5 == len(seen)
+    assert all(expected == chain for chain in seen.values()), seen
+    assert "FINISHED" == ended.state
+    # The same events were stored in JetStream for late monitors.
+    js = nc.jetstream()
+    info = await js.stream_info("TROUPE_EVENTS")
+    assert 5 * 4 + 2 == info.state.messages
+    await nc.close()
+
+
+SPEC_SLEEP = """
+description: {{name: sleepy, description: a step that outlives its patience}}
+study:
+  - name: long
+    description: sleeps with a child
+    run:
+      cmd: |
+        sleep 300 &
+        echo $! > {tmp}/child.pid
+        echo $$ > {tmp}/self.pid
+        wait
+  - name: after
+    description: never runs
+    run: {{cmd: "echo never", depends: [long]}}
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_signal_during_run_cancels_cleanly_with_no_survivors(
+    tmp_path: Path, nats_server: str, signum: int
+) -> None:
+    spec = write_spec(tmp_path / "sleep.yaml", SPEC_SLEEP.format(tmp=tmp_path))
+    study = tmp_path / "s"
+    nc = await nats.connect(nats_server)
+    sub = await nc.subscribe("troupe.v1.events.*.step.long.running")
+    await nc.flush()
+    async with await anyio.open_process(
+        [*ENGINECTL, "run", str(spec), "-o", str(study), "--nats-url", nats_server,
+         "--kill-grace", "5"],
+    ) as proc:
+        await sub.next_msg(timeout=30)  # the step is RUNNING
+        while not (tmp_path / "child.pid").exists() or not (tmp_path / "self.pid").read_text():
+            await anyio.sleep(0.01)  # the script has written both pids
+        proc.send_signal(signum)
+        with anyio.fail_after(30):
+            code = await proc.wait()
+    await nc.close()
+    assert 3 == code
+    assert {"long": "CANCELLED", "after": "CANCELLED"} == states(study)
+    for name in ("child.pid", "self.pid"):
+        pid = int((tmp_path / name).read_text())
+        assert not _alive(pid), f"{name} {pid} survived"
+
+
+def test_unknown_step_reference_is_one_line_exit_1_no_traceback(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "bad.yaml", SPEC_CHAIN.format(code=0).replace("[b]", "[bye]"))
+    result = enginectl("run", str(spec), "-o", str(tmp_path / "s"))
+    assert 1 == result.returncode
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert 1 == len(lines), result.stderr
+    assert lines[0].startswith(f"error: {spec}: study[2].run.depends")
+    assert "bye" in lines[0]
+    assert not (tmp_path / "s").exists(), "nothing is created for a bad spec"
+
+
+def test_existing_output_directory_is_never_overwritten(tmp_path: Path) -> None:
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "precious.txt").write_text("keep me")
+    result = enginectl("run", str(REPO / "examples/hello/hello.yaml"), "-o", str(study))
+    assert 1 == result.returncode
+    assert "already exists" in result.stderr
+    assert "keep me" == (study / "precious.txt").read_text()
+
+
+def test_version_is_printed() -> None:
+    result = enginectl("--version")
+    assert 0 == result.returncode
+    assert "enginectl, version " in result.stdout
+
+
