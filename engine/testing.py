@@ -1,0 +1,75 @@
+"""Fakes shipped with the engine for tests: an in-memory bus with NATS subject matching.
+
+``FakeBus`` has the ``Bus`` interface that ``StudyRuntime`` uses (``publish``,
+``persist``, ``subscribe``, ``flush``, ``ensure_stream``, ``durable``) and delivers
+messages to subscribers through anyio memory object streams, matching subjects with NATS
+wildcard rules (``*`` one token, ``>`` the rest). Everything published is kept in
+``published`` for assertions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from engine.messages import AnyBusMessage, BusMessage
+
+__all__ = ["FakeBus", "subject_matches"]
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` matches one token, a final ``>`` one or more."""
+    pat = pattern.split(".")
+    sub = subject.split(".")
+    for i, tok in enumerate(pat):
+        if tok == ">":
+            return len(sub) > i
+        if i >= len(sub) or (tok != "*" and tok != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+class FakeBus:
+    """An in-process stand-in for ``engine.bus.Bus``."""
+
+    def __init__(self, *, durable: bool = True) -> None:
+        self.durable = durable
+        self.url = "fake://"
+        self.published: list[tuple[str, BusMessage]] = []
+        self._subs: list[tuple[str, MemoryObjectSendStream[AnyBusMessage]]] = []
+
+    async def publish(self, subject: str, message: BusMessage) -> None:
+        """Record ``message`` and hand it to every matching subscriber."""
+        self.published.append((subject, message))
+        for pattern, send in list(self._subs):
+            if subject_matches(pattern, subject):
+                send.send_nowait(message)  # type: ignore[arg-type]
+
+    async def persist(self, subject: str, message: BusMessage, *, timeout: float = 10.0) -> int:
+        """Like ``publish``; returns the message's sequence number."""
+        await self.publish(subject, message)
+        return len(self.published)
+
+    async def ensure_stream(self, name: str, subjects: list[str]) -> bool:
+        """Pretend the stream exists."""
+        return self.durable
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Nothing is buffered."""
+
+    @asynccontextmanager
+    async def subscribe(self, subject: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
+        """Yield an iterator over the messages published on ``subject`` from now on."""
+        send, recv = anyio.create_memory_object_stream[AnyBusMessage](math.inf)
+        entry = (subject, send)
+        self._subs.append(entry)
+        try:
+            yield recv
+        finally:
+            self._subs.remove(entry)
+            send.close()
+            recv.close()
