@@ -17,7 +17,7 @@ import datetime
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.errors import ConfigError, SpecError
 from engine.spec.environment import (
@@ -67,7 +67,7 @@ def load_study(
     if pargs and not pgen:
         raise ConfigError("--pargs needs --pgen: there is no parameter generator to pass them to")
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, cwd=cwd)
     spec_file = os.path.normpath(os.path.join(cwd, os.fspath(spec_path)))
     study_dir = study_dir_for(spec, out_dir=out_dir, now=now, cwd=cwd)
     spec_root = os.path.dirname(spec_file)
@@ -176,9 +176,10 @@ class _Expander:
         self.workspaces: dict[str, str] = {}  # step name (unparameterised) or instance name
         self.instances: dict[str, list[str]] = {}  # step -> its instance names, in order
         self.out: dict[str, StepInstance] = {}
+        self.by_workspace: dict[str, str] = {}  # workspace -> first instance using it
         self.warnings: list[str] = []
 
-    def fail(self, field: str, message: str) -> None:
+    def fail(self, field: str, message: str) -> NoReturn:
         raise SpecError(self.spec.path, field, message)
 
     def stage(self, i: int, node: _Node) -> None:
@@ -205,7 +206,7 @@ class _Expander:
         if not used:
             ws = os.path.join(self.study_dir, step_dir)
             self.workspaces[name] = ws
-            self.emit(i, node, name, ws, None, refs, normals, funnels)
+            self.emit(i, node, name, ws, None, refs, funnels)
             return
         for combo in self.combos:
             combo_str = combo.param_string(used)
@@ -218,19 +219,18 @@ class _Expander:
                 self.fail("global.parameters", f"step '{name}': combination '{combo_str}' {reason}")
             ws = os.path.join(self.study_dir, step_dir, leaf)
             self.workspaces[inst] = ws
-            self.emit(i, node, inst, ws, combo, refs, normals, funnels)
+            self.emit(i, node, inst, ws, combo, refs, funnels)
 
     def emit(
         self, i: int, node: _Node, inst: str, ws: str, combo: _Combo | None, refs: list[str],
-        normals: list[str], funnels: list[str],
+        funnels: list[str],
     ) -> None:  # fmt: skip
         if inst in self.out:
             self.fail(f"study[{i}].name", f"instance name '{inst}' is already taken by an "
                       f"instance of step '{self.out[inst].step}'")  # fmt: skip
-        for other in self.out.values():
-            if other.workspace == ws:
-                self.warnings.append(f"instances '{other.name}' and '{inst}' share the "
-                                     f"workspace {ws}")  # fmt: skip
+        other = self.by_workspace.setdefault(ws, inst)
+        if other != inst:  # e.g. labels 'P.a/b' and 'P.a:b' both sanitise to 'P.ab'
+            self.warnings.append(f"instances '{other}' and '{inst}' share the workspace {ws}")
         apply = combo.apply if combo is not None else (lambda s: s)
         cmd, restart = apply(node.cmd), apply(node.restart)
         for ref in refs:
@@ -254,7 +254,7 @@ class _Expander:
                 parents.append(target)
         used = self.used[node.name]
         params = tuple(sorted((k, str(combo.values[k])) for k in used)) if combo else ()
-        resources = self.resources(node, apply, inst)
+        resources = self.resources(node, apply)
         self.warn(node.name, [*unresolved_tokens(cmd), *unresolved_tokens(restart)])
         self.out[inst] = StepInstance(
             name=inst, step=node.name, description=apply(node.description), workspace=ws,
@@ -263,7 +263,7 @@ class _Expander:
         )  # fmt: skip
         self.instances[node.name].append(inst)
 
-    def resources(self, node: _Node, apply: Any, inst: str) -> Resources:
+    def resources(self, node: _Node, apply: Any) -> Resources:
         fields: dict[str, Any] = {}
         for key, value in node.resources.items():
             if isinstance(value, str):

@@ -36,11 +36,12 @@ def funnel_target(dep: str) -> str:
     return _FUNNEL.sub("", dep)
 
 
-def load_spec(spec_path: str | os.PathLike[str]) -> Spec:
+def load_spec(spec_path: str | os.PathLike[str], *, cwd: str | None = None) -> Spec:
     """Load and validate a spec file, without expanding it.
 
     Args:
         spec_path: Path of the YAML spec; error messages quote it as given.
+        cwd: Directory a relative ``spec_path`` is opened from (default: the process's).
 
     Returns:
         The validated spec.
@@ -50,7 +51,7 @@ def load_spec(spec_path: str | os.PathLike[str]) -> Spec:
     """
     file = os.fspath(spec_path)
     try:
-        with open(file, encoding="utf-8") as fh:
+        with open(os.path.join(cwd or "", file), encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(file, "", f"cannot read spec: {exc}") from exc
@@ -119,7 +120,7 @@ class _Validator:
             self.fail(field, f"must be a non-empty string, not {_kind(value)}")
         return value
 
-    def closed(self, block: dict[str, Any], field: str, allowed: tuple[str, ...], what: str):
+    def closed(self, block: dict[str, Any], field: str, allowed: tuple[str, ...], what: str) -> None:
         for key in block:
             if key not in allowed:
                 self.fail(f"{field}.{key}", f"unknown key '{key}' in {what}")

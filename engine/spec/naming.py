@@ -86,7 +86,7 @@ def study_dir_for(
     Returns:
         The absolute, normalised study directory.
     """
-    if out_dir is not None:
+    if out_dir:  # Maestro tests ``if args.out``: an empty -o falls back to OUTPUT_PATH
         return os.path.normpath(os.path.join(cwd, os.fspath(out_dir)))
     raw = spec.env.variables.get("OUTPUT_PATH")
     parent = os.path.join(cwd, str(raw)) if raw is not None else cwd

@@ -244,6 +244,9 @@ def _maestro_shim() -> Iterator[None]:
             module.__path__ = []  # a package, so the submodules resolve
             module.ParameterGenerator = ParameterGenerator  # type: ignore[attr-defined]
             added[name] = sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent in added:  # 'import maestrowf.datastructures.core as c' walks attributes
+                setattr(added[parent], child, module)
     try:
         yield
     finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("maestrowf", reason="the oracle needs the real maestrowf package")
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # tests/ is not a package; make 'tests.lulesh_standin' importable
