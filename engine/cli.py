@@ -135,9 +135,20 @@ def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...
     graph = _load(spec, out, pgen, pargs)
     root = Path(graph.study_dir)
     click.echo(f"{graph.name}: {len(graph.steps)} steps, study directory {root}")
+    by_name = graph.by_name
     lines = []
     for inst in graph.steps:
         ws = os.path.relpath(inst.workspace, root)
-        deps = ", ".join(inst.parents) if inst.parents else "-"
-        lines.append(f"  {inst.name}\n    workspace: {ws}\n    depends:   {deps}")
+        lines.append(f"  {inst.name}\n    workspace: {ws}\n    depends:   {_deps_text(inst, by_name)}")
     click.echo("\n".join(lines))
+
+
+def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
+    """Dependencies for ``validate``: funnels summarised as ``X_* (N instances)``."""
+    if not inst.parents:
+        return "-"
+    funnels = set(inst.funnel_parents)
+    plain = [p for p in inst.parents if by_name[p].step not in funnels]
+    parts = [f"{f}_* ({sum(1 for p in inst.parents if by_name[p].step == f)} instances)"
+             for f in inst.funnel_parents]
+    return ", ".join([*plain, *parts])
