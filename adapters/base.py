@@ -11,18 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+import enum
 
 import msgspec
 
-if TYPE_CHECKING:
-    from engine.spec.graph import StepInstance
+from engine.spec.graph import StepInstance
 
 __all__ = [
     "Adapter",
     "AdapterError",
     "CancelError",
     "JobHandle",
+    "JobOutcome",
+    "JobRequest",
+    "JobResult",
     "StatusError",
     "SubmitError",
     "map_exceptions",
@@ -77,6 +81,50 @@ class JobHandle(msgspec.Struct, frozen=True, kw_only=True):
     backend: str
 
 
+class JobOutcome(enum.StrEnum):
+    """How a job ended, in the backend's terms mapped to one vocabulary."""
+
+    COMPLETED = "COMPLETED"  # exit code 0
+    FAILED = "FAILED"  # non-zero exit code (or killed by a signal)
+    TIMEOUT = "TIMEOUT"  # the backend's own time limit killed it
+    CANCELLED = "CANCELLED"  # cancelled (by us or by someone else)
+    NODE_FAIL = "NODE_FAIL"  # hardware failure; Maestro resubmits
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    PREEMPTED = "PREEMPTED"
+    LOST = "LOST"  # the backend no longer knows the job and no exit status was recorded
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of a job.
+
+    Attributes:
+        outcome: How it ended.
+        exit_code: The exit code if known (negative: killed by that signal).
+        detail: The backend's words (e.g. Slurm's state line), for humans.
+    """
+
+    outcome: JobOutcome
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run: one attempt of one step.
+
+    Attributes:
+        step: The step instance.
+        attempt: The attempt number (1 for the first submission).
+        key: The attempt's idempotency key; a backend that can label jobs (Slurm's job
+            name or comment, Flux's job name) records it so the job can be found again.
+        restart: Run the step's restart script instead of its command.
+    """
+
+    step: StepInstance
+    attempt: int
+    key: str
+    restart: bool = False
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """A backend: local processes, Slurm or Flux."""
@@ -87,16 +135,16 @@ class Adapter(Protocol):
         """Write the step's script(s) into its workspace and return the main script."""
         ...
 
-    async def submit(self, step: StepInstance, attempt: int) -> JobHandle:
-        """Start (or queue) attempt ``attempt`` of ``step``.
+    async def submit(self, request: JobRequest) -> JobHandle:
+        """Start (or queue) one attempt of a step.
 
         Raises:
             SubmitError: the job could not be started.
         """
         ...
 
-    async def wait(self, handle: JobHandle) -> int:
-        """Wait for the job to end and return its exit code (negative: killed by signal).
+    async def wait(self, handle: JobHandle) -> JobResult:
+        """Wait for the job to end and say how it ended.
 
         Raises:
             StatusError: the outcome cannot be determined.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from adapters.base import JobHandle, SubmitError
+from adapters.base import JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -29,9 +29,10 @@ class FakeAdapter:
     def __init__(self, *, submit_errors: dict[str, str] | None = None) -> None:
         self.submit_errors = dict(submit_errors or {})
         self.submitted: list[tuple[str, int]] = []
+        self.requests: list[JobRequest] = []
         self.cancelled: list[tuple[str, int]] = []
         self.scripts: list[str] = []
-        self._codes: dict[tuple[str, int], int] = {}
+        self._codes: dict[tuple[str, int], JobResult] = {}
         self._done: dict[tuple[str, int], anyio.Event] = {}
         self._seen: dict[str, anyio.Event] = {}
         self._next_id = 100
@@ -41,8 +42,10 @@ class FakeAdapter:
         self.scripts.append(step.name)
         return Path(step.workspace) / f"{step.name}.sh"
 
-    async def submit(self, step: StepInstance, attempt: int) -> JobHandle:
+    async def submit(self, request: JobRequest) -> JobHandle:
         """Record the submission, or raise the planned ``SubmitError``."""
+        step, attempt = request.step, request.attempt
+        self.requests.append(request)
         self._seen.setdefault(step.name, anyio.Event()).set()
         if step.name in self.submit_errors:
             raise SubmitError(self.submit_errors[step.name], step.name)
@@ -52,7 +55,7 @@ class FakeAdapter:
         self._next_id += 1
         return JobHandle(step=step.name, attempt=attempt, job_id=str(self._next_id), backend="fake")
 
-    async def wait(self, handle: JobHandle) -> int:
+    async def wait(self, handle: JobHandle) -> JobResult:
         """Block until the test (or a cancel) ends the job."""
         key = (handle.step, handle.attempt)
         await self._done[key].wait()
@@ -63,13 +66,16 @@ class FakeAdapter:
         key = (handle.step, handle.attempt)
         self.cancelled.append(key)
         if not self._done[key].is_set():
-            self._codes[key] = -15
+            self._codes[key] = JobResult(outcome=JobOutcome.CANCELLED, exit_code=-15)
             self._done[key].set()
 
-    def finish(self, step: str, code: int = 0, attempt: int = 1) -> None:
-        """End a submitted job with exit ``code``."""
+    def finish(self, step: str, code: int = 0, attempt: int = 1,
+               outcome: JobOutcome | None = None) -> None:
+        """End a submitted job with exit ``code`` (or an explicit ``outcome``)."""
         key = (step, attempt)
-        self._codes[key] = code
+        if outcome is None:
+            outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
+        self._codes[key] = JobResult(outcome=outcome, exit_code=code)
         self._done[key].set()
 
     async def wait_submitted(self, step: str) -> None:

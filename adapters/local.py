@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from adapters.base import JobHandle, SubmitError, map_exceptions
+from adapters.base import JobHandle, JobOutcome, JobRequest, JobResult, SubmitError, map_exceptions
 from engine.spec.naming import make_safe_path
 
 if TYPE_CHECKING:
@@ -88,22 +88,25 @@ class LocalAdapter:
             rpath.chmod(_EXEC)
         return path
 
-    async def submit(self, step: StepInstance, attempt: int) -> JobHandle:
+    async def submit(self, request: JobRequest) -> JobHandle:
         """Write the script and start it; return once the process exists.
 
         Raises:
             SubmitError: the workspace or script could not be written, or exec failed
                 (e.g. a bad shebang or a missing shell).
         """
+        step, attempt = request.step, request.attempt
         with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError},
                             step.name):
-            proc = self._spawn(step)
+            proc = self._spawn(step, restart=request.restart)
         self._procs[(step.name, attempt)] = proc
         self._exited[(step.name, attempt)] = anyio.Event()
         return JobHandle(step=step.name, attempt=attempt, job_id=str(proc.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance) -> subprocess.Popen[bytes]:
+    def _spawn(self, step: StepInstance, *, restart: bool) -> subprocess.Popen[bytes]:
         script = self.write_script(step)
+        if restart and step.restart:
+            script = script_path(step, restart=True)
         ws = Path(step.workspace)
         stem = output_stem(step)
         out_tmp = ws / f"{stem}.out.starting"
@@ -125,8 +128,8 @@ class LocalAdapter:
         os.replace(err_tmp, ws / f"{stem}.{proc.pid}.err")
         return proc
 
-    async def wait(self, handle: JobHandle) -> int:
-        """Wait for the process to exit; return its code (negative: the killing signal)."""
+    async def wait(self, handle: JobHandle) -> JobResult:
+        """Wait for the process to exit (exit code negative: the killing signal)."""
         key = (handle.step, handle.attempt)
         proc = self._procs[key]
         try:
@@ -140,7 +143,8 @@ class LocalAdapter:
                 # Whatever the cancelled step started in its group dies with it.
                 self._cancelled.discard(key)
                 _killpg(proc.pid, signal.SIGKILL)
-        return code
+        outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
+        return JobResult(outcome=outcome, exit_code=code)
 
     async def cancel(self, handle: JobHandle) -> None:
         """SIGTERM the job's process group, SIGKILL it after ``kill_grace`` seconds."""

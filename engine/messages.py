@@ -224,10 +224,13 @@ class JobStarted(Event, tag="job_started"):
 
 
 class JobExited(Event, tag="job_exited"):
-    """The job ended with ``exit_code`` (negative: killed by that signal)."""
+    """The job ended: ``outcome`` is an ``adapters.base.JobOutcome`` value ("" = judge by
+    the exit code), ``exit_code`` negative if a signal killed it, None if unknown."""
 
-    exit_code: int
+    exit_code: int | None
     time: float
+    outcome: str = ""
+    detail: str = ""
 
 
 class SubmitFailed(Event, tag="submit_failed"):

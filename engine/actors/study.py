@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from adapters.base import Adapter, JobHandle, SubmitError
+from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
 from engine import subjects
 from engine.bus import Bus
 from engine.machines import step as step_machine
@@ -284,8 +284,9 @@ class StudyRuntime:
         """One job's life: submit, report the start, wait, report the exit."""
         inst = self.graph.by_name[name]
         send = self._send.send_nowait
+        request = JobRequest(step=inst, attempt=attempt, key=f"{self.study_id}/{name}/{attempt}")
         try:
-            handle = await self.adapter.submit(inst, attempt)
+            handle = await self.adapter.submit(request)
         except SubmitError as exc:
             self._log.warning("submit_failed", step=name, attempt=attempt, error=str(exc))
             send((name, SubmitFailed(event_id=new_event_id(), detail=str(exc),
@@ -299,10 +300,12 @@ class StudyRuntime:
             assert self._tg is not None
             self._tg.start_soon(self.adapter.cancel, handle)
         try:
-            code = await self.adapter.wait(handle)
+            result = await self.adapter.wait(handle)
         finally:
             self._handles.pop(key, None)
-        send((name, JobExited(event_id=new_event_id(), exit_code=code, time=self.clock())))
+        send((name, JobExited(event_id=new_event_id(), exit_code=result.exit_code,
+                              outcome=result.outcome.value, detail=result.detail,
+                              time=self.clock())))
 
     async def _cancel_job(self, name: str, attempt: int) -> None:
         handle = self._handles.get((name, attempt))

@@ -144,13 +144,13 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
             time=ev.time, job_id=rec.job_id, reason=rec.reason,
         )
         return new, [pub, release]
-    ok = ev.exit_code == 0
+    ok = ev.outcome == "COMPLETED" if ev.outcome else ev.exit_code == 0
     state = S.FINISHED if ok else S.FAILED
     new = replace(rec, state=state, exit_code=ev.exit_code, end_time=ev.time)
     pub = PublishState(
         step=rec.name, state=state, previous=rec.state, attempt=rec.attempt, time=ev.time,
         job_id=rec.job_id, exit_code=ev.exit_code, kind="" if ok else "exit_code",
-        reason="" if ok else f"exit code {ev.exit_code}",
+        reason="" if ok else (ev.detail or f"exit code {ev.exit_code}"),
     )
     return new, [pub, release]
 
