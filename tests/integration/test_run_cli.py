@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -227,3 +228,33 @@ def test_version_is_printed() -> None:
     assert "enginectl, version " in result.stdout
 
 
+
+
+def test_run_shows_progress_on_a_terminal_and_nothing_but_the_result_otherwise(
+    tmp_path: Path,
+) -> None:
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*ENGINECTL, "run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(tmp_path / "tty")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert 0 == proc.wait(timeout=60)
+    os.close(master)
+    shown = b"".join(chunks).decode()
+    assert "\r" in shown and "sweep: 5 steps: 5 FINISHED" in shown
+    piped = enginectl("run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(tmp_path / "pipe"))
+    assert 0 == piped.returncode
+    assert [f"sweep: FINISHED ({tmp_path / 'pipe'})"] == piped.stderr.strip().splitlines()
