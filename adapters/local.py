@@ -4,6 +4,8 @@ The script ``<safe name>.sh`` (Maestro's format: ``#!<shell>``, a blank line, th
 is written into the step's workspace and executed directly, so its shebang is honoured,
 with cwd = workspace, in a new session (its own process group), and stdout/stderr going
 to ``<name>.<pid>.out`` / ``<name>.<pid>.err`` in the workspace, as Maestro names them.
+The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
+``TROUPE_STEP``, ``TROUPE_ATTEMPT`` and ``TROUPE_WORKSPACE``.
 Completion is pushed: ``wait`` awaits the process. ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
 once its leader is gone so that no process of the step survives it.
@@ -78,13 +80,14 @@ class LocalAdapter:
         ws = Path(step.workspace)
         ws.mkdir(parents=True, exist_ok=True)
         path = script_path(step)
+        shell = step.shell or self.shell  # Merlin's per-step shell wins
         cmd = _LAUNCHER.sub("", step.cmd) if self.strip_launcher else step.cmd
-        path.write_text(f"#!{self.shell}\n\n{cmd}\n")
+        path.write_text(f"#!{shell}\n\n{cmd}\n")
         path.chmod(_EXEC)
         if step.restart:
             rpath = script_path(step, restart=True)
             restart = _LAUNCHER.sub("", step.restart) if self.strip_launcher else step.restart
-            rpath.write_text(f"#!{self.shell}\n\n{restart}\n")
+            rpath.write_text(f"#!{shell}\n\n{restart}\n")
             rpath.chmod(_EXEC)
         return path
 
@@ -98,12 +101,12 @@ class LocalAdapter:
         step, attempt = request.step, request.attempt
         with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError},
                             step.name):
-            proc = self._spawn(step, restart=request.restart)
+            proc = self._spawn(step, attempt, restart=request.restart)
         self._procs[(step.name, attempt)] = proc
         self._exited[(step.name, attempt)] = anyio.Event()
         return JobHandle(step=step.name, attempt=attempt, job_id=str(proc.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance, *, restart: bool) -> subprocess.Popen[bytes]:
+    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool) -> subprocess.Popen[bytes]:
         script = self.write_script(step)
         if restart and step.restart:
             script = script_path(step, restart=True)
@@ -117,7 +120,9 @@ class LocalAdapter:
             try:
                 proc = subprocess.Popen(
                     [str(script)], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    env=self._env, start_new_session=True, close_fds=True,
+                    env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
+                         "TROUPE_WORKSPACE": str(ws)},
+                    start_new_session=True, close_fds=True,
                 )
             finally:
                 os.close(err)

@@ -10,19 +10,27 @@ JetStream stores one connection's messages in order, proves every earlier event 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 import msgspec
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
 
 from engine.errors import BusError
-from engine.messages import BUS_DECODER, ENCODER, AnyBusMessage, BusMessage
+from engine.messages import (
+    BUS_DECODER,
+    ENCODER,
+    AnyBusMessage,
+    BusMessage,
+    ControlReply,
+    new_event_id,
+)
 
 __all__ = ["Bus", "Credentials", "open_bus"]
 
@@ -133,6 +141,57 @@ class Bus:
         try:
             await self._nc.flush()
             yield messages()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except NatsError:
+                    pass  # connection already closed: the subscription is gone with it
+
+    async def request(
+        self, subject: str, message: BusMessage, *, timeout: float = 5.0
+    ) -> AnyBusMessage:
+        """Send a request and return the decoded reply.
+
+        Raises:
+            BusError: nobody answered within ``timeout`` seconds, or the bus failed.
+        """
+        try:
+            msg = await self._nc.request(subject, ENCODER.encode(message), timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise BusError(f"nobody serves {subject}", self.url) from exc
+        except nats.errors.TimeoutError as exc:
+            raise BusError(f"no reply on {subject} within {timeout} s", self.url) from exc
+        except NatsError as exc:
+            raise BusError(f"request on {subject} failed: {exc}", self.url) from exc
+        return BUS_DECODER.decode(msg.data)
+
+    @asynccontextmanager
+    async def serve(
+        self, subject: str
+    ) -> AsyncIterator[AsyncIterator[tuple[AnyBusMessage, Callable[[BusMessage], Awaitable[None]]]]]:
+        """Yield an iterator of ``(request, reply)`` pairs for requests on ``subject``.
+
+        Undecodable requests are answered with an error reply and skipped.
+        """
+        sub = await self._nc.subscribe(subject)
+
+        async def requests() -> AsyncIterator[tuple[AnyBusMessage, Callable[[BusMessage], Awaitable[None]]]]:
+            async for msg in sub.messages:
+                async def reply(answer: BusMessage, _msg: Msg = msg) -> None:
+                    if _msg.reply:
+                        await self._nc.publish(_msg.reply, ENCODER.encode(answer))
+                try:
+                    decoded = BUS_DECODER.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    await reply(ControlReply(event_id=new_event_id(), ok=False,
+                                             detail=f"bad request: {exc}"))
+                    continue
+                yield decoded, reply
+
+        try:
+            await self._nc.flush()
+            yield requests()
         finally:
             with anyio.CancelScope(shield=True):
                 try:

@@ -90,6 +90,10 @@ def main(verbose: int) -> None:
 @click.option("--dry", is_flag=True, help="Write every script and mark steps DRYRUN; run nothing.")
 @click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
               help="Max steps running at once (default: number of CPUs; 0 = unlimited).")
+@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None,
+              help="Restarts of a timed-out step (default 1; 0 = unlimited).")
+@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
+              help="Runs of a step that fails (default 1: no retry).")
 @click.option("--nats-url", metavar="URL", help="Use this NATS server instead of an embedded one.")
 @click.option("--user", help="NATS user (with --nats-url).")
 @click.option("--password", help="NATS password (with --nats-url).")
@@ -98,14 +102,15 @@ def main(verbose: int) -> None:
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
 @click.option("--local", "run_local", is_flag=True,
               help="Run steps that ask for nodes/procs here too, with $(LAUNCHER) removed.")
-@click.option("--kill-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds between SIGTERM and SIGKILL when a step is stopped.")
+@click.option("--kill-grace", type=click.FloatRange(min=0), default=None,
+              help="Seconds between SIGTERM and SIGKILL when a step is stopped (default 10).")
 @_pgen_opt
 @_pargs_opt
 @_friendly_errors
-def run(spec: str, out: str | None, dry: bool, throttle: int | None, nats_url: str | None,
+def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
+        attempts: int | None, nats_url: str | None,
         user: str | None, password: str | None, token: str | None, creds: str | None,
-        tls_ca: str | None, run_local: bool, kill_grace: float, pgen: str | None,
+        tls_ca: str | None, run_local: bool, kill_grace: float | None, pgen: str | None,
         pargs: tuple[str, ...]) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
     from engine.runner import RunOptions, default_progress_stream, run_study
@@ -114,7 +119,8 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, nats_url: s
         _fail("--user/--password/--token/--creds/--tls-ca need --nats-url")
     graph = _load(spec, out, pgen, pargs)
     opts = RunOptions(
-        throttle=throttle, dry_run=dry, nats_url=nats_url, run_local=run_local,
+        throttle=throttle, rlimit=rlimit, attempts=attempts, dry_run=dry, nats_url=nats_url,
+        run_local=run_local,
         credentials=Credentials(user=user, password=password, token=token,
                                 creds_file=creds, tls_ca=tls_ca),
         kill_grace=kill_grace, progress=default_progress_stream(), pgen=pgen,

@@ -22,12 +22,15 @@ __all__ = [
     "ENCODER",
     "FAILURE_STATES",
     "SCHEMA_VERSION",
+    "SetThrottle",
     "TERMINAL_STATES",
     "AnyBusMessage",
     "BusMessage",
     "CancelJob",
     "CancelRequested",
+    "CancelSteps",
     "Command",
+    "ControlReply",
     "DependencyEnded",
     "Event",
     "FailureKind",
@@ -41,9 +44,11 @@ __all__ = [
     "SlotReleased",
     "SlotRequested",
     "SlotWithdrawn",
+    "StartTimer",
     "StepEnded",
     "StepState",
     "StepStateChanged",
+    "StopStudy",
     "StudyCancelRequested",
     "StudyEnded",
     "StudyFinished",
@@ -53,6 +58,7 @@ __all__ = [
     "SubmitFailed",
     "SubmitJob",
     "ThrottleChanged",
+    "TimerFired",
     "WithdrawSlotRequest",
     "WriteScript",
     "new_event_id",
@@ -147,8 +153,11 @@ class StepStateChanged(BusMessage, tag="step_state_changed"):
         job_id: The pid (local) or scheduler job id, once known.
         exit_code: The job's exit code, for FINISHED and FAILED by exit code.
         kind: For failures, why: exit_code, timeout, lost, submit_rejected, dependency.
-        retryable: Whether the supervisor may run the step again.
+        retryable: Whether the supervisor will run the step again (then ``final`` is
+            False and the next event is WAITING).
         reason: Human-readable detail (e.g. the failed dependency's name).
+        final: The step will not change state again in this run.
+        soft: A Merlin soft fail: the step FAILED but its descendants still run.
     """
 
     study_id: str
@@ -162,6 +171,8 @@ class StepStateChanged(BusMessage, tag="step_state_changed"):
     kind: FailureKind = ""
     retryable: bool = False
     reason: str = ""
+    final: bool = False
+    soft: bool = False
 
 
 class StudyStarted(BusMessage, tag="study_started"):
@@ -185,7 +196,35 @@ class StudyEnded(BusMessage, tag="study_ended"):
     counts: dict[str, int] = {}
 
 
-AnyBusMessage = StepStateChanged | StudyStarted | StudyEnded
+class CancelSteps(BusMessage, tag="cancel_steps"):
+    """Control request: cancel the steps whose instance or step name matches ``glob``
+    (and, through propagation, their descendants); an empty glob cancels the study."""
+
+    study_id: str
+    glob: str = ""
+    reason: str = "cancelled by request"
+
+
+class SetThrottle(BusMessage, tag="set_throttle"):
+    """Control request: set the throttle of ``scope`` (``global``, ``adapter:<name>``,
+    ``group:<name>``) to ``limit`` (0 = unlimited) while the study runs."""
+
+    study_id: str
+    limit: int
+    scope: str = "global"
+
+
+class ControlReply(BusMessage, tag="control_reply"):
+    """The answer to a control request."""
+
+    ok: bool
+    detail: str = ""
+    matched: int = 0
+
+
+AnyBusMessage = (
+    StepStateChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle | ControlReply
+)
 
 ENCODER = msgspec.json.Encoder()
 BUS_DECODER = msgspec.json.Decoder(AnyBusMessage)
@@ -210,6 +249,7 @@ class DependencyEnded(Event, tag="dependency_ended"):
 
     dependency: str
     state: StepState
+    soft: bool = False
 
 
 class SlotGranted(Event, tag="slot_granted"):
@@ -247,15 +287,17 @@ class CancelRequested(Event, tag="cancel_requested"):
 
 
 class SlotRequested(Event, tag="slot_requested"):
-    """Supervisor input: ``step`` wants a slot."""
+    """Supervisor input: ``step`` wants a slot in each of ``scopes``."""
 
     step: str
+    scopes: tuple[str, ...] = ("global",)
 
 
 class SlotReleased(Event, tag="slot_released"):
-    """Supervisor input: ``step`` gave its slot back."""
+    """Supervisor input: ``step`` gave its slots in ``scopes`` back."""
 
     step: str
+    scopes: tuple[str, ...] = ("global",)
 
 
 class SlotWithdrawn(Event, tag="slot_withdrawn"):
@@ -265,9 +307,17 @@ class SlotWithdrawn(Event, tag="slot_withdrawn"):
 
 
 class ThrottleChanged(Event, tag="throttle_changed"):
-    """Supervisor input: the global throttle is now ``limit`` (0 = unlimited)."""
+    """Supervisor input: the throttle of ``scope`` is now ``limit`` (0 = unlimited)."""
 
     limit: int
+    scope: str = "global"
+
+
+class TimerFired(Event, tag="timer_fired"):
+    """A timer a machine asked for (``StartTimer``) went off."""
+
+    name: str
+    attempt: int
 
 
 class StepEnded(Event, tag="step_ended"):
@@ -301,12 +351,15 @@ class PublishState(Command, tag="publish_state"):
     kind: FailureKind = ""
     retryable: bool = False
     reason: str = ""
+    final: bool = False
+    soft: bool = False
 
 
 class RequestSlot(Command, tag="request_slot"):
-    """Ask the supervisor for a throttle slot."""
+    """Ask the supervisor for a slot in each of ``scopes``."""
 
     step: str
+    scopes: tuple[str, ...] = ("global",)
 
 
 class WithdrawSlotRequest(Command, tag="withdraw_slot_request"):
@@ -316,9 +369,10 @@ class WithdrawSlotRequest(Command, tag="withdraw_slot_request"):
 
 
 class ReleaseSlot(Command, tag="release_slot"):
-    """Give a held throttle slot back."""
+    """Give the held slots back."""
 
     step: str
+    scopes: tuple[str, ...] = ("global",)
 
 
 class GrantSlot(Command, tag="grant_slot"):
@@ -328,10 +382,28 @@ class GrantSlot(Command, tag="grant_slot"):
 
 
 class SubmitJob(Command, tag="submit_job"):
-    """Write the step's script and start attempt ``attempt`` through its adapter."""
+    """Write the step's script and start attempt ``attempt`` through its adapter
+    (its ``restart`` script if ``restart``)."""
 
     step: str
     attempt: int
+    restart: bool = False
+
+
+class StartTimer(Command, tag="start_timer"):
+    """Feed ``TimerFired(name, attempt)`` back to ``step`` after ``delay`` seconds."""
+
+    step: str
+    name: str
+    attempt: int
+    delay: float
+
+
+class StopStudy(Command, tag="stop_study"):
+    """Stop the whole study (a Merlin hard fail): cancel every other step."""
+
+    step: str
+    reason: str
 
 
 class CancelJob(Command, tag="cancel_job"):

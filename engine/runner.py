@@ -29,6 +29,7 @@ from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
 from engine.messages import StudyState
 from engine.natsserver import open_embedded_server
+from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec.graph import StudyGraph
 from engine.spec.naming import make_safe_path
 from engine.status import state_counts
@@ -40,22 +41,28 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     """How to run one study.
 
     Attributes:
-        throttle: Max steps running at once; None = the number of CPUs; 0 = unlimited.
+        throttle: Max steps running at once; None = the spec's ``troupe:`` settings (local
+            steps: the number of CPUs); 0 = unlimited.
+        rlimit: Restarts after a timeout (None: the spec's, else Maestro's 1; 0 = unlimited).
+        attempts: Runs of a failing step (None: the spec's, else Maestro's 1).
         dry_run: Write scripts, mark steps DRYRUN, run nothing.
         nats_url: Use this NATS server instead of an embedded one.
         credentials: Credentials for ``nats_url``.
         run_local: Run scheduler steps (nodes/procs) locally, ``$(LAUNCHER)`` removed.
-        kill_grace: Seconds between SIGTERM and SIGKILL when stopping a step.
+        kill_grace: Seconds between SIGTERM and SIGKILL when stopping a step (None: the
+            spec's ``troupe.kill_grace``, else 10).
         progress: Where to draw live progress (a TTY), or None for none.
         pgen: The custom parameter generator file, copied into the study directory.
     """
 
     throttle: int | None = None
+    rlimit: int | None = None
+    attempts: int | None = None
     dry_run: bool = False
     nats_url: str | None = None
     credentials: Credentials | None = None
     run_local: bool = False
-    kill_grace: float = 10.0
+    kill_grace: float | None = None
     progress: TextIO | None = None
     pgen: str | None = None
 
@@ -87,6 +94,7 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         BusError: the NATS server cannot be started or reached.
     """
     _check_backends(graph, opts)
+    step_policies(graph, CliOverrides(), run_local=opts.run_local)  # bad settings: fail early
     root = prepare_study_dir(graph, pgen=opts.pgen)
     study_id = make_study_id(graph.name, dt.datetime.now())
     log_path = root / "logs" / f"{graph.name}.log"
@@ -94,10 +102,16 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         log = structlog.get_logger("troupe.run").bind(study_id=study_id)
         log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))
         await acquire_dependencies(graph)
-        throttle = (os.cpu_count() or 1) if opts.throttle is None else opts.throttle
+        cli = CliOverrides(throttle=opts.throttle, rlimit=opts.rlimit, attempts=opts.attempts,
+                           kill_grace=opts.kill_grace)
+        policies = step_policies(graph, cli, run_local=opts.run_local)
+        limits = throttle_limits(graph, cli)
+        kill_grace = opts.kill_grace
+        if kill_grace is None:
+            kill_grace = troupe_settings(graph).kill_grace
         adapter = LocalAdapter(
             shell=str(graph.batch.get("shell") or "/bin/bash"),
-            kill_grace=opts.kill_grace,
+            kill_grace=10.0 if kill_grace is None else kill_grace,
             strip_launcher=opts.run_local,
             env={"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": str(root)},
         )
@@ -111,8 +125,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             runtime = StudyRuntime(
-                graph, study_id=study_id, bus=bus, adapter=adapter, throttle=throttle,
-                dry_run=opts.dry_run, status_path=root / "status.csv",
+                graph, study_id=study_id, bus=bus, adapter=adapter, limits=limits,
+                policies=policies, dry_run=opts.dry_run, status_path=root / "status.csv",
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signals, runtime)

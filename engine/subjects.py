@@ -19,6 +19,7 @@ __all__ = [
     "EVENTS_STREAM",
     "PREFIX",
     "all_events",
+    "control",
     "decode_token",
     "encode_token",
     "step_event",
@@ -98,3 +99,8 @@ def step_event(study_id: str, step: str, state: str) -> str:
 def study_event(study_id: str, kind: str) -> str:
     """Subject of a study-level event (``started``, ``ended``)."""
     return f"{PREFIX}.events.{encode_token(study_id)}.study.{kind}"
+
+
+def control(study_id: str, verb: str) -> str:
+    """Request/reply subject of a study's control verb (``cancel``, ``throttle``)."""
+    return f"{PREFIX}.control.{encode_token(study_id)}.{verb}"

@@ -1,7 +1,8 @@
 """Fakes shipped with the engine for tests: an in-memory bus with NATS subject matching.
 
 ``FakeBus`` has the ``Bus`` interface that ``StudyRuntime`` uses (``publish``,
-``persist``, ``subscribe``, ``flush``, ``ensure_stream``, ``durable``) and delivers
+``persist``, ``subscribe``, ``serve``, ``request``, ``flush``, ``ensure_stream``,
+``durable``) and delivers
 messages to subscribers through anyio memory object streams, matching subjects with NATS
 wildcard rules (``*`` one token, ``>`` the rest). Everything published is kept in
 ``published`` for assertions.
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from engine.errors import BusError
 from engine.messages import AnyBusMessage, BusMessage
 
 __all__ = ["FakeBus", "subject_matches"]
@@ -41,6 +43,7 @@ class FakeBus:
         self.url = "fake://"
         self.published: list[tuple[str, BusMessage]] = []
         self._subs: list[tuple[str, MemoryObjectSendStream[AnyBusMessage]]] = []
+        self._servers: list[tuple[str, MemoryObjectSendStream[tuple]]] = []
 
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Record ``message`` and hand it to every matching subscriber."""
@@ -71,5 +74,30 @@ class FakeBus:
             yield recv
         finally:
             self._subs.remove(entry)
+            send.close()  # ends the iteration of whoever still reads it
+
+    async def request(self, subject: str, message: BusMessage, *, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+        """Deliver ``message`` to the server of ``subject`` and return its reply."""
+        for pattern, handler in list(self._servers):
+            if subject_matches(pattern, subject):
+                send, recv = anyio.create_memory_object_stream[BusMessage](1)
+
+                async def reply(answer: BusMessage) -> None:
+                    await send.send(answer)
+
+                handler.send_nowait((message, reply))
+                with anyio.fail_after(timeout):
+                    return await recv.receive()
+        raise BusError(f"nobody serves {subject}", self.url)
+
+    @asynccontextmanager
+    async def serve(self, subject: str):  # type: ignore[no-untyped-def]
+        """Yield an iterator of ``(request, reply)`` pairs sent with ``request``."""
+        send, recv = anyio.create_memory_object_stream[tuple](math.inf)
+        entry = (subject, send)
+        self._servers.append(entry)
+        try:
+            yield recv
+        finally:
+            self._servers.remove(entry)
             send.close()
-            recv.close()

@@ -13,6 +13,7 @@ the inbox as events (``JobStarted``, ``JobExited``, ``SubmitFailed``).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import time
 from collections import deque
@@ -28,13 +29,15 @@ from engine import subjects
 from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
+from engine.machines.policy import StepPolicy
 from engine.messages import (
     FAILURE_STATES,
-    TERMINAL_STATES,
     AnyBusMessage,
     CancelJob,
     CancelRequested,
+    CancelSteps,
     Command,
+    ControlReply,
     DependencyEnded,
     Event,
     GrantSlot,
@@ -47,8 +50,11 @@ from engine.messages import (
     SlotReleased,
     SlotRequested,
     SlotWithdrawn,
+    SetThrottle,
+    StartTimer,
     StepEnded,
     StepStateChanged,
+    StopStudy,
     StudyCancelRequested,
     StudyEnded,
     StudyFinished,
@@ -58,6 +64,7 @@ from engine.messages import (
     SubmitFailed,
     SubmitJob,
     ThrottleChanged,
+    TimerFired,
     WithdrawSlotRequest,
     WriteScript,
     new_event_id,
@@ -78,7 +85,9 @@ class StudyRuntime:
         study_id: The study's id (used in subjects and events).
         bus: A connected bus.
         adapter: The backend that runs the steps.
-        throttle: Maximum steps running at once (0 = unlimited).
+        throttle: Maximum steps running at once (0 = unlimited); ignored if ``limits``.
+        limits: Throttle limits per scope (see ``engine.settings.throttle_limits``).
+        policies: Each step's policy (default: Maestro's defaults, global scope only).
         dry_run: Write scripts and mark steps DRYRUN without running anything.
         status_path: Where to keep ``status.csv`` (None: don't write one).
         clock: Returns seconds since the epoch (injected for tests).
@@ -94,6 +103,8 @@ class StudyRuntime:
         bus: Bus,
         adapter: Adapter,
         throttle: int = 0,
+        limits: dict[str, int] | None = None,
+        policies: dict[str, StepPolicy] | None = None,
         dry_run: bool = False,
         status_path: Path | None = None,
         clock: Callable[[], float] = time.time,
@@ -107,11 +118,15 @@ class StudyRuntime:
         self.status_path = status_path
         self.clock = clock
         self.status_interval = status_interval
+        policies = policies or {}
         self.records = {
-            s.name: step_machine.new_record(s.name, len(s.parents), dry_run=dry_run)
+            s.name: step_machine.new_record(s.name, len(s.parents), dry_run=dry_run,
+                                            policy=policies.get(s.name))
             for s in graph.steps
         }
-        self.supervisor = sup_machine.SupervisorState(total=len(graph.steps), limit=throttle)
+        self.supervisor = sup_machine.SupervisorState(
+            total=len(graph.steps), limits=limits if limits is not None else {"global": throttle}
+        )
         self.outcome: StudyState | None = None
         self.counts: dict[str, int] = {}
         self._order = graph.bfs_order()
@@ -143,9 +158,24 @@ class StudyRuntime:
         for name in self._order:
             self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
 
-    def set_throttle(self, limit: int) -> None:
-        """Change the global throttle while the study runs (0 = unlimited)."""
-        self._send.send_nowait((_SUPERVISOR, ThrottleChanged(event_id=new_event_id(), limit=limit)))
+    def cancel_steps(self, glob: str, reason: str = "cancelled by request") -> int:
+        """Cancel the steps whose instance name or spec step name matches ``glob``; their
+        descendants follow through propagation, the rest of the study goes on.
+
+        Returns:
+            How many step instances matched.
+        """
+        matched = [s.name for s in self.graph.steps
+                   if fnmatch.fnmatchcase(s.name, glob) or fnmatch.fnmatchcase(s.step, glob)]
+        for name in matched:
+            self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
+        return len(matched)
+
+    def set_throttle(self, limit: int, scope: str = "global") -> None:
+        """Change a throttle while the study runs (0 = unlimited)."""
+        self._send.send_nowait(
+            (_SUPERVISOR, ThrottleChanged(event_id=new_event_id(), limit=limit, scope=scope))
+        )
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -159,6 +189,7 @@ class StudyRuntime:
             self._tg = tg
             async with self.bus.subscribe(subjects.step_events(self.study_id)) as events:
                 tg.start_soon(self._route, events)
+                await tg.start(self._serve_control)
                 if self.status_path is not None:
                     tg.start_soon(self._status_writer)
                 await self.bus.publish(
@@ -210,7 +241,7 @@ class StudyRuntime:
         async for msg in events:
             if not isinstance(msg, StepStateChanged) or msg.study_id != self.study_id:
                 continue
-            if msg.state not in TERMINAL_STATES or msg.step in self._terminal_seen:
+            if not msg.final or msg.step in self._terminal_seen:
                 continue
             if msg.step not in children:
                 continue  # not one of ours (e.g. another engine on the same subject)
@@ -218,7 +249,7 @@ class StudyRuntime:
             for child in children[msg.step]:
                 send((child, DependencyEnded(
                     event_id=new_event_id(), cause_id=msg.event_id,
-                    dependency=msg.step, state=msg.state,
+                    dependency=msg.step, state=msg.state, soft=msg.soft,
                 )))
             send((_SUPERVISOR, StepEnded(
                 event_id=new_event_id(), cause_id=msg.event_id, step=msg.step, state=msg.state,
@@ -233,17 +264,25 @@ class StudyRuntime:
             match cmd:
                 case PublishState():
                     await self._publish(cmd, cause)
-                case RequestSlot(step=s):
-                    self._decide(_SUPERVISOR, SlotRequested(event_id=cause, step=s), work)
-                case ReleaseSlot(step=s):
-                    self._decide(_SUPERVISOR, SlotReleased(event_id=cause, step=s), work)
+                case RequestSlot(step=s, scopes=scopes):
+                    self._decide(_SUPERVISOR, SlotRequested(event_id=cause, step=s, scopes=scopes),
+                                 work)
+                case ReleaseSlot(step=s, scopes=scopes):
+                    self._decide(_SUPERVISOR, SlotReleased(event_id=cause, step=s, scopes=scopes),
+                                 work)
                 case WithdrawSlotRequest(step=s):
                     self._decide(_SUPERVISOR, SlotWithdrawn(event_id=cause, step=s), work)
                 case GrantSlot(step=s):
                     self._decide(s, SlotGranted(event_id=new_event_id(), cause_id=cause), work)
-                case SubmitJob(step=s, attempt=a):
+                case SubmitJob(step=s, attempt=a, restart=restart):
                     assert self._tg is not None
-                    self._tg.start_soon(self._run_job, s, a)
+                    self._tg.start_soon(self._run_job, s, a, restart)
+                case StartTimer(step=s, name=timer, attempt=a, delay=delay):
+                    assert self._tg is not None
+                    self._tg.start_soon(self._timer, s, timer, a, delay)
+                case StopStudy(reason=reason):
+                    self._log.warning("study_stopping", reason=reason)
+                    self._stop(reason)
                 case CancelJob(step=s, attempt=a):
                     assert self._tg is not None
                     self._tg.start_soon(self._cancel_job, s, a)
@@ -269,7 +308,7 @@ class StudyRuntime:
             event_id=new_event_id(), cause_id=cause, study_id=self.study_id, step=cmd.step,
             attempt=cmd.attempt, state=cmd.state, previous=cmd.previous, time=cmd.time,
             job_id=cmd.job_id, exit_code=cmd.exit_code, kind=cmd.kind,
-            retryable=cmd.retryable, reason=cmd.reason,
+            retryable=cmd.retryable, reason=cmd.reason, final=cmd.final, soft=cmd.soft,
         )
         await self.bus.publish(subjects.step_event(self.study_id, cmd.step, cmd.state), msg)
         self._dirty.set()
@@ -280,11 +319,12 @@ class StudyRuntime:
             job_id=cmd.job_id or None, exit_code=cmd.exit_code, reason=cmd.reason or None,
         )
 
-    async def _run_job(self, name: str, attempt: int) -> None:
+    async def _run_job(self, name: str, attempt: int, restart: bool) -> None:
         """One job's life: submit, report the start, wait, report the exit."""
         inst = self.graph.by_name[name]
         send = self._send.send_nowait
-        request = JobRequest(step=inst, attempt=attempt, key=f"{self.study_id}/{name}/{attempt}")
+        request = JobRequest(step=inst, attempt=attempt, restart=restart,
+                             key=f"{self.study_id}/{name}/{attempt}")
         try:
             handle = await self.adapter.submit(request)
         except SubmitError as exc:
@@ -306,6 +346,51 @@ class StudyRuntime:
         send((name, JobExited(event_id=new_event_id(), exit_code=result.exit_code,
                               outcome=result.outcome.value, detail=result.detail,
                               time=self.clock())))
+
+    async def _timer(self, name: str, timer: str, attempt: int, delay: float) -> None:
+        await anyio.sleep(delay)
+        self._send.send_nowait((name, TimerFired(event_id=new_event_id(), name=timer,
+                                                 attempt=attempt)))
+
+    def _stop(self, reason: str) -> None:
+        """Stop the whole study (Merlin hard fail): cancel every step, once."""
+        if self._cancel_count:
+            return
+        self._cancel_count = 1
+        self._send.send_nowait((_SUPERVISOR, StudyCancelRequested(event_id=new_event_id())))
+        for name in self._order:
+            self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
+
+    async def _serve_control(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer control requests (cancel steps, change a throttle) for this study."""
+        async with self.bus.serve(subjects.control(self.study_id, "*")) as requests:
+            task_status.started()
+            async for request, reply in requests:
+                await reply(self._control(request))
+
+    def _control(self, request: AnyBusMessage) -> ControlReply:
+        rid = new_event_id()
+        match request:
+            case CancelSteps(study_id=sid) if sid != self.study_id:
+                return ControlReply(event_id=rid, ok=False, detail=f"unknown study {sid}")
+            case CancelSteps(glob=""):
+                self.cancel(reason=request.reason)
+                return ControlReply(event_id=rid, ok=True, detail="study cancelled",
+                                    matched=len(self._order))
+            case CancelSteps(glob=glob):
+                n = self.cancel_steps(glob, reason=request.reason)
+                detail = f"{n} steps match {glob!r}" if n else f"no step matches {glob!r}"
+                return ControlReply(event_id=rid, ok=n > 0, detail=detail, matched=n)
+            case SetThrottle(study_id=sid) if sid != self.study_id:
+                return ControlReply(event_id=rid, ok=False, detail=f"unknown study {sid}")
+            case SetThrottle(limit=limit, scope=scope) if limit >= 0:
+                self.set_throttle(limit, scope)
+                return ControlReply(event_id=rid, ok=True, detail=f"throttle {scope} = {limit}")
+            case _:
+                return ControlReply(event_id=rid, ok=False,
+                                    detail=f"unsupported request {type(request).__name__}")
 
     async def _cancel_job(self, name: str, attempt: int) -> None:
         handle = self._handles.get((name, attempt))

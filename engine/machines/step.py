@@ -1,12 +1,16 @@
 """The pure state machine of one step instance.
 
-``decide(state, event, now=...)`` is the only place a step's state changes. It returns
+``decide(record, event, now=...)`` is the only place a step's state changes. It returns
 the new ``StepRecord`` and the commands its shell must carry out (publish the change, ask
-for a slot, submit or cancel a job). It imports no I/O library and never reads the clock.
+for or give back throttle slots, submit or cancel a job, start a timer). It imports no I/O
+library and never reads the clock: waits are ``StartTimer`` commands that come back as
+``TimerFired`` events.
 
-Maestro's rules: a step runs when all its parents FINISHED (or were DRYRUN); a parent in a
-failure state fails it (and so, transitively, the parent's whole subtree); a CANCELLED
-parent cancels it.
+Maestro's rules: a step runs when all its parents FINISHED (or were DRYRUN, or soft-failed
+under Merlin's protocol); a parent in a failure state fails it (and so, transitively, the
+parent's whole subtree); a CANCELLED parent cancels it. What happens after a job ends
+(retry, restart, resubmission, final state) is the supervisor's policy
+(``engine.machines.policy.judge``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
+from engine.machines.policy import StepPolicy, judge
 from engine.messages import (
     ACTIVE_STATES,
     FAILURE_STATES,
@@ -30,10 +35,13 @@ from engine.messages import (
     ReleaseSlot,
     RequestSlot,
     SlotGranted,
+    StartTimer,
     StepState,
+    StopStudy,
     StudyOpened,
     SubmitFailed,
     SubmitJob,
+    TimerFired,
     WithdrawSlotRequest,
     WriteScript,
 )
@@ -41,18 +49,27 @@ from engine.messages import (
 __all__ = ["StepRecord", "decide", "new_record"]
 
 S = StepState
+_END_STATES = {
+    "finished": S.FINISHED,
+    "failed": S.FAILED,
+    "cancelled": S.CANCELLED,
+    "timedout": S.TIMEDOUT,
+    "hwfailure": S.HWFAILURE,
+}
 
 
 class StepRecord(Struct, frozen=True, kw_only=True):
     """Everything the engine knows about one step instance.
 
-    Invariants (checked by ``check_invariants`` in the tests):
-      * ``remaining`` is the number of parents not yet FINISHED/DRYRUN, >= 0;
-      * a step in PENDING or RUNNING holds exactly one throttle slot;
-      * ``attempt`` > 0 once the step has been submitted.
+    Invariants (checked in the tests):
+      * ``remaining`` is the number of parents not yet done, >= 0;
+      * a step in PENDING or RUNNING holds exactly one set of throttle slots;
+      * ``attempt`` > 0 once the step has been submitted;
+      * ``queued`` is True only in WAITING, while a slot request is outstanding.
     """
 
     name: str
+    policy: StepPolicy = StepPolicy()
     state: StepState = S.INITIALIZED
     remaining: int = 0
     dry_run: bool = False
@@ -63,13 +80,34 @@ class StepRecord(Struct, frozen=True, kw_only=True):
     start_time: float | None = None
     end_time: float | None = None
     restarts: int = 0
+    retries: int = 0
+    merlin_retries: int = 0
+    hw_failures: int = 0
+    use_restart: bool = False
+    queued: bool = False
     cancelling: bool = False
+    timing_out: bool = False
     reason: str = ""
 
 
-def new_record(name: str, parents: int, *, dry_run: bool = False) -> StepRecord:
+def new_record(
+    name: str, parents: int, *, dry_run: bool = False, policy: StepPolicy | None = None
+) -> StepRecord:
     """Return the initial record of a step with ``parents`` dependencies."""
-    return StepRecord(name=name, remaining=parents, dry_run=dry_run)
+    return StepRecord(name=name, remaining=parents, dry_run=dry_run, policy=policy or StepPolicy())
+
+
+def _publish(
+    rec: StepRecord, previous: StepState, now: float, *, final: bool | None = None,
+    **extra: object,
+) -> PublishState:
+    """The event for ``rec``'s current state; final unless told otherwise if terminal."""
+    return PublishState(
+        step=rec.name, state=rec.state, previous=previous, attempt=rec.attempt, time=now,
+        job_id=rec.job_id, reason=rec.reason,
+        final=rec.state in TERMINAL_STATES if final is None else final,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 def _enter(
@@ -77,17 +115,11 @@ def _enter(
 ) -> tuple[StepRecord, list[Command]]:
     """Move to ``state`` (with ``changes``) and publish the transition."""
     new = replace(rec, state=state, **changes)
-    pub = PublishState(
-        step=rec.name,
-        state=state,
-        previous=rec.state,
-        attempt=new.attempt,
-        time=now,
-        job_id=new.job_id,
-        exit_code=new.exit_code if state in (S.FINISHED, S.FAILED) else None,
-        reason=new.reason,
-    )
-    return new, [pub]
+    return new, [_publish(new, rec.state, now)]
+
+
+def _request(rec: StepRecord) -> tuple[StepRecord, list[Command]]:
+    return replace(rec, queued=True), [RequestSlot(step=rec.name, scopes=rec.policy.scopes)]
 
 
 def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:
@@ -96,63 +128,77 @@ def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:
         new, cmds = _enter(rec, S.DRYRUN, now, end_time=now)
         return new, [WriteScript(step=rec.name), *cmds]
     new, cmds = _enter(rec, S.WAITING, now)
-    return new, [*cmds, RequestSlot(step=rec.name)]
-
-
-def _fail_by_dependency(
-    rec: StepRecord, dep: str, dep_state: StepState, now: float
-) -> tuple[StepRecord, list[Command]]:
-    if dep_state == S.CANCELLED:
-        state, reason = S.CANCELLED, f"dependency {dep} was cancelled"
-    else:
-        state, reason = S.FAILED, f"dependency {dep} ended {dep_state}"
-    new = replace(rec, state=state, reason=reason, end_time=now)
-    pub = PublishState(
-        step=rec.name,
-        state=state,
-        previous=rec.state,
-        attempt=rec.attempt,
-        time=now,
-        kind="dependency" if state == S.FAILED else "",
-        reason=reason,
-    )
-    cmds: list[Command] = [pub]
-    if rec.state == S.WAITING:
-        cmds.append(WithdrawSlotRequest(step=rec.name))
-    return new, cmds
+    new, req = _request(new)
+    return new, [*cmds, *req]
 
 
 def _on_dependency(
     rec: StepRecord, ev: DependencyEnded, now: float
 ) -> tuple[StepRecord, list[Command]]:
-    if ev.state in (S.FINISHED, S.DRYRUN):
+    if ev.state in (S.FINISHED, S.DRYRUN) or (ev.state == S.FAILED and ev.soft):
         rec = replace(rec, remaining=rec.remaining - 1)
-        if rec.remaining == 0:
-            return _ready(rec, now)
-        return rec, []
-    if ev.state in FAILURE_STATES or ev.state == S.CANCELLED:
-        return _fail_by_dependency(rec, ev.dependency, ev.state, now)
+        return _ready(rec, now) if rec.remaining == 0 else (rec, [])
+    if ev.state == S.CANCELLED:
+        return _enter(rec, S.CANCELLED, now, end_time=now,
+                      reason=f"dependency {ev.dependency} was cancelled")
+    if ev.state in FAILURE_STATES:
+        new = replace(rec, state=S.FAILED, end_time=now,
+                      reason=f"dependency {ev.dependency} ended {ev.state}")
+        return new, [_publish(new, rec.state, now, kind="dependency")]
     raise InvalidTransition(rec.name, rec.state, ev)
 
 
 def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]:
-    release = ReleaseSlot(step=rec.name)
-    if rec.cancelling:
-        new = replace(rec, state=S.CANCELLED, exit_code=ev.exit_code, end_time=ev.time)
-        pub = PublishState(
-            step=rec.name, state=S.CANCELLED, previous=rec.state, attempt=rec.attempt,
-            time=ev.time, job_id=rec.job_id, reason=rec.reason,
-        )
-        return new, [pub, release]
-    ok = ev.outcome == "COMPLETED" if ev.outcome else ev.exit_code == 0
-    state = S.FINISHED if ok else S.FAILED
-    new = replace(rec, state=state, exit_code=ev.exit_code, end_time=ev.time)
-    pub = PublishState(
-        step=rec.name, state=state, previous=rec.state, attempt=rec.attempt, time=ev.time,
-        job_id=rec.job_id, exit_code=ev.exit_code, kind="" if ok else "exit_code",
-        reason="" if ok else (ev.detail or f"exit code {ev.exit_code}"),
+    pol = rec.policy
+    verdict = judge(
+        pol, step=rec.name, outcome=ev.outcome, exit_code=ev.exit_code,
+        cancelling=rec.cancelling, timing_out=rec.timing_out, restarts=rec.restarts,
+        retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
     )
-    return new, [pub, release]
+    release = ReleaseSlot(step=rec.name, scopes=pol.scopes)
+    now = ev.time
+    base = replace(rec, exit_code=ev.exit_code, cancelling=False, timing_out=False)
+    if verdict.kind != "again":
+        state = _END_STATES[verdict.kind]
+        reason = rec.reason if verdict.kind == "cancelled" and rec.cancelling else verdict.reason
+        new = replace(base, state=state, end_time=now, reason=reason)
+        pub = _publish(new, rec.state, now, exit_code=ev.exit_code, kind=verdict.failure,
+                       soft=verdict.soft)
+        cmds: list[Command] = [pub, release]
+        if verdict.stop_study:
+            cmds.append(StopStudy(step=rec.name, reason=f"{rec.name}: {verdict.reason}"))
+        return new, cmds
+    # Another attempt: report how this one ended, then wait (backoff) or queue at once.
+    counters = {
+        "restarts": {"restarts": rec.restarts + 1},
+        "retries": {"retries": rec.retries + 1},
+        "merlin": {"merlin_retries": rec.merlin_retries + 1},
+        "hw": {"hw_failures": rec.hw_failures + 1},
+    }[verdict.counter]
+    seen = replace(base, state=S(verdict.state_seen), reason=verdict.reason)
+    pub_seen = _publish(seen, rec.state, now, final=False, exit_code=ev.exit_code,
+                        kind=verdict.failure, retryable=True)
+    use_restart = verdict.use_restart or (verdict.counter == "hw" and rec.use_restart)
+    waiting = replace(seen, state=S.WAITING, use_restart=use_restart, job_id="",
+                      start_time=None, **counters)  # type: ignore[arg-type]
+    cmds = [pub_seen, release, _publish(waiting, seen.state, now)]
+    if verdict.delay > 0:
+        cmds.append(StartTimer(step=rec.name, name="retry", attempt=rec.attempt,
+                               delay=verdict.delay))
+        return waiting, cmds
+    waiting, req = _request(waiting)
+    return waiting, [*cmds, *req]
+
+
+def _on_timer(rec: StepRecord, ev: TimerFired) -> tuple[StepRecord, list[Command]]:
+    if ev.attempt != rec.attempt:
+        return rec, []  # a timer of an earlier attempt
+    if ev.name == "walltime" and rec.state == S.RUNNING and not rec.cancelling:
+        new = replace(rec, cancelling=True, timing_out=True, reason="walltime exceeded")
+        return new, [CancelJob(step=rec.name, attempt=rec.attempt)]
+    if ev.name == "retry" and rec.state == S.WAITING and not rec.queued:
+        return _request(rec)
+    return rec, []  # the wait it was for is over (e.g. the job already ended)
 
 
 def decide(
@@ -173,32 +219,36 @@ def decide(
     """
     state = rec.state
     match event:
-        case CancelRequested() if state in TERMINAL_STATES:
-            return rec, []  # cancelling a finished step changes nothing
-        case DependencyEnded() if state in TERMINAL_STATES:
-            return rec, []  # already decided (e.g. failed by another parent)
-        case StudyOpened() if state == S.INITIALIZED:
-            if rec.remaining == 0:
-                return _ready(rec, now)
-            return rec, []
-        case StudyOpened() if state in TERMINAL_STATES:
-            return rec, []
+        case TimerFired():
+            return _on_timer(rec, event)
+        case CancelRequested() | DependencyEnded() | StudyOpened() if state in TERMINAL_STATES:
+            return rec, []  # already decided: cancelling a finished step changes nothing
         case SlotGranted() if state in TERMINAL_STATES:
-            # A grant that crossed this step's cancellation: give the slot back.
-            return rec, [ReleaseSlot(step=rec.name)]
+            # A grant that crossed this step's cancellation: give the slots back.
+            return rec, [ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
+        case StudyOpened() if state == S.INITIALIZED:
+            return _ready(rec, now) if rec.remaining == 0 else (rec, [])
         case DependencyEnded() if state == S.INITIALIZED:
             return _on_dependency(rec, event, now)
         case CancelRequested() if state == S.INITIALIZED:
             return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now)
         case CancelRequested() if state == S.WAITING:
-            new, cmds = _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now)
-            return new, [*cmds, WithdrawSlotRequest(step=rec.name)]
-        case SlotGranted() if state == S.WAITING:
+            new, cmds = _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
+                               queued=False)
+            if rec.queued:
+                cmds.append(WithdrawSlotRequest(step=rec.name))
+            return new, cmds
+        case SlotGranted() if state == S.WAITING and rec.queued:
             attempt = rec.attempt + 1
-            new, cmds = _enter(rec, S.PENDING, now, attempt=attempt, submit_time=now)
-            return new, [*cmds, SubmitJob(step=rec.name, attempt=attempt)]
+            new, cmds = _enter(rec, S.PENDING, now, attempt=attempt, submit_time=now,
+                               queued=False, end_time=None, exit_code=None)
+            return new, [*cmds, SubmitJob(step=rec.name, attempt=attempt, restart=rec.use_restart)]
         case JobStarted() if state == S.PENDING and not rec.cancelling:
-            return _enter(rec, S.RUNNING, now, job_id=event.job_id, start_time=event.time)
+            new, cmds = _enter(rec, S.RUNNING, now, job_id=event.job_id, start_time=event.time)
+            if rec.policy.walltime:
+                cmds.append(StartTimer(step=rec.name, name="walltime", attempt=rec.attempt,
+                                       delay=rec.policy.walltime))
+            return new, cmds
         case JobStarted() if state == S.PENDING:
             # Cancelled while the adapter was starting it: record the job, stay put
             # until the adapter reports the exit of the process it is stopping.
@@ -207,16 +257,14 @@ def decide(
             return _on_exit(rec, event)
         case SubmitFailed() if state == S.PENDING:
             new = replace(rec, state=S.FAILED, reason=event.detail, end_time=now)
-            pub = PublishState(
-                step=rec.name, state=S.FAILED, previous=state, attempt=rec.attempt,
-                time=now, kind="submit_rejected", retryable=event.retryable,
-                reason=event.detail,
-            )
-            return new, [pub, ReleaseSlot(step=rec.name)]
+            pub = _publish(new, state, now, kind="submit_rejected", retryable=event.retryable)
+            return new, [pub, ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
         case CancelRequested() if state in ACTIVE_STATES:
-            if rec.cancelling:
+            if rec.cancelling and not rec.timing_out:
                 return rec, []  # cancelling twice changes nothing
-            new = replace(rec, cancelling=True, reason=event.reason)
+            new = replace(rec, cancelling=True, timing_out=False, reason=event.reason)
+            if rec.cancelling:
+                return new, []  # already being stopped (for its walltime): now for good
             return new, [CancelJob(step=rec.name, attempt=rec.attempt)]
         case _:
             raise InvalidTransition(rec.name, state, event)

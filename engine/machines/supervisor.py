@@ -34,14 +34,17 @@ __all__ = ["SupervisorState", "decide", "study_outcome"]
 class SupervisorState(Struct, frozen=True, kw_only=True):
     """A study's supervisor state.
 
-    Invariants: ``0 <= running``; ``running <= limit`` unless ``limit`` is 0 (unlimited)
-    or was lowered while steps ran; ``queue`` holds no step twice; ``done <= total``.
+    Throttles are per scope: ``global`` (every step), ``adapter:<name>`` and
+    ``group:<name>``; a request is granted when every scope it names has room. A limit
+    of 0 (or no entry in ``limits``) means unlimited.
+
+    Invariants: every ``running`` count >= 0; no step is queued twice; ``done <= total``.
     """
 
     total: int
-    limit: int = 0
-    running: int = 0
-    queue: tuple[str, ...] = ()
+    limits: dict[str, int] = {}
+    running: dict[str, int] = {}
+    queue: tuple[tuple[str, tuple[str, ...]], ...] = ()
     done: int = 0
     counts: dict[str, int] = {}
     cancelled: bool = False
@@ -57,18 +60,40 @@ def study_outcome(counts: dict[str, int], *, cancelled: bool) -> StudyState:
     return StudyState.FINISHED
 
 
-def _has_room(st: SupervisorState) -> bool:
-    return st.limit <= 0 or st.running < st.limit
+def _has_room(st: SupervisorState, scopes: tuple[str, ...]) -> bool:
+    for scope in scopes:
+        limit = st.limits.get(scope, 0)
+        if limit > 0 and st.running.get(scope, 0) >= limit:
+            return False
+    return True
+
+
+def _take(running: dict[str, int], scopes: tuple[str, ...], delta: int) -> dict[str, int]:
+    out = dict(running)
+    for scope in scopes:
+        out[scope] = out.get(scope, 0) + delta
+    return out
 
 
 def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
-    """Grant queued requests while there is room."""
-    if not st.queue or not _has_room(st):
+    """Grant queued requests, oldest first, skipping those whose scopes are full."""
+    if not st.queue:
         return st, []
-    n = len(st.queue) if st.limit <= 0 else min(len(st.queue), st.limit - st.running)
-    granted, rest = st.queue[:n], st.queue[n:]
-    st = replace(st, queue=rest, running=st.running + n)
-    return st, [GrantSlot(step=s) for s in granted]
+    grants: list[Command] = []
+    rest = []
+    running = st.running
+    probe = st
+    for step, scopes in st.queue:
+        if _has_room(probe, scopes):
+            running = _take(running, scopes, +1)
+            probe = replace(probe, running=running)
+            grants.append(GrantSlot(step=step))
+        else:
+            rest.append((step, scopes))
+            if "global" in scopes and not _has_room(probe, ("global",)):
+                rest.extend(st.queue[len(grants) + len(rest):])
+                break  # nothing further can pass a full global throttle
+    return replace(st, queue=tuple(rest), running=running), grants
 
 
 def decide(
@@ -91,26 +116,25 @@ def decide(
     """
     del now
     match event:
-        case SlotRequested(step=step):
-            if st.ended or step in st.queue:
+        case SlotRequested(step=step, scopes=scopes):
+            if st.ended or any(q == step for q, _ in st.queue):
                 raise InvalidTransition("supervisor", "ended" if st.ended else "queued", event)
-            if _has_room(st) and not st.queue:
-                return replace(st, running=st.running + 1), [GrantSlot(step=step)]
-            return replace(st, queue=(*st.queue, step)), []
-        case SlotReleased():
-            if st.running <= 0:
+            if not st.queue and _has_room(st, scopes):
+                return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
+            return _fill(replace(st, queue=(*st.queue, (step, scopes))))
+        case SlotReleased(scopes=scopes):
+            if any(st.running.get(s, 0) <= 0 for s in scopes):
                 raise InvalidTransition("supervisor", f"running={st.running}", event)
-            return _fill(replace(st, running=st.running - 1))
+            return _fill(replace(st, running=_take(st.running, scopes, -1)))
         case SlotWithdrawn(step=step):
-            if step in st.queue:
-                return replace(st, queue=tuple(s for s in st.queue if s != step)), []
-            # Granted already: the grant is in flight, and the step, which is terminal
-            # by now, answers it with a release.
-            return st, []
-        case ThrottleChanged(limit=limit):
+            queue = tuple(q for q in st.queue if q[0] != step)
+            # Not queued: the grant is in flight, and the step, terminal by now,
+            # answers it with a release.
+            return _fill(replace(st, queue=queue)) if len(queue) != len(st.queue) else (st, [])
+        case ThrottleChanged(scope=scope, limit=limit):
             if limit < 0:
-                raise InvalidTransition("supervisor", f"limit={st.limit}", event)
-            return _fill(replace(st, limit=limit))
+                raise InvalidTransition("supervisor", f"limits={st.limits}", event)
+            return _fill(replace(st, limits={**st.limits, scope: limit}))
         case StudyCancelRequested():
             return replace(st, cancelled=True), []
         case StepEnded(state=state):

@@ -28,6 +28,7 @@ from engine.spec.environment import (
 )
 from engine.spec.graph import GitDependency, PathDependency, Resources, StepInstance, StudyGraph
 from engine.spec.loader import funnel_target, load_spec
+from engine.machines.policy import MERLIN_CODES
 from engine.spec.model import INT_RESOURCE_KEYS, Spec, Step
 from engine.spec.naming import make_safe_path, study_dir_for, unsafe_dir_reason
 from engine.spec.pgen import ParameterTable, load_generator
@@ -151,6 +152,11 @@ class _Node:
                 value = value.get("allocation")
             if value is not None:
                 self.resources[key] = env.apply(value) if isinstance(value, str) else value
+        run = step.run
+        ext = {"group": run.group, "restart_limit": run.restart_limit, "retry": run.retry,
+               "max_retries": run.max_retries, "retry_delay": run.retry_delay,
+               "shell": run.shell, "task_queue": run.task_queue}  # fmt: skip
+        self.extensions = {k: v for k, v in ext.items() if v is not None}
         other = [step.run.pre, step.run.post, *self.depends, *self.resources.values()]
         self.texts = [self.name, self.description, self.cmd, self.restart, *other]
 
@@ -242,6 +248,9 @@ class _Expander:
             cmd = cmd.replace(f"$({ref}.workspace)", target)
             restart = restart.replace(f"$({ref}.workspace)", target)
         cmd, restart = cmd.replace("$(WORKSPACE)", ws), restart.replace("$(WORKSPACE)", ws)
+        for token, code in MERLIN_CODES.items():
+            cmd = cmd.replace(f"$({token})", str(code))
+            restart = restart.replace(f"$({token})", str(code))
         parents: list[str] = []
         for dep in node.depends:
             target = funnel_target(dep)
@@ -260,6 +269,7 @@ class _Expander:
             name=inst, step=node.name, description=apply(node.description), workspace=ws,
             cmd=cmd, restart=restart, parents=tuple(dict.fromkeys(parents)), params=params,
             resources=resources, funnel_parents=tuple(dict.fromkeys(funnels)),
+            **node.extensions,
         )  # fmt: skip
         self.instances[node.name].append(inst)
 
@@ -329,4 +339,5 @@ def expand_study(
         ),
         warnings=tuple(expander.warnings),
         troupe=dict(spec.troupe),
+        merlin=spec.merlin,
     )

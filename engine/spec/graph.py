@@ -52,6 +52,10 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
         params: The used parameters as ``(key, value)`` pairs, sorted by key.
         resources: Scheduler resources from the ``run`` block.
         funnel_parents: Spec step names this step depends on as a funnel (``X_*``).
+        group: Throttle group (Troupe's ``run.group``), "" for none.
+        restart_limit: Per-step restart limit after timeouts (``run.restart_limit``).
+        retry: Per-step retry policy fields (``run.retry``).
+        max_retries, retry_delay, shell, task_queue: Merlin's step keys.
     """
 
     name: str
@@ -64,6 +68,13 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     params: tuple[tuple[str, str], ...] = ()
     resources: Resources = Resources()
     funnel_parents: tuple[str, ...] = ()
+    group: str = ""
+    restart_limit: int | None = None
+    retry: dict[str, float] | None = None
+    max_retries: int | None = None
+    retry_delay: float | None = None
+    shell: str = ""
+    task_queue: str = ""
 
     @property
     def is_scheduled(self) -> bool:
@@ -108,7 +119,8 @@ class StudyGraph(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         git: Git dependencies to acquire before the study starts.
         paths: Path dependencies to check before the study starts.
         warnings: Non-fatal findings, e.g. unresolved ``$(TOKEN)`` in a command.
-        troupe: The spec's top-level ``troupe:`` block (engine settings), as given.
+        troupe: The spec's top-level ``troupe:`` block (engine settings), validated.
+        merlin: The spec has a ``merlin:`` block: Merlin's exit-code protocol applies.
     """
 
     name: str
@@ -122,6 +134,7 @@ class StudyGraph(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     paths: tuple[PathDependency, ...] = ()
     warnings: tuple[str, ...] = ()
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
+    merlin: bool = False
 
     @cached_property
     def by_name(self) -> dict[str, StepInstance]:

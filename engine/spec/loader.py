@@ -19,6 +19,12 @@ import msgspec
 import yaml
 
 from engine.errors import SpecError
+from engine.spec.extensions import (
+    MERLIN_RUN_KEYS,
+    TROUPE_RUN_KEYS,
+    check_run_extensions,
+    check_troupe_block,
+)
 from engine.spec.model import INT_RESOURCE_KEYS, RUN_KEYS, Description, Env, Parameter, Spec, Step
 from engine.spec.naming import make_safe_path, unsafe_dir_reason
 
@@ -143,6 +149,9 @@ class _Validator:
         env = self.env(top["env"]) if "env" in top else {}
         batch = self.mapping(top.get("batch") or {}, "batch")
         troupe = self.mapping(top.get("troupe") or {}, "troupe")
+        check_troupe_block(troupe, self.fail)
+        self.merlin = "merlin" in top
+        self.run_keys = RUN_KEYS + TROUPE_RUN_KEYS + (MERLIN_RUN_KEYS if self.merlin else ())
         study = self.study(top.get("study"))
         params = self.parameters(top.get("global.parameters") or {})
         self.namespace(env, params)
@@ -155,6 +164,7 @@ class _Validator:
                 study=msgspec.convert(study, tuple[Step, ...]),
                 parameters=msgspec.convert(params, dict[str, Parameter]),
                 troupe=dict(troupe),
+                merlin=self.merlin,
             )
         except msgspec.ValidationError as exc:  # a gap in the checks above: still report it
             msg, _, path = str(exc).rpartition(" - at `$")
@@ -250,7 +260,8 @@ class _Validator:
         return step
 
     def run(self, run: dict[str, Any], field: str, what: str) -> None:
-        self.closed(run, field, RUN_KEYS, what)
+        self.closed(run, field, self.run_keys, what)
+        check_run_extensions(run, field, self.fail)
         if "cmd" not in run:
             self.fail(f"{field}.cmd", f"required key 'cmd' is missing from {what}")
         for key in ("cmd", "restart", "pre", "post", "bind", "bind gpus", "reservation", "qos"):

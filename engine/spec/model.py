@@ -74,6 +74,15 @@ class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     waitable: bool | None = None
     priority: float | str | None = None
     qos: str | None = None
+    # Troupe's keys (engine.spec.extensions); Maestro's schema rejects them.
+    group: str | None = None
+    restart_limit: int | None = None
+    retry: dict[str, float] | None = None
+    # Merlin's keys, accepted when the spec has a ``merlin:`` block.
+    max_retries: int | None = None
+    retry_delay: float | None = None
+    shell: str | None = None
+    task_queue: str | None = None
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -137,6 +146,7 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
         study: The steps, in file order.
         parameters: ``global.parameters``, in file order.
         troupe: The top-level ``troupe:`` block, ``{}`` when absent.
+        merlin: The spec has a ``merlin:`` block (Merlin's keys and exit codes apply).
     """
 
     path: str
@@ -146,3 +156,4 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
     batch: dict[str, Any] = msgspec.field(default_factory=dict)
     parameters: dict[str, Parameter] = msgspec.field(default_factory=dict)
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
+    merlin: bool = False

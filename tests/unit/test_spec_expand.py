@@ -242,7 +242,7 @@ def test_steps_come_in_file_order_with_parents_first(tmp_path):
 def test_resources_batch_and_troupe_block_are_carried_over(tmp_path):
     graph = expand(tmp_path, """\
         batch: {type: slurm, queue: q}
-        troupe: {retries: 2}
+        troupe: {rlimit: 2}
         env:
             variables: {N: 3}
         study:
@@ -261,7 +261,7 @@ def test_resources_batch_and_troupe_block_are_carried_over(tmp_path):
     res = graph.steps[0].resources
     assert (3, 4, 2, True, "00:10:00") == (
         res.nodes, res.procs, res.cores_per_task, res.exclusive, res.walltime)
-    assert ({"type": "slurm", "queue": "q"}, {"retries": 2}) == (graph.batch, graph.troupe)
+    assert ({"type": "slurm", "queue": "q"}, {"rlimit": 2}) == (graph.batch, graph.troupe)
     assert graph.steps[0].is_scheduled
 
 

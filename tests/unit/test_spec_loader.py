@@ -436,9 +436,9 @@ def test_anchors_and_merge_keys_still_work(tmp_path):
 
 
 def test_unknown_top_level_blocks_are_ignored_and_troupe_is_kept(tmp_path):
-    path = write(tmp_path, (STEP, "merlin: {resources: {}}\ntroupe: {retries: 3}\n"))
+    path = write(tmp_path, (STEP, "merlin: {resources: {}}\ntroupe: {attempts: 3}\n"))
     spec = load_spec(path)
-    assert {"retries": 3} == spec.troupe
+    assert {"attempts": 3} == spec.troupe
     assert {} == spec.batch
 
 

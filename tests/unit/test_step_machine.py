@@ -23,6 +23,7 @@ from engine.messages import (
     StudyOpened,
     SubmitFailed,
     SubmitJob,
+    TimerFired,
     WithdrawSlotRequest,
     WriteScript,
 )
@@ -42,6 +43,7 @@ EVENTS = {
     "exit1": JobExited(exit_code=1, time=NOW),
     "submit_failed": SubmitFailed(detail="no shell"),
     "cancel": CancelRequested(),
+    "timer": TimerFired(name="walltime", attempt=1),
 }
 
 _NON_TERMINAL = {
@@ -49,27 +51,30 @@ _NON_TERMINAL = {
         "opened": S.INITIALIZED, "dep_finished": S.WAITING, "dep_failed": S.FAILED,
         "dep_cancelled": S.CANCELLED, "granted": INVALID, "started": INVALID,
         "exit0": INVALID, "exit1": INVALID, "submit_failed": INVALID, "cancel": S.CANCELLED,
+        "timer": S.INITIALIZED,
     },
     S.WAITING: {
         "opened": INVALID, "dep_finished": INVALID, "dep_failed": INVALID,
         "dep_cancelled": INVALID, "granted": S.PENDING, "started": INVALID, "exit0": INVALID,
-        "exit1": INVALID, "submit_failed": INVALID, "cancel": S.CANCELLED,
+        "exit1": INVALID, "submit_failed": INVALID, "cancel": S.CANCELLED, "timer": S.WAITING,
     },
     S.PENDING: {
         "opened": INVALID, "dep_finished": INVALID, "dep_failed": INVALID,
         "dep_cancelled": INVALID, "granted": INVALID, "started": S.RUNNING,
         "exit0": S.FINISHED, "exit1": S.FAILED, "submit_failed": S.FAILED, "cancel": S.PENDING,
+        "timer": S.PENDING,
     },
     S.RUNNING: {
         "opened": INVALID, "dep_finished": INVALID, "dep_failed": INVALID,
         "dep_cancelled": INVALID, "granted": INVALID, "started": INVALID,
         "exit0": S.FINISHED, "exit1": S.FAILED, "submit_failed": INVALID, "cancel": S.RUNNING,
+        "timer": S.RUNNING,
     },
 }
 _TERMINAL_ROW = {
     "opened": "same", "dep_finished": "same", "dep_failed": "same", "dep_cancelled": "same",
     "granted": "same", "started": INVALID, "exit0": INVALID, "exit1": INVALID,
-    "submit_failed": INVALID, "cancel": "same",
+    "submit_failed": INVALID, "cancel": "same", "timer": "same",
 }
 EXPECTED = {**_NON_TERMINAL, **{s: _TERMINAL_ROW for s in TERMINAL_STATES}}
 
@@ -80,7 +85,7 @@ def record_in(state: StepState) -> StepRecord:
     if state == S.INITIALIZED:
         return rec
     attempt = 1 if state not in (S.WAITING,) else 0
-    return replace(rec, state=state, remaining=0, attempt=attempt)
+    return replace(rec, state=state, remaining=0, attempt=attempt, queued=state == S.WAITING)
 
 
 def check_invariants(rec: StepRecord) -> None:
@@ -130,14 +135,14 @@ def test_step_waits_for_every_parent_before_asking_for_a_slot() -> None:
     assert (S.INITIALIZED, 1, []) == (rec.state, rec.remaining, cmds)
     rec, cmds = decide(rec, DependencyEnded(dependency="b", state=S.FINISHED), now=NOW)
     assert S.WAITING == rec.state
-    assert RequestSlot(step="c") == cmds[-1]
+    assert RequestSlot(step="c", scopes=("global",)) == cmds[-1]
 
 
 def test_granted_step_is_submitted_as_attempt_one() -> None:
     rec = record_in(S.WAITING)
     rec, cmds = decide(rec, SlotGranted(), now=NOW)
     assert (S.PENDING, 1, NOW) == (rec.state, rec.attempt, rec.submit_time)
-    assert SubmitJob(step="b", attempt=1) == cmds[-1]
+    assert SubmitJob(step="b", attempt=1, restart=False) == cmds[-1]
 
 
 def test_nonzero_exit_fails_the_step_and_releases_its_slot() -> None:
@@ -146,8 +151,8 @@ def test_nonzero_exit_fails_the_step_and_releases_its_slot() -> None:
     assert (S.FAILED, 3, NOW + 1) == (rec.state, rec.exit_code, rec.end_time)
     pub = cmds[0]
     assert isinstance(pub, PublishState)
-    assert ("exit_code", 3, "42") == (pub.kind, pub.exit_code, pub.job_id)
-    assert ReleaseSlot(step="b") == cmds[1]
+    assert ("exit_code", 3, "42", True) == (pub.kind, pub.exit_code, pub.job_id, pub.final)
+    assert ReleaseSlot(step="b", scopes=("global",)) == cmds[1]
 
 
 def test_failed_parent_fails_the_child_with_kind_dependency() -> None:
@@ -176,7 +181,7 @@ def test_cancelling_a_running_step_stops_its_job_then_records_cancelled_on_exit(
     assert (rec, []) == (rec2, cmds2), "cancelling twice changes nothing"
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=NOW), now=NOW)
     assert S.CANCELLED == rec.state
-    assert ReleaseSlot(step="b") in cmds
+    assert ReleaseSlot(step="b", scopes=("global",)) in cmds
 
 
 def test_cancelling_a_finished_step_changes_nothing() -> None:
@@ -186,7 +191,7 @@ def test_cancelling_a_finished_step_changes_nothing() -> None:
 
 def test_grant_arriving_after_cancellation_gives_the_slot_back() -> None:
     rec = replace(record_in(S.CANCELLED), end_time=NOW)
-    assert (rec, [ReleaseSlot(step="b")]) == decide(rec, SlotGranted(), now=NOW)
+    assert (rec, [ReleaseSlot(step="b", scopes=("global",))]) == decide(rec, SlotGranted(), now=NOW)
 
 
 def test_dry_run_step_becomes_dryrun_and_writes_its_script() -> None:

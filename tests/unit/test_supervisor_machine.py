@@ -1,4 +1,5 @@
-"""The pure supervisor machine: FIFO throttle, live throttle changes, study completion."""
+"""The pure supervisor machine: FIFO throttles per scope, live throttle changes, study
+completion."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from engine.messages import (
 )
 
 NOW = 0.0
+G = ("global",)
+
+
+def state(total: int, **limits: int) -> SupervisorState:
+    return SupervisorState(total=total, limits={k.rstrip("_").replace("_", ":", 1): v for k, v in limits.items()})
 
 
 def run(st: SupervisorState, *events):  # type: ignore[no-untyped-def]
@@ -27,58 +33,83 @@ def run(st: SupervisorState, *events):  # type: ignore[no-untyped-def]
     for ev in events:
         st, out = decide(st, ev, now=NOW)
         cmds.extend(out)
-        assert st.running >= 0
-        assert len(set(st.queue)) == len(st.queue)
+        assert all(v >= 0 for v in st.running.values())
+        assert len({s for s, _ in st.queue}) == len(st.queue)
     return st, cmds
 
 
+def req(step: str, *scopes: str) -> SlotRequested:
+    return SlotRequested(step=step, scopes=scopes or G)
+
+
+def rel(step: str, *scopes: str) -> SlotReleased:
+    return SlotReleased(step=step, scopes=scopes or G)
+
+
 def test_throttle_grants_up_to_the_limit_then_queues_in_request_order() -> None:
-    st, cmds = run(SupervisorState(total=4, limit=2), *(SlotRequested(step=s) for s in "abcd"))
+    st, cmds = run(state(4, global_=2), *(req(s) for s in "abcd"))
     assert [GrantSlot(step="a"), GrantSlot(step="b")] == cmds
-    assert ("c", "d") == st.queue
-    st, cmds = run(st, SlotReleased(step="a"))
+    assert ("c", "d") == tuple(s for s, _ in st.queue)
+    st, cmds = run(st, rel("a"))
     assert [GrantSlot(step="c")] == cmds
-    assert (2, ("d",)) == (st.running, st.queue)
+    assert 2 == st.running["global"]
 
 
 def test_zero_limit_means_unlimited() -> None:
-    _, cmds = run(SupervisorState(total=100, limit=0), *(SlotRequested(step=str(i)) for i in range(100)))
+    _, cmds = run(state(100, global_=0), *(req(str(i)) for i in range(100)))
     assert 100 == len(cmds)
 
 
+def test_group_throttle_holds_back_its_members_but_not_the_others() -> None:
+    st, cmds = run(state(4, group_sims=1),
+                   req("s1", "global", "group:sims"), req("s2", "global", "group:sims"),
+                   req("x", "global"))
+    assert [GrantSlot(step="s1"), GrantSlot(step="x")] == cmds
+    st, cmds = run(st, rel("s1", "global", "group:sims"))
+    assert [GrantSlot(step="s2")] == cmds
+
+
+def test_adapter_throttles_are_independent_local_steps_use_no_slurm_slots() -> None:
+    st, cmds = run(state(4, adapter_slurm=1, adapter_local=1),
+                   req("l1", "global", "adapter:local"), req("s1", "global", "adapter:slurm"),
+                   req("l2", "global", "adapter:local"), req("s2", "global", "adapter:slurm"))
+    assert [GrantSlot(step="l1"), GrantSlot(step="s1")] == cmds
+    assert 1 == st.running["adapter:slurm"]
+
+
 def test_raising_the_throttle_while_running_grants_queued_steps_at_once() -> None:
-    st, _ = run(SupervisorState(total=3, limit=1), *(SlotRequested(step=s) for s in "abc"))
-    st, cmds = run(st, ThrottleChanged(limit=3))
+    st, _ = run(state(3, global_=1), *(req(s) for s in "abc"))
+    st, cmds = run(st, ThrottleChanged(scope="global", limit=3))
     assert [GrantSlot(step="b"), GrantSlot(step="c")] == cmds
-    assert 3 == st.running
+    assert 3 == st.running["global"]
 
 
 def test_lowering_the_throttle_takes_effect_as_slots_are_released() -> None:
-    st, _ = run(SupervisorState(total=4, limit=3), *(SlotRequested(step=s) for s in "abcd"))
-    st, cmds = run(st, ThrottleChanged(limit=1), SlotReleased(step="a"), SlotReleased(step="b"))
+    st, _ = run(state(4, global_=3), *(req(s) for s in "abcd"))
+    st, cmds = run(st, ThrottleChanged(scope="global", limit=1), rel("a"), rel("b"))
     assert [] == cmds
-    st, cmds = run(st, SlotReleased(step="c"))
+    st, cmds = run(st, rel("c"))
     assert [GrantSlot(step="d")] == cmds
 
 
 def test_withdrawn_request_leaves_the_queue() -> None:
-    st, _ = run(SupervisorState(total=3, limit=1), *(SlotRequested(step=s) for s in "abc"))
-    st, cmds = run(st, SlotWithdrawn(step="b"), SlotReleased(step="a"))
+    st, _ = run(state(3, global_=1), *(req(s) for s in "abc"))
+    st, cmds = run(st, SlotWithdrawn(step="b"), rel("a"))
     assert [GrantSlot(step="c")] == cmds
 
 
 def test_release_without_a_held_slot_is_invalid() -> None:
     with pytest.raises(InvalidTransition):
-        decide(SupervisorState(total=1), SlotReleased(step="a"), now=NOW)
+        decide(state(1), rel("a"), now=NOW)
 
 
 def test_negative_throttle_is_invalid() -> None:
     with pytest.raises(InvalidTransition):
-        decide(SupervisorState(total=1), ThrottleChanged(limit=-1), now=NOW)
+        decide(state(1), ThrottleChanged(limit=-1), now=NOW)
 
 
 def test_study_finishes_when_every_step_is_terminal() -> None:
-    st, cmds = run(SupervisorState(total=2), StepEnded(step="a", state=StepState.FINISHED))
+    st, cmds = run(state(2), StepEnded(step="a", state=StepState.FINISHED))
     assert [] == cmds
     st, cmds = run(st, StepEnded(step="b", state=StepState.FINISHED))
     assert [StudyFinished(state=StudyState.FINISHED, counts={"FINISHED": 2})] == cmds
@@ -98,7 +129,7 @@ def test_study_finishes_when_every_step_is_terminal() -> None:
     ],
 )
 def test_study_outcome_follows_maestro(states, cancelled, expected) -> None:  # type: ignore[no-untyped-def]
-    st = SupervisorState(total=len(states))
+    st = state(len(states))
     if cancelled:
         st, _ = run(st, StudyCancelRequested())
     _, cmds = run(st, *(StepEnded(step=str(i), state=s) for i, s in enumerate(states)))

@@ -1,0 +1,143 @@
+"""Keys beyond Maestro's: the top-level ``troupe:`` block, Troupe's step keys, Merlin's.
+
+Engine settings live in a top-level ``troupe:`` block, which Maestro ignores, so the spec
+stays valid for Maestro. Step keys Maestro does not know go in ``run:``, where Maestro's
+schema rejects them, so Maestro can never misread an extended spec:
+
+* Troupe's step keys: ``group`` (a throttle group), ``restart_limit`` (restarts after a
+  timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits);
+* Merlin's step keys, accepted only when the spec has a ``merlin:`` block: ``max_retries``,
+  ``retry_delay``, ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and
+  ``task_queue`` (recorded; Troupe has no Celery queues).
+
+The checks report ``SpecError``-style problems through a ``fail(field, message)`` callback
+so the loader keeps one error format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import msgspec
+
+from engine.machines.policy import RetryPolicy
+
+__all__ = [
+    "MERLIN_RUN_KEYS",
+    "TROUPE_RUN_KEYS",
+    "TroupeSettings",
+    "check_run_extensions",
+    "check_troupe_block",
+]
+
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry")
+MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
+
+_RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
+_TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
+                "hw_limit")  # fmt: skip
+
+Fail = Callable[[str, str], NoReturn]
+
+
+class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``troupe:`` block, validated. Command-line options override these.
+
+    Attributes:
+        throttle: Global limit on steps in progress (0 = unlimited).
+        throttles: Per-adapter limits (``local``, ``slurm``, ``flux``).
+        groups: Per-group limits; steps join a group with ``run: {group: NAME}``.
+        rlimit: Restarts after a timeout (Maestro's ``--rlimit``; 0 = unlimited).
+        attempts: Runs of a step that fails (Maestro's ``--attempts``).
+        retry: The retry policy (its ``max_attempts`` is overridden by ``attempts``).
+        kill_grace: Seconds between SIGTERM and SIGKILL when a local step is stopped.
+        hw_limit: Resubmissions after a hardware failure.
+    """
+
+    throttle: int | None = None
+    throttles: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    rlimit: int | None = None
+    attempts: int | None = None
+    retry: RetryPolicy | None = None
+    kill_grace: float | None = None
+    hw_limit: int | None = None
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_num(v: Any, low: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
+
+
+def _check_retry(value: Any, field: str, fail: Fail) -> None:
+    if not isinstance(value, dict):
+        fail(field, "must be a mapping with max_attempts, initial_delay, factor, cap, jitter")
+    for key, val in value.items():
+        if key not in _RETRY_KEYS:
+            fail(f"{field}.{key}", f"unknown key '{key}' (allowed: {', '.join(_RETRY_KEYS)})")
+        low = _RETRY_KEYS[key]
+        ok = _is_int(val, low) if key == "max_attempts" else _is_num(val, low)
+        if key == "jitter":
+            ok = ok and val <= 1
+        if not ok:
+            fail(f"{field}.{key}", f"must be a number >= {low}" + (" and <= 1" if key == "jitter"
+                 else "") + f", not {val!r}")  # fmt: skip
+
+
+def _check_limits(value: Any, field: str, fail: Fail) -> None:
+    if not isinstance(value, dict):
+        fail(field, "must be a mapping of names to limits")
+    for name, limit in value.items():
+        if not isinstance(name, str) or not name:
+            fail(field, f"names must be non-empty strings, not {name!r}")
+        if not _is_int(limit, 0):
+            fail(f"{field}.{name}", f"must be an integer >= 0 (0 = unlimited), not {limit!r}")
+
+
+def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
+    """Validate the ``troupe:`` block and return it typed.
+
+    Raises (through ``fail``):
+        SpecError: an unknown key or a value of the wrong type, naming ``troupe.<key>``.
+    """
+    for key, value in block.items():
+        field = f"troupe.{key}"
+        if key not in _TROUPE_KEYS:
+            fail(field, f"unknown key '{key}' (allowed: {', '.join(_TROUPE_KEYS)})")
+        if key in ("throttle", "rlimit", "hw_limit") and not _is_int(value, 0):
+            fail(field, f"must be an integer >= 0, not {value!r}")
+        if key == "attempts" and not _is_int(value, 1):
+            fail(field, f"must be an integer >= 1, not {value!r}")
+        if key == "kill_grace" and not _is_num(value, 0):
+            fail(field, f"must be a number of seconds >= 0, not {value!r}")
+        if key in ("throttles", "groups"):
+            _check_limits(value, field, fail)
+        if key == "retry":
+            _check_retry(value, field, fail)
+    return msgspec.convert(block, TroupeSettings)
+
+
+def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
+    """Validate Troupe's and Merlin's step keys in one ``run`` block (when present).
+
+    Raises (through ``fail``):
+        SpecError: a value of the wrong type, naming ``<field>.<key>``.
+    """
+    if "group" in run and not (isinstance(run["group"], str) and run["group"]):
+        fail(f"{field}.group", f"must be a non-empty string, not {run['group']!r}")
+    if "restart_limit" in run and not _is_int(run["restart_limit"], 0):
+        fail(f"{field}.restart_limit", f"must be an integer >= 0 (0 = unlimited), "
+             f"not {run['restart_limit']!r}")  # fmt: skip
+    if "retry" in run:
+        _check_retry(run["retry"], f"{field}.retry", fail)
+    if "max_retries" in run and not _is_int(run["max_retries"], 0):
+        fail(f"{field}.max_retries", f"must be an integer >= 0, not {run['max_retries']!r}")
+    if "retry_delay" in run and not _is_num(run["retry_delay"], 0):
+        fail(f"{field}.retry_delay", f"must be a number of seconds >= 0, not {run['retry_delay']!r}")
+    for key in ("shell", "task_queue"):
+        if key in run and not (isinstance(run[key], str) and run[key].strip()):
+            fail(f"{field}.{key}", f"must be a non-empty string, not {run[key]!r}")
