@@ -76,7 +76,7 @@ def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
         format_time(rec.start_time),
         format_time(rec.submit_time),
         format_time(rec.end_time),
-        str(rec.restarts),
+        str(rec.restarts + rec.merlin_retries),
         params,
     ]
     return ",".join(cells)

@@ -6,9 +6,10 @@ schema rejects them, so Maestro can never misread an extended spec:
 
 * Troupe's step keys: ``group`` (a throttle group), ``restart_limit`` (restarts after a
   timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits);
-* Merlin's step keys, accepted only when the spec has a ``merlin:`` block: ``max_retries``,
-  ``retry_delay``, ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and
-  ``task_queue`` (recorded; Troupe has no Celery queues).
+* Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
+  ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
+  (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
+  ``merlin:`` block, or a step uses one of these keys or a ``$(MERLIN_...)`` token.
 
 The checks report ``SpecError``-style problems through a ``fail(field, message)`` callback
 so the loader keeps one error format.

@@ -150,7 +150,7 @@ class _Validator:
         batch = self.mapping(top.get("batch") or {}, "batch")
         troupe = self.mapping(top.get("troupe") or {}, "troupe")
         check_troupe_block(troupe, self.fail)
-        self.merlin = "merlin" in top
+        self.merlin = "merlin" in top or _looks_like_merlin(top.get("study"))
         self.run_keys = RUN_KEYS + TROUPE_RUN_KEYS + (MERLIN_RUN_KEYS if self.merlin else ())
         study = self.study(top.get("study"))
         params = self.parameters(top.get("global.parameters") or {})
@@ -410,3 +410,20 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string"}.get(
         type(value), f"{type(value).__name__} {value!r}"
     )
+
+
+def _looks_like_merlin(study: Any) -> bool:
+    """A spec is a Merlin spec if a step uses a Merlin-only key or a ``$(MERLIN_...)``
+    exit-code token; Maestro would reject the first and leave the second to the shell,
+    so neither can be a Maestro spec that means something else."""
+    if not isinstance(study, list):
+        return False
+    for step in study:
+        run = step.get("run") if isinstance(step, dict) else None
+        if not isinstance(run, dict):
+            continue
+        if any(key in run for key in MERLIN_RUN_KEYS):
+            return True
+        if any(isinstance(run.get(k), str) and "$(MERLIN_" in run[k] for k in ("cmd", "restart")):
+            return True
+    return False

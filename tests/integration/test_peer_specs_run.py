@@ -59,3 +59,26 @@ def test_invalid_peer_spec_is_rejected_with_one_line(name: str, tmp_path: Path) 
     validate = enginectl("validate", str(spec))
     assert 1 == validate.returncode
     assert validate.stderr.strip() == lines[0]
+
+
+MERLIN = PEER_SPECS / "merlin"
+
+
+@pytest.mark.parametrize("name", ["hello.yaml", "restart_shell.yaml", "simple_chain.yaml"])
+def test_merlin_peer_spec_runs_to_finished(name: str, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    result = enginectl("run", str(MERLIN / name), "-o", str(study), cwd=tmp_path)
+    assert 0 == result.returncode, result.stderr
+    rows = read_status(study / "status.csv")
+    assert rows and {"FINISHED"} == {r["State"] for r in rows}
+
+
+def test_merlin_restart_shell_reruns_both_shells_once(tmp_path: Path) -> None:
+    """step1 (bash) and step2 (python3 shebang) exit MERLIN_RESTART once, then succeed."""
+    study = tmp_path / "study"
+    assert 0 == enginectl("run", str(MERLIN / "restart_shell.yaml"), "-o", str(study)).returncode
+    rows = {r["Step Name"]: r for r in read_status(study / "status.csv")}
+    assert {"1"} == {rows["step1"]["Number Restarts"], rows["step2"]["Number Restarts"]}
+    outs = sorted((study / "step2").glob("step2.*.out"))
+    assert ["if 1\n", "if 2\n"] == sorted(p.read_text() for p in outs)
+    assert (study / "step2" / "step2.sh").read_text().startswith("#!/usr/bin/env python3\n")
