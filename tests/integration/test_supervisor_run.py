@@ -192,11 +192,13 @@ def test_merlin_shell_key_sets_the_shebang(tmp_path: Path) -> None:
     assert "3" == (tmp_path / "s" / "py" / "v.txt").read_text()
 
 
-def test_merlin_keys_are_rejected_without_a_merlin_block(tmp_path: Path) -> None:
-    path = spec(tmp_path / "m.yaml", [{"name": "a", "cmd": "true", "max_retries": 2}])
-    result = enginectl("validate", str(path))
+def test_merlin_keys_make_a_merlin_spec_but_unknown_keys_are_still_rejected(tmp_path: Path) -> None:
+    ok = spec(tmp_path / "m.yaml", [{"name": "a", "cmd": "true", "max_retries": 2}])
+    assert 0 == enginectl("validate", str(ok)).returncode
+    bad = spec(tmp_path / "b.yaml", [{"name": "a", "cmd": "true", "max_retries": 2, "bogus": 1}])
+    result = enginectl("validate", str(bad))
     assert 1 == result.returncode
-    assert "study[0].run.max_retries" in result.stderr
+    assert "study[0].run.bogus: unknown key 'bogus'" in result.stderr
 
 
 async def _control(nc, study_id: str, verb: str, msg) -> ControlReply:  # type: ignore[no-untyped-def]
