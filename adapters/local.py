@@ -6,7 +6,11 @@ with cwd = workspace, in a new session (its own process group), and stdout/stder
 to ``<name>.<pid>.out`` / ``<name>.<pid>.err`` in the workspace, as Maestro names them.
 The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
 ``TROUPE_STEP``, ``TROUPE_ATTEMPT`` and ``TROUPE_WORKSPACE``.
-Completion is pushed: ``wait`` awaits the process. ``cancel`` sends SIGTERM to the whole
+The script runs under a small ``/bin/sh`` wrapper (the group leader, whose pid is the
+job id) that writes the script's exit status to ``.troupe.<attempt>.exit`` in the
+workspace; ``.troupe.<attempt>.pid`` holds the wrapper's pid and start time. After an
+engine restart, ``adopt`` uses them to re-attach to a step that is still running, or to
+learn how it ended. Completion is pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
 once its leader is gone so that no process of the step survives it.
 """
@@ -33,6 +37,9 @@ __all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# Runs the step's script and records its exit status atomically in the workspace, so an
+# engine that restarts after a crash can learn how a step it was not watching ended.
+_WRAPPER = '"$1"; rc=$?; printf "%s\\n" "$rc" > "$2.tmp" && mv -f "$2.tmp" "$2"; exit "$rc"'
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 
@@ -71,9 +78,8 @@ class LocalAdapter:
         self.kill_grace = kill_grace
         self._env = {**os.environ, **(env or {})}
         # Invariant: a key is present exactly while its process may still be alive.
-        self._procs: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._jobs: dict[tuple[str, int], _Job] = {}
         self._cancelled: set[tuple[str, int]] = set()
-        self._exited: dict[tuple[str, int], anyio.Event] = {}
 
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.sh`` (and ``.restart.sh`` if the step has one)."""
@@ -101,12 +107,11 @@ class LocalAdapter:
         step, attempt = request.step, request.attempt
         with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError},
                             step.name):
-            proc = self._spawn(step, attempt, restart=request.restart)
-        self._procs[(step.name, attempt)] = proc
-        self._exited[(step.name, attempt)] = anyio.Event()
-        return JobHandle(step=step.name, attempt=attempt, job_id=str(proc.pid), backend=self.name)
+            job = self._spawn(step, attempt, restart=request.restart)
+        self._jobs[(step.name, attempt)] = job
+        return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool) -> subprocess.Popen[bytes]:
+    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool) -> _Job:
         script = self.write_script(step)
         if restart and step.restart:
             script = script_path(step, restart=True)
@@ -114,12 +119,15 @@ class LocalAdapter:
         stem = output_stem(step)
         out_tmp = ws / f"{stem}.out.starting"
         err_tmp = ws / f"{stem}.err.starting"
+        exit_path = ws / f".troupe.{attempt}.exit"
+        exit_path.unlink(missing_ok=True)
         out = os.open(out_tmp, _OUT_FLAGS, 0o644)
         try:
             err = os.open(err_tmp, _OUT_FLAGS, 0o644)
             try:
                 proc = subprocess.Popen(
-                    [str(script)], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path)],
+                    cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                          "TROUPE_WORKSPACE": str(ws)},
                     start_new_session=True, close_fds=True,
@@ -131,52 +139,116 @@ class LocalAdapter:
         # The child holds the descriptors; renaming gives the files Maestro's names.
         os.replace(out_tmp, ws / f"{stem}.{proc.pid}.out")
         os.replace(err_tmp, ws / f"{stem}.{proc.pid}.err")
-        return proc
+        started = _start_time(proc.pid)
+        (ws / f".troupe.{attempt}.pid").write_text(f"{proc.pid} {started}\n")
+        return _Job(pid=proc.pid, start_time=started, exit_path=exit_path, popen=proc)
+
+    def adopt(self, step: StepInstance, attempt: int) -> JobHandle | JobResult | None:
+        """Find attempt ``attempt`` of ``step`` after an engine restart.
+
+        Returns:
+            A ``JobResult`` if it ended while the engine was away (its exit status was
+            recorded by the wrapper), a ``JobHandle`` to ``wait`` on if its process is
+            still alive, or None if it died without a trace (lost).
+        """
+        ws = Path(step.workspace)
+        exit_path = ws / f".troupe.{attempt}.exit"
+        done = _read_exit(exit_path)
+        if done is not None:
+            return done
+        try:
+            pid_text, started = (ws / f".troupe.{attempt}.pid").read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if _start_time(pid) != started:
+            return _read_exit(exit_path)  # it ended (or the pid is someone else's now)
+        self._jobs[(step.name, attempt)] = _Job(pid=pid, start_time=started, exit_path=exit_path)
+        return JobHandle(step=step.name, attempt=attempt, job_id=str(pid), backend=self.name)
 
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the process to exit (exit code negative: the killing signal)."""
         key = (handle.step, handle.attempt)
-        proc = self._procs[key]
+        job = self._jobs[key]
         try:
-            code = await _wait_process(proc)
+            if job.popen is not None:
+                code: int | None = await _wait_child(job.popen)
+            else:
+                await _wait_pid(job.pid)
+                result = _read_exit(job.exit_path)
+                code = result.exit_code if result is not None else None
         finally:
-            self._procs.pop(key, None)
-            exited = self._exited.pop(key, None)
-            if exited is not None:
-                exited.set()
+            self._jobs.pop(key, None)
+            job.exited.set()
             if key in self._cancelled:
                 # Whatever the cancelled step started in its group dies with it.
                 self._cancelled.discard(key)
-                _killpg(proc.pid, signal.SIGKILL)
+                _killpg(job.pid, signal.SIGKILL)
+        if code is None:
+            return JobResult(outcome=JobOutcome.LOST, detail="adopted process left no exit status")
         outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
         return JobResult(outcome=outcome, exit_code=code)
 
     async def cancel(self, handle: JobHandle) -> None:
         """SIGTERM the job's process group, SIGKILL it after ``kill_grace`` seconds."""
         key = (handle.step, handle.attempt)
-        proc = self._procs.get(key)
-        if proc is None:
+        job = self._jobs.get(key)
+        if job is None:
             return  # already ended
         self._cancelled.add(key)
-        _killpg(proc.pid, signal.SIGTERM)
-        exited = self._exited.get(key)
-        if exited is not None:
-            with anyio.move_on_after(self.kill_grace):
-                await exited.wait()  # set by wait() once it has reaped the process
-        _killpg(proc.pid, signal.SIGKILL)
+        _killpg(job.pid, signal.SIGTERM)
+        with anyio.move_on_after(self.kill_grace):
+            await job.exited.wait()  # set by wait() once the process is gone
+        _killpg(job.pid, signal.SIGKILL)
 
     def kill_all_now(self) -> None:
         """SIGKILL every live process group (a second Ctrl-C)."""
-        for key, proc in list(self._procs.items()):
+        for key, job in list(self._jobs.items()):
             self._cancelled.add(key)
-            _killpg(proc.pid, signal.SIGKILL)
+            _killpg(job.pid, signal.SIGKILL)
 
     def running(self) -> int:
         """How many processes this adapter may still have alive."""
-        return len(self._procs)
+        return len(self._jobs)
 
 
-async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
+class _Job:
+    """A local job: its process group leader (the wrapper) and where it records its exit."""
+
+    __slots__ = ("exit_path", "exited", "pid", "popen", "start_time")
+
+    def __init__(self, *, pid: int, start_time: str, exit_path: Path,
+                 popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.exit_path = exit_path
+        self.popen = popen  # None for a process adopted after an engine restart
+        self.exited = anyio.Event()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat),
+    which tells a live process from a new one that reuses its pid; "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return ""
+    if fields[0] == b"Z":
+        return ""
+    return fields[19].decode()
+
+
+def _read_exit(path: Path) -> JobResult | None:
+    try:
+        code = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
+    return JobResult(outcome=outcome, exit_code=code, detail="recorded by the step's wrapper")
+
+
+async def _wait_child(proc: subprocess.Popen[bytes]) -> int:
     """Await a child's exit without a thread per child: poll a pidfd for readability."""
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -186,6 +258,19 @@ async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
         while (code := proc.poll()) is None:
             await anyio.wait_readable(pidfd)
         return code
+    finally:
+        anyio.notify_closing(pidfd)
+        os.close(pidfd)
+
+
+async def _wait_pid(pid: int) -> None:
+    """Await the exit of a process that is not our child (adopted after a restart)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await anyio.wait_readable(pidfd)
     finally:
         anyio.notify_closing(pidfd)
         os.close(pidfd)

@@ -17,6 +17,13 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "RestartRequest",
+    "StudySummary",
+    "StepSummary",
+    "StatusReply",
+    "StatusRequest",
+    "SubmitReply",
+    "SubmitRequest",
     "ACTIVE_STATES",
     "BUS_DECODER",
     "ENCODER",
@@ -222,8 +229,96 @@ class ControlReply(BusMessage, tag="control_reply"):
     matched: int = 0
 
 
+class SubmitRequest(BusMessage, tag="submit_request"):
+    """API: run a study. The engine reads nothing from the client's disk but the spec's
+    own references (``$(SPECROOT)`` files, git and path dependencies, a pgen file).
+
+    Attributes:
+        spec_text: The spec as the client read it.
+        spec_path: Its absolute path on the client (sets ``$(SPECROOT)`` and the copy's name).
+        cwd: The client's working directory (a relative OUTPUT_PATH or ``-o`` is resolved
+            against it, as ``run`` does).
+        out_dir: ``-o DIR``, or "" for ``<OUTPUT_PATH>/<name>_<timestamp>``.
+    """
+
+    spec_text: str
+    spec_path: str
+    cwd: str
+    out_dir: str = ""
+    throttle: int | None = None
+    rlimit: int | None = None
+    attempts: int | None = None
+    dry_run: bool = False
+    run_local: bool = False
+    pgen: str = ""
+    pargs: tuple[str, ...] = ()
+
+
+class SubmitReply(BusMessage, tag="submit_reply"):
+    """API answer to a submit: the new study's id and directory, or the error."""
+
+    ok: bool
+    study_id: str = ""
+    study_dir: str = ""
+    error: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+class StatusRequest(BusMessage, tag="status_request"):
+    """API: one study's steps (``study_id``), or a list of studies filtered by state
+    and name glob."""
+
+    study_id: str = ""
+    state: str = ""
+    name: str = ""
+
+
+class StepSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One step in a status reply."""
+
+    step: str
+    state: str
+    job_id: str = ""
+    attempt: int = 0
+    restarts: int = 0
+    submit_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class StudySummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One study in a status or list reply."""
+
+    study_id: str
+    name: str
+    state: str
+    study_dir: str
+    created: float
+    ended: float | None = None
+    counts: dict[str, int] = {}
+
+
+class StatusReply(BusMessage, tag="status_reply"):
+    """API answer to a status or list request."""
+
+    ok: bool
+    studies: tuple[StudySummary, ...] = ()
+    steps: tuple[StepSummary, ...] = ()
+    error: str = ""
+
+
+class RestartRequest(BusMessage, tag="restart_request"):
+    """API: run the failed, cancelled and timed-out steps of a study again (and their
+    descendants), keeping its FINISHED steps."""
+
+    study_id: str
+
+
 AnyBusMessage = (
     StepStateChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle | ControlReply
+    | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
 )
 
 ENCODER = msgspec.json.Encoder()

@@ -19,9 +19,11 @@ __all__ = [
     "EVENTS_STREAM",
     "PREFIX",
     "all_events",
+    "api",
     "control",
     "decode_token",
     "encode_token",
+    "kv_key",
     "step_event",
     "step_events",
     "study_event",
@@ -104,3 +106,15 @@ def study_event(study_id: str, kind: str) -> str:
 def control(study_id: str, verb: str) -> str:
     """Request/reply subject of a study's control verb (``cancel``, ``throttle``)."""
     return f"{PREFIX}.control.{encode_token(study_id)}.{verb}"
+
+
+def api(verb: str) -> str:
+    """Request/reply subject of the engine service's API (``submit``, ``status``,
+    ``cancel``, ``restart``, ``throttle``)."""
+    return f"{PREFIX}.api.{verb}"
+
+
+def kv_key(name: str) -> str:
+    """Encode a name for a JetStream KV key (``[-/_=.A-Za-z0-9]``): ``encode_token`` with
+    ``=`` as the escape character instead of ``~``."""
+    return encode_token(name).replace("~", "=")
