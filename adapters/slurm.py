@@ -37,7 +37,8 @@ import anyio
 import structlog
 
 from adapters.base import (
-    CancelError, JobHandle, JobRequest, JobResult, StatusError, SubmitError, map_exceptions,
+    CancelError, JobHandle, JobOutcome, JobRequest, JobResult, StatusError, SubmitError,
+    map_exceptions,
 )  # fmt: skip
 from adapters.jobwatch import JobState, JobWatcher
 from adapters.launcher import LauncherError
@@ -359,7 +360,7 @@ class SlurmAdapter:
         rows = await self._squeue(["-j", ",".join(ids)])
         states = {i: JobState(outcome=r.outcome, exit_code=r.exit_code, detail=r.detail)
                   for i, r in rows.items() if i in ids}  # fmt: skip
-        ask = [i for i in ids if i not in rows or rows[i].outcome not in (None, "COMPLETED")]
+        ask = [i for i in ids if i not in rows or rows[i].outcome not in (None, JobOutcome.COMPLETED)]
         if ask and self._sacct_ok:
             try:
                 acct = await self._sacct(["-j", ",".join(ask)])

@@ -10,6 +10,7 @@ JetStream stores one connection's messages in order, proves every earlier event 
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -53,6 +54,65 @@ class Bus:
         self._js = nc.jetstream()
         self.url = url
         self.durable = False  # True once ensure_stream found JetStream
+        # Events not yet acknowledged by JetStream: id -> (subject, payload, future, sent).
+        self._pending: dict[str, tuple[str, bytes, object, float]] = {}
+        self._log_error = ""
+
+    @property
+    def jetstream(self):  # type: ignore[no-untyped-def]
+        """The JetStream context (for ``engine.store``)."""
+        return self._js
+
+    async def publish_event(self, subject: str, message: BusMessage) -> None:
+        """Publish an event so that it reaches the stream exactly once, whatever happens
+        to the connection: it is published asynchronously with its ``event_id`` as
+        JetStream's message id, and ``redeliver`` publishes it again (deduplicated by the
+        server) until it is acknowledged. Without JetStream this is ``publish``.
+        """
+        if not self.durable:
+            await self.publish(subject, message)
+            return
+        payload = ENCODER.encode(message)
+        await self._send_durable(message.event_id, subject, payload)
+
+    async def _send_durable(self, msg_id: str, subject: str, payload: bytes) -> None:
+        try:
+            fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        except (NatsError, JetStreamError) as exc:
+            fut = None  # retried by redeliver()
+            self._log_error = str(exc)
+        self._pending[msg_id] = (subject, payload, fut, time.monotonic())
+
+    async def redeliver(self, *, interval: float = 0.5, ack_timeout: float = 3.0) -> None:
+        """Run forever: drop acknowledged events, publish unacknowledged ones again."""
+        while True:
+            await anyio.sleep(interval)
+            await self._redeliver_once(ack_timeout)
+
+    async def _redeliver_once(self, ack_timeout: float) -> None:
+        now = time.monotonic()
+        for msg_id, (subject, payload, fut, sent) in list(self._pending.items()):
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                del self._pending[msg_id]
+            elif fut is None or fut.done() or now - sent > ack_timeout:
+                if fut is not None and not fut.done():
+                    fut.cancel()  # frees nats-py's slot; the copy below replaces it
+                if self._nc.is_connected:
+                    await self._send_durable(msg_id, subject, payload)
+
+    async def wait_persisted(self, timeout: float = 30.0) -> None:
+        """Wait until every event published with ``publish_event`` is acknowledged.
+
+        Raises:
+            BusError: some are still unacknowledged after ``timeout`` seconds.
+        """
+        with anyio.move_on_after(timeout):
+            while self._pending:
+                await self._redeliver_once(ack_timeout=1.0)
+                if self._pending:
+                    await anyio.sleep(0.01)
+        if self._pending:
+            raise BusError(f"{len(self._pending)} events not acknowledged by JetStream", self.url)
 
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Publish ``message`` on ``subject`` (core NATS, fire and forget).
@@ -218,6 +278,7 @@ async def open_bus(
     *,
     connect_timeout: float = 2.0,
     name: str = "troupe",
+    max_reconnect_attempts: int = 3,
 ) -> AsyncIterator[Bus]:
     """Connect to ``url`` and yield a ``Bus``; drain and close on exit.
 
@@ -227,7 +288,8 @@ async def open_bus(
     creds = credentials or Credentials()
     kwargs: dict[str, object] = {
         "connect_timeout": connect_timeout,
-        "max_reconnect_attempts": 3,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_time_wait": 0.25,
         "allow_reconnect": True,
         "error_cb": _quiet_error_cb,
         "name": name,

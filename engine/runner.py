@@ -130,6 +130,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signals, runtime)
+                if bus.durable:
+                    tg.start_soon(bus.redeliver)
                 if opts.progress is not None:
                     tg.start_soon(_show_progress, runtime, opts.progress)
                 state = await runtime.run()

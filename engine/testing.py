@@ -52,6 +52,13 @@ class FakeBus:
             if subject_matches(pattern, subject):
                 send.send_nowait(message)  # type: ignore[arg-type]
 
+    async def publish_event(self, subject: str, message: BusMessage) -> None:
+        """Like ``publish`` (the fake never loses a message)."""
+        await self.publish(subject, message)
+
+    async def wait_persisted(self, timeout: float = 30.0) -> None:
+        """Everything is 'persisted' at once."""
+
     async def persist(self, subject: str, message: BusMessage, *, timeout: float = 10.0) -> int:
         """Like ``publish``; returns the message's sequence number."""
         await self.publish(subject, message)

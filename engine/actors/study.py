@@ -22,6 +22,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
@@ -29,9 +30,13 @@ from engine import subjects
 from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
+from engine.actors.persist import Persister
+from engine.actors.recovery import Recovered
 from engine.machines.policy import StepPolicy
+from engine.store import StepEntry, Store
 from engine.messages import (
     FAILURE_STATES,
+    TERMINAL_STATES,
     AnyBusMessage,
     CancelJob,
     CancelRequested,
@@ -53,6 +58,7 @@ from engine.messages import (
     SetThrottle,
     StartTimer,
     StepEnded,
+    StepState,
     StepStateChanged,
     StopStudy,
     StudyCancelRequested,
@@ -93,6 +99,10 @@ class StudyRuntime:
         clock: Returns seconds since the epoch (injected for tests).
         status_interval: Minimum seconds between two status.csv rewrites; transitions in
             between are coalesced into the next write.
+        store: Durable state; with it every transition is stored and every submission
+            waits until its intent is stored.
+        recovered: Records rebuilt from the store (engine restart, ``restart``).
+        worker: The engine's id, recorded with each step.
     """
 
     def __init__(
@@ -109,6 +119,9 @@ class StudyRuntime:
         status_path: Path | None = None,
         clock: Callable[[], float] = time.time,
         status_interval: float = 0.1,
+        store: Store | None = None,
+        recovered: Recovered | None = None,
+        worker: str = "",
     ) -> None:
         self.graph = graph
         self.study_id = study_id
@@ -127,6 +140,14 @@ class StudyRuntime:
         self.supervisor = sup_machine.SupervisorState(
             total=len(graph.steps), limits=limits if limits is not None else {"global": throttle}
         )
+        self.recovered = recovered
+        if recovered is not None:
+            self.records = recovered.records
+            self.supervisor = msgspec.structs.replace(self.supervisor,
+                                                      running=dict(recovered.running))
+        self.store = store
+        self.persister = Persister(store) if store is not None else None
+        self.worker = worker
         self.outcome: StudyState | None = None
         self.counts: dict[str, int] = {}
         self._order = graph.bfs_order()
@@ -201,7 +222,11 @@ class StudyRuntime:
                     ),
                 )
                 self._log.info("study_started", steps=len(self.graph.steps), dry_run=self.dry_run)
+                if self.persister is not None:
+                    tg.start_soon(self.persister.run)
                 task_status.started()
+                if self.recovered is not None:
+                    await self._resume(self.recovered)
                 for inst in self.graph.steps:
                     if not inst.parents:
                         self._send.send_nowait((inst.name, StudyOpened(event_id=new_event_id())))
@@ -222,6 +247,14 @@ class StudyRuntime:
         with anyio.CancelScope(shield=True):
             if self.status_path is not None:
                 self._write_status_now()
+            if self.persister is not None:
+                with anyio.move_on_after(30):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self.persister.run)
+                        await self.persister.flush()
+                        tg.cancel_scope.cancel()
+            if self.bus.durable:
+                await self.bus.wait_persisted()
             ended = StudyEnded(
                 event_id=new_event_id(), study_id=self.study_id,
                 state=self.outcome or StudyState.FAILURE, time=self.clock(), counts=self.counts,
@@ -310,7 +343,9 @@ class StudyRuntime:
             job_id=cmd.job_id, exit_code=cmd.exit_code, kind=cmd.kind,
             retryable=cmd.retryable, reason=cmd.reason, final=cmd.final, soft=cmd.soft,
         )
-        await self.bus.publish(subjects.step_event(self.study_id, cmd.step, cmd.state), msg)
+        await self.bus.publish_event(subjects.step_event(self.study_id, cmd.step, cmd.state), msg)
+        if self.persister is not None:
+            self.persister.put(self._entry(cmd))
         self._dirty.set()
         # Every transition is on the bus already; the log keeps failures at INFO.
         emit = self._log.info if cmd.state in FAILURE_STATES else self._log.debug
@@ -319,10 +354,63 @@ class StudyRuntime:
             job_id=cmd.job_id or None, exit_code=cmd.exit_code, reason=cmd.reason or None,
         )
 
+    def _entry(self, cmd: PublishState) -> StepEntry:
+        rec = self.records[cmd.step]
+        return StepEntry(
+            study_id=self.study_id, step=cmd.step, state=rec.state.value, attempt=rec.attempt,
+            job_id=rec.job_id, exit_code=rec.exit_code, submit_time=rec.submit_time,
+            start_time=rec.start_time, end_time=rec.end_time, restarts=rec.restarts,
+            retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
+            use_restart=rec.use_restart, reason=rec.reason,
+            final=cmd.final and rec.state in TERMINAL_STATES, soft=cmd.soft,
+            intent_attempt=rec.attempt, intent_key=f"{self.study_id}/{cmd.step}/{rec.attempt}",
+            worker=self.worker,
+        )
+
+    async def _resume(self, rec: Recovered) -> None:
+        """Replay what the store knew: terminal facts, adopted jobs, lost attempts."""
+        send = self._send.send_nowait
+        now = self.clock()
+        for name in rec.terminal:
+            self._terminal_seen.add(name)
+            state = self.records[name].state
+            for child in self.graph.children[name]:
+                send((child, DependencyEnded(event_id=new_event_id(), dependency=name,
+                                             state=state)))
+            send((_SUPERVISOR, StepEnded(event_id=new_event_id(), step=name, state=state)))
+        for name, attempt in rec.lost.items():
+            lost = StepStateChanged(
+                event_id=new_event_id(), study_id=self.study_id, step=name, attempt=attempt,
+                state=StepState.FAILED, previous=StepState.RUNNING, time=now, kind="lost",
+                retryable=True, reason="the attempt was lost with the engine; running it again",
+            )
+            await self.bus.publish_event(subjects.step_event(self.study_id, name, "failed"), lost)
+        assert self._tg is not None
+        for name, handle in rec.adopted.items():
+            self._handles[(name, handle.attempt)] = handle
+            self._tg.start_soon(self._wait_job, name, handle)
+        for name, result in rec.ended.items():
+            send((name, JobExited(event_id=new_event_id(), exit_code=result.exit_code,
+                                  outcome=result.outcome.value, detail=result.detail, time=now)))
+        self._log.info("study_resumed", terminal=len(rec.terminal), adopted=len(rec.adopted),
+                       ended=len(rec.ended), lost=len(rec.lost))
+
+    async def _wait_job(self, name: str, handle: JobHandle) -> None:
+        key = (name, handle.attempt)
+        try:
+            result = await self.adapter.wait(handle)
+        finally:
+            self._handles.pop(key, None)
+        self._send.send_nowait((name, JobExited(
+            event_id=new_event_id(), exit_code=result.exit_code, outcome=result.outcome.value,
+            detail=result.detail, time=self.clock())))
+
     async def _run_job(self, name: str, attempt: int, restart: bool) -> None:
-        """One job's life: submit, report the start, wait, report the exit."""
+        """One job's life: store the intent, submit, report the start, wait, report the exit."""
         inst = self.graph.by_name[name]
         send = self._send.send_nowait
+        if self.persister is not None:
+            await self.persister.wait_intent(name, attempt)
         request = JobRequest(step=inst, attempt=attempt, restart=restart,
                              key=f"{self.study_id}/{name}/{attempt}")
         try:
@@ -339,13 +427,7 @@ class StudyRuntime:
             self._cancel_pending.discard(key)
             assert self._tg is not None
             self._tg.start_soon(self.adapter.cancel, handle)
-        try:
-            result = await self.adapter.wait(handle)
-        finally:
-            self._handles.pop(key, None)
-        send((name, JobExited(event_id=new_event_id(), exit_code=result.exit_code,
-                              outcome=result.outcome.value, detail=result.detail,
-                              time=self.clock())))
+        await self._wait_job(name, handle)
 
     async def _timer(self, name: str, timer: str, attempt: int, delay: float) -> None:
         await anyio.sleep(delay)

@@ -1,0 +1,513 @@
+"""The Flux adapter: ``flux submit`` / ``flux jobs`` / ``flux cancel``, by Maestro's Flux rules.
+
+Scripts are ``<safe name>.flux.sh``: ``#!<shell>``, Maestro's ``#flux:`` directives (for
+the reader; ``flux submit`` takes the same settings as options), a blank line, and the
+command with ``$(LAUNCHER)`` expanded to ``flux run`` (maestrowf's flux adapter 0.49.0,
+the latest), wrapped by the exit-status trailer. A walltime that is a bare number means
+minutes (``30`` → ``-t 1800s``); ``H:M:S`` is converted to seconds as Maestro does.
+
+Submission runs ``flux submit --job-name=<key> ... <script>`` and reads the F58 job id it
+prints (``ƒ`` or ``f`` prefix; decimal is accepted too). The job name carries the
+attempt's idempotency key, so ``flux jobs -a --name=<key>`` finds the job again after an
+engine restart; the output files keep Maestro's ``<name>.{{id}}.out``/``.err`` names. A
+step runs as one task holding ``procs × cores per task`` cores, so the script runs once
+and its ``flux run`` lines start the parallel work (Maestro runs the script in a nested
+instance; ``nested: false`` gives Maestro's one-task-per-proc form instead). Completion
+comes from the trailer's exit file and one batched ``flux jobs --json ID...`` per
+reconcile interval; results COMPLETED/FAILED/CANCELED/TIMEOUT map to
+:class:`~adapters.base.JobOutcome`. ``cancel`` uses the flux Python bindings when they
+import, else ``flux cancel``, and waits until the job is INACTIVE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from adapters.base import (
+    CancelError, JobHandle, JobOutcome, JobRequest, JobResult, StatusError, SubmitError,
+    map_exceptions,
+)  # fmt: skip
+from adapters.jobwatch import JobState, JobWatcher
+from adapters.launcher import LauncherError, expand_flux_run, merge_flux_args, split_flux_exclusive
+from adapters.slurm_script import is_scheduled, supports_trailer, wrap_with_trailer
+from engine.spec.naming import make_safe_path
+
+if TYPE_CHECKING:
+    from adapters.base import Adapter
+    from engine.spec.graph import StepInstance
+
+__all__ = [
+    "FLUX_RESULTS",
+    "FluxAdapter",
+    "f58_decode",
+    "f58_encode",
+    "flux_script",
+    "parse_flux_jobs",
+    "parse_jobid",
+    "walltime_seconds",
+]
+
+_F58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+#: Flux's results (RFC 21; note CANCELED with one L) and the outcome each maps to.
+FLUX_RESULTS = {
+    "COMPLETED": JobOutcome.COMPLETED,
+    "FAILED": JobOutcome.FAILED,
+    "CANCELED": JobOutcome.CANCELLED,
+    "TIMEOUT": JobOutcome.TIMEOUT,
+}
+# Maestro's step priority → flux urgency (FluxInterface_0490._urgencies).
+_URGENCY = {"HELD": 0, "MINIMAL": 1, "LOW": 9, "MEDIUM": 16, "HIGH": 24, "EXPEDITE": 31,
+            "EXPEDITED": 31}  # fmt: skip
+_EXEC = 0o755
+
+
+def f58_encode(n: int, *, ascii_prefix: bool = False) -> str:
+    """Encode a job id in F58 (bitcoin base58 alphabet, ``ƒ`` or ``f`` prefix)."""
+    digits = ""
+    while True:
+        n, r = divmod(n, 58)
+        digits = _F58[r] + digits
+        if n == 0:
+            break
+    return ("f" if ascii_prefix else "ƒ") + digits
+
+
+def f58_decode(text: str) -> int:
+    """Decode ``ƒ...``/``f...`` F58 text.
+
+    Raises:
+        ValueError: not F58.
+    """
+    if text[:1] not in ("ƒ", "f") or len(text) < 2:
+        raise ValueError(f"not an F58 job id: {text!r}")
+    n = 0
+    for ch in text[1:]:
+        idx = _F58.find(ch)
+        if idx < 0:
+            raise ValueError(f"not an F58 job id: {text!r}")
+        n = n * 58 + idx
+    return n
+
+
+def parse_jobid(text: str) -> int:
+    """Read a job id as ``flux submit`` prints it (F58) or in decimal.
+
+    Raises:
+        ValueError: neither form.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    return f58_decode(text)
+
+
+def walltime_seconds(walltime: Any) -> float:
+    """Maestro's Flux walltime: a bare number is minutes, ``H:M:S`` is summed, none is 0.
+
+    Raises:
+        ValueError: neither a number nor a colon-separated time.
+    """
+    if isinstance(walltime, bool):
+        raise ValueError(f"walltime {walltime!r} is not a number or H:M:S")
+    if isinstance(walltime, int | float):
+        return int(float(walltime) * 60.0)
+    if not walltime or walltime == "inf":
+        return 0
+    if isinstance(walltime, str) and walltime.isnumeric():
+        return int(float(walltime) * 60.0)
+    if isinstance(walltime, str) and ":" in walltime:
+        parts = walltime.split(":")[::-1]
+        return sum(float(v) * 60.0**i for i, v in enumerate(parts))
+    raise ValueError(f"walltime {walltime!r} is not an integer or colon-separated string")
+
+
+def urgency(priority: Any) -> int:
+    """Maestro's priority (HELD..EXPEDITE or a float in 0..1) as a flux urgency (0..31)."""
+    if priority is None or priority == "":
+        return 16
+    if isinstance(priority, str) and priority.upper() in _URGENCY:
+        return _URGENCY[priority.upper()]
+    return math.ceil(float(priority) * 31)
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds}s"  # str() as Maestro prints it: 1800s, 600.0s
+
+
+def flux_script(
+    step: StepInstance, batch: Mapping[str, Any], *, shell: str = "/bin/bash",
+    restart: bool = False, exit_file: str | None = None,
+) -> str:  # fmt: skip
+    """Build a step's Flux script: shebang, ``#flux:`` directives, command, trailer.
+
+    Raises:
+        LauncherError: a ``$(LAUNCHER)`` token asks for more than the step has.
+        ValueError: the walltime cannot be read.
+    """
+    res = step.resources
+    cmd = step.restart if restart else step.cmd
+    lines = [f"#!{shell}"]
+    if is_scheduled(step):
+        launcher_args, launcher_x = split_flux_exclusive(batch.get("launcher_args") or {})
+        cmd = expand_flux_run(
+            cmd, res, step=step.name, exclusive=launcher_x,
+            launcher_args=merge_flux_args(launcher_args, batch.get("args") or {}),
+        )  # fmt: skip
+        name = step.name.replace(" ", "_")
+        d = "#flux: "
+        if res.nodes:
+            lines.append(f"{d}-N {res.nodes}")
+        if res.procs and not res.exclusive:
+            lines.append(f"{d}-n {res.procs}")
+        lines.append(f"{d}-t {_seconds_text(walltime_seconds(res.walltime))}")
+        if batch.get("queue"):
+            lines.append(f"{d}-q {batch['queue']}")
+        lines.append(f"{d}--bank={batch.get('bank') or ''}")
+        lines += [f'{d}--job-name="{name}"', f"{d}--output={name}.{{{{id}}}}.out",
+                  f"{d}--error={name}.{{{{id}}}}.err"]  # fmt: skip
+        if res.exclusive:
+            lines.append(f"{d}--exclusive")
+    if exit_file is not None and supports_trailer(shell):
+        cmd = wrap_with_trailer(cmd, exit_file)
+    return "\n".join(lines) + f"\n\n{cmd}\n"
+
+
+def submit_options(step: StepInstance, batch: Mapping[str, Any], *, key: str) -> list[str]:
+    """The ``flux submit`` options for a step (everything but the script path).
+
+    Raises:
+        SubmitError: a multi-node step asks for a nested instance, which ``flux submit``
+            of a script cannot give; or a resource value is not a number.
+    """
+    res = step.resources
+    try:
+        nodes = int(res.nodes) if res.nodes not in (None, "") else None
+        procs = int(res.procs) if res.procs else 1
+        cpt = int(res.cores_per_task) if res.cores_per_task else 1
+        gpus = int(res.gpus) if res.gpus else 0
+        seconds = walltime_seconds(res.walltime)
+    except (TypeError, ValueError) as exc:
+        raise SubmitError(f"bad Flux resources: {exc}", step.name) from exc
+    opts = [f"--job-name={key}", f"--cwd={step.workspace}",
+            f"--output={step.name}.{{{{id}}}}.out", f"--error={step.name}.{{{{id}}}}.err"]
+    exclusive = bool(res.exclusive) and nodes is not None
+    if exclusive:
+        procs, cpt = nodes, 1  # one slot per node (Maestro's submit())
+    if res.nested is False:
+        # Maestro's from_command(): the script is the task, one per proc.
+        opts += ["-n", str(procs), "-c", str(cpt)] + (["-N", str(nodes)] if nodes else [])
+        opts += ["-g", str(gpus)] if gpus and not exclusive else []
+    else:
+        if nodes is not None and nodes > 1:
+            raise SubmitError(
+                f"{nodes} nodes need a nested Flux instance (flux batch); this adapter "
+                "submits scripts with flux submit, which runs one task on one node",
+                step.name,
+            )  # fmt: skip
+        opts += ["-n", "1", "-c", str(procs * cpt)] + (["-N", "1"] if nodes else [])
+        opts += ["-g", str(gpus)] if gpus and not exclusive else []
+    if exclusive:
+        opts.append("-x")
+    if seconds > 0:
+        opts.append(f"--time-limit={_seconds_text(seconds)}")
+    if batch.get("queue"):
+        opts.append(f"--queue={batch['queue']}")
+    if batch.get("bank"):
+        opts.append(f"--bank={batch['bank']}")
+    opts.append(f"--urgency={urgency(res.priority)}")
+    if res.waitable:
+        opts.append("--flags=waitable")
+    return opts
+
+
+def parse_flux_jobs(stdout: str) -> dict[int, JobState]:
+    """Read ``flux jobs --json`` output (``{"jobs": [...]}`` or one object) into states.
+
+    Raises:
+        ValueError: not the documented JSON shape.
+    """
+    data = json.loads(stdout) if stdout.strip() else {"jobs": []}
+    jobs = data["jobs"] if isinstance(data, dict) and "jobs" in data else [data]
+    out: dict[int, JobState] = {}
+    for job in jobs:
+        if not isinstance(job, dict) or "id" not in job or "state" not in job:
+            raise ValueError(f"flux jobs --json entry without id/state: {job!r}")
+        out[int(job["id"])] = _flux_state(job)
+    return out
+
+
+def _flux_state(job: Mapping[str, Any]) -> JobState:
+    if job["state"] != "INACTIVE":
+        return JobState(outcome=None, detail=str(job["state"]))
+    result = str(job.get("result", ""))
+    if result not in FLUX_RESULTS:
+        raise ValueError(f"flux job {job['id']}: unknown result {result!r}")
+    code = job.get("returncode")
+    exc = job.get("exception") or {}
+    detail = result + (f" returncode={code}" if code is not None else "")
+    if exc.get("occurred"):
+        detail += f" exception={exc.get('type', '')}"
+        if exc.get("note"):
+            detail += f" ({exc['note']})"
+    outcome = FLUX_RESULTS[result]
+    exit_code = 0 if outcome is JobOutcome.COMPLETED else (int(code) if code is not None else None)
+    return JobState(outcome=outcome, exit_code=exit_code, detail=detail)
+
+
+class FluxAdapter:
+    """Runs scheduled steps as Flux jobs (and the others locally).
+
+    Args:
+        batch: The study's ``batch`` block (queue, bank, flux_uri, args, launcher_args).
+        shell: The scripts' shebang.
+        env: Extra environment variables for the flux commands (inherited by the jobs).
+        watch_interval: Seconds between exit-file checks.
+        reconcile_interval: Seconds between batched ``flux jobs`` queries.
+        command_timeout: Seconds allowed for one flux command.
+        cancel_timeout: Seconds ``cancel`` waits for the job to become INACTIVE.
+        lost_after: Seconds without any record of a job before it is LOST.
+        use_bindings: Cancel through the flux Python bindings when they import.
+        local: The adapter for unscheduled steps (default: a ``LocalAdapter``).
+    """
+
+    name = "flux"
+
+    def __init__(
+        self, batch: Mapping[str, Any] | None = None, *, shell: str = "/bin/bash",
+        env: Mapping[str, str] | None = None, watch_interval: float = 0.1,
+        reconcile_interval: float = 2.0, command_timeout: float = 30.0,
+        cancel_timeout: float = 30.0, lost_after: float = 120.0, use_bindings: bool = True,
+        local: Adapter | None = None,
+    ) -> None:  # fmt: skip
+        self.batch = dict(batch or {})
+        self.shell = shell
+        self.env = dict(env or {})
+        if self.batch.get("flux_uri"):
+            self.env.setdefault("FLUX_URI", str(self.batch["flux_uri"]))
+        self.command_timeout = command_timeout
+        self.cancel_timeout = cancel_timeout
+        self.use_bindings = use_bindings and importlib.util.find_spec("flux") is not None
+        self._local = local
+        self._log = structlog.get_logger("troupe.flux")
+        self._watcher = JobWatcher(self._query, backend=self.name, watch_interval=watch_interval,
+                                   reconcile_interval=reconcile_interval, lost_after=lost_after)
+        self._exit_files: dict[str, Path] = {}
+
+    @property
+    def watcher(self) -> JobWatcher:
+        """The shared completion watcher."""
+        return self._watcher
+
+    def write_script(self, step: StepInstance) -> Path:
+        """Write ``<safe name>.flux.sh`` (and ``.restart.flux.sh``), without the trailer.
+
+        Raises:
+            LauncherError: a ``$(LAUNCHER)`` token asks for more than the step has.
+            OSError: the workspace cannot be written.
+        """
+        return self._write(step, restart=False, exit_file=None)
+
+    def _write(self, step: StepInstance, *, restart: bool, exit_file: Path | None) -> Path:
+        ws = Path(step.workspace)
+        ws.mkdir(parents=True, exist_ok=True)
+        word = shlex.quote(str(exit_file)) if exit_file is not None else None
+        paths = {}
+        for is_restart in (False, True) if step.restart else (False,):
+            path = ws / f"{make_safe_path(step.name)}{'.restart' if is_restart else ''}.flux.sh"
+            path.write_text(flux_script(step, self.batch, shell=self.shell, restart=is_restart,
+                                        exit_file=word))  # fmt: skip
+            path.chmod(_EXEC)
+            paths[is_restart] = path
+        return paths[restart and bool(step.restart)]
+
+    async def submit(self, request: JobRequest) -> JobHandle:
+        """Submit one attempt with ``flux submit`` (or run an unscheduled step locally).
+
+        Raises:
+            SubmitError: flux rejected the job (its message), the resources cannot be
+                expressed with ``flux submit``, or the outcome stayed unknown.
+        """
+        step = request.step
+        if not is_scheduled(step):
+            return await self._local_adapter().submit(request)
+        exit_file = _exit_file(step, request.key)
+        with map_exceptions({OSError: SubmitError, ValueError: SubmitError}, step.name):
+            script = self._write(step, restart=request.restart, exit_file=exit_file)
+        args = [*submit_options(step, self.batch, key=request.key), str(script)]
+        try:
+            proc = await self._run(["submit", *args])
+        except OSError as exc:
+            raise SubmitError(f"cannot run flux: {exc}", step.name) from exc
+        except TimeoutError as exc:
+            # The job may exist: look for it by key before saying anything.
+            with map_exceptions({StatusError: SubmitError}, step.name):
+                found = await self._find_id(request.key)
+            if found is None:
+                raise SubmitError(f"flux submit did not answer within {self.command_timeout:g} s"
+                                  " and no job has its key", step.name, retryable=True) from exc
+            job = found
+        else:
+            if proc.returncode != 0:
+                msg = _text(proc.stderr).strip() or f"flux submit exited {proc.returncode}"
+                raise SubmitError(msg, step.name, retryable=False)
+            with map_exceptions({ValueError: SubmitError}, step.name):
+                job = parse_jobid(_text(proc.stdout).splitlines()[-1])
+        job_id = f58_encode(job)
+        self._exit_files[job_id] = exit_file
+        self._log.info("job_submitted", step=step.name, attempt=request.attempt, job_id=job_id)
+        return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
+
+    async def find(self, request: JobRequest) -> JobHandle | None:
+        """Find an earlier attempt's job by its key (the job name), for re-adoption.
+
+        Raises:
+            StatusError: ``flux jobs`` failed.
+        """
+        step = request.step
+        if not is_scheduled(step):
+            return None
+        job = await self._find_id(request.key)
+        if job is None:
+            return None
+        job_id = f58_encode(job)
+        self._exit_files[job_id] = _exit_file(step, request.key)
+        return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
+
+    async def _find_id(self, key: str) -> int | None:
+        proc = await self._checked(["jobs", "-a", f"--name={key}", "--json"], StatusError)
+        with map_exceptions({ValueError: StatusError, KeyError: StatusError}):
+            data = json.loads(_text(proc.stdout) or '{"jobs": []}')
+            ids = [int(j["id"]) for j in data.get("jobs", []) if j.get("name") == key]
+        return max(ids) if ids else None
+
+    async def wait(self, handle: JobHandle) -> JobResult:
+        """Wait for the job to end (the trailer's exit file, or ``flux jobs``).
+
+        Raises:
+            StatusError: flux could not be queried for ``lost_after`` s.
+        """
+        if handle.backend != self.name:
+            return await self._local_adapter().wait(handle)
+        try:
+            return await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
+        finally:
+            self._exit_files.pop(handle.job_id, None)
+
+    async def cancel(self, handle: JobHandle) -> None:
+        """Cancel the job and wait until it is INACTIVE (shielded). Ended jobs: no-op.
+
+        Raises:
+            CancelError: flux refused, or the job is still active ``cancel_timeout`` s later.
+        """
+        if handle.backend != self.name:
+            await self._local_adapter().cancel(handle)
+            return
+        with map_exceptions({ValueError: CancelError}, handle.step):
+            job = parse_jobid(handle.job_id)
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self.cancel_timeout):
+                    await self._cancel(job, handle.step)
+                    while True:
+                        with map_exceptions({StatusError: CancelError}, handle.step):
+                            state = (await self._query([handle.job_id])).get(handle.job_id)
+                        if state is None or state.outcome is not None:
+                            break
+                        await anyio.sleep(0.1)
+            except TimeoutError as exc:
+                raise CancelError(f"job {handle.job_id} still active after "
+                                  f"{self.cancel_timeout:g} s", handle.step) from exc
+        self._watcher.kick()
+
+    async def _cancel(self, job: int, step: str) -> None:
+        if self.use_bindings:
+            await anyio.to_thread.run_sync(_cancel_with_bindings, job, self.env.get("FLUX_URI"))
+            return
+        proc = await self._checked(["cancel", str(job)], CancelError, step, allow_fail=True)
+        err = _text(proc.stderr).strip()
+        if proc.returncode != 0 and not err.endswith("job is inactive"):
+            raise CancelError(f"flux cancel failed: {err or proc.returncode}", step)
+
+    async def _query(self, ids: Sequence[str]) -> dict[str, JobState]:
+        by_int = {parse_jobid(i): i for i in ids}
+        proc = await self._checked(["jobs", "--json", *map(str, by_int)], StatusError,
+                                   allow_fail=True)  # fmt: skip
+        out = _text(proc.stdout)
+        if proc.returncode != 0 and not out.strip():
+            if "unknown" in _text(proc.stderr):
+                return {}  # none of the ids exists (any more)
+            raise StatusError(f"flux jobs failed: {_text(proc.stderr).strip()}")
+        with map_exceptions({ValueError: StatusError, KeyError: StatusError}):
+            states = parse_flux_jobs(out)
+        return {by_int[n]: s for n, s in states.items() if n in by_int}
+
+    async def _checked(
+        self, args: list[str], error: type[StatusError] | type[CancelError], step: str = "",
+        *, allow_fail: bool = False,
+    ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+        try:
+            proc = await self._run(args)
+        except TimeoutError as exc:
+            raise error(f"flux {args[0]} did not answer within {self.command_timeout:g} s",
+                        step) from exc  # fmt: skip
+        except OSError as exc:
+            raise error(f"cannot run flux: {exc}", step) from exc
+        if proc.returncode != 0 and not allow_fail:
+            raise error(f"flux {args[0]} failed: {_text(proc.stderr).strip()}", step)
+        return proc
+
+    async def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """Run ``flux ARGS`` (found on PATH now); TimeoutError/OSError propagate."""
+        env = {**os.environ, **self.env, "FLUX_F58_FORCE_ASCII": "1"}
+        exe = shutil.which("flux", path=env.get("PATH"))
+        if exe is None:
+            raise FileNotFoundError("flux not found on PATH")
+        with anyio.fail_after(self.command_timeout):
+            return await anyio.run_process([exe, *args], check=False, env=env)
+
+    def _local_adapter(self) -> Adapter:
+        if self._local is None:
+            from adapters.local import LocalAdapter
+
+            self._local = LocalAdapter(shell=self.shell, env=self.env)
+        return self._local
+
+    def kill_all_now(self) -> None:
+        """Kill the local steps at once (Flux jobs are stopped by ``cancel``)."""
+        kill = getattr(self._local, "kill_all_now", None)
+        if kill is not None:
+            kill()
+
+
+def _exit_file(step: StepInstance, key: str) -> Path:
+    token = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(step.workspace) / f"{make_safe_path(step.name)}.{token}.exit"
+
+
+def _cancel_with_bindings(job: int, uri: str | None) -> None:
+    import flux  # type: ignore[import-not-found]
+    import flux.job  # type: ignore[import-not-found]
+
+    handle = flux.Flux(uri) if uri else flux.Flux()
+    try:
+        flux.job.cancel(handle, job)
+    except OSError as exc:
+        if "inactive" not in str(exc):
+            raise CancelError(f"flux.job.cancel({job}): {exc}") from exc
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "replace")

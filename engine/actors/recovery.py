@@ -1,0 +1,118 @@
+"""Rebuild a study's actors from its stored step entries (engine restart, ``restart``).
+
+For each step instance:
+  * a final entry is kept as it is (with ``rerun_failed``, only FINISHED, DRYRUN and soft
+    fails are kept; everything else runs again, keeping its attempt count);
+  * an entry with an attempt in flight (PENDING or RUNNING) is looked up through the
+    adapter: still running → re-adopted (RUNNING, holding its slots); ended while the
+    engine was away → its recorded exit is fed in as if it had just happened; gone
+    without a trace → that attempt is recorded as lost and the step runs again as a new
+    attempt;
+  * anything else starts over from INITIALIZED (its dependencies are re-checked).
+
+The terminal steps are then replayed as facts (``DependencyEnded`` to their children,
+``StepEnded`` to the supervisor), exactly as the router would have delivered them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from adapters.base import JobHandle, JobResult
+from engine.machines.policy import StepPolicy
+from engine.machines.step import StepRecord, new_record
+from engine.messages import TERMINAL_STATES, StepState
+from engine.spec.graph import StudyGraph
+from engine.store import StepEntry
+
+__all__ = ["Recovered", "recover_records"]
+
+S = StepState
+
+
+class Recovered(msgspec.Struct, kw_only=True):
+    """What ``recover_records`` found.
+
+    Attributes:
+        records: Every step's record.
+        terminal: Steps that are final (to replay to children and supervisor).
+        adopted: Steps re-attached to a live job: name -> handle.
+        ended: Steps whose job ended while the engine was away: name -> result.
+        lost: Steps whose in-flight attempt vanished: name -> that attempt.
+        running: Slots held per scope by adopted and ended-while-away steps.
+    """
+
+    records: dict[str, StepRecord]
+    terminal: list[str] = []
+    adopted: dict[str, JobHandle] = {}
+    ended: dict[str, JobResult] = {}
+    lost: dict[str, int] = {}
+    running: dict[str, int] = {}
+
+
+def _restored(rec: StepRecord, e: StepEntry) -> StepRecord:
+    return msgspec.structs.replace(
+        rec, attempt=e.attempt, job_id=e.job_id, exit_code=e.exit_code,
+        submit_time=e.submit_time, start_time=e.start_time, end_time=e.end_time,
+        restarts=e.restarts, retries=e.retries, merlin_retries=e.merlin_retries,
+        hw_failures=e.hw_failures, use_restart=e.use_restart, reason=e.reason,
+    )
+
+
+def recover_records(
+    graph: StudyGraph,
+    entries: Mapping[str, StepEntry],
+    policies: Mapping[str, StepPolicy],
+    adapter: object,
+    *,
+    rerun_failed: bool = False,
+) -> Recovered:
+    """Rebuild records from stored entries (see the module docstring)."""
+    out = Recovered(records={})
+    keep = {S.FINISHED, S.DRYRUN}
+    for inst in graph.steps:
+        policy = policies.get(inst.name) or StepPolicy()
+        fresh = new_record(inst.name, len(inst.parents), policy=policy)
+        e = entries.get(inst.name)
+        if e is None:
+            out.records[inst.name] = fresh
+            continue
+        rec = _restored(fresh, e)
+        state = S(e.state)
+        if e.final and state in TERMINAL_STATES and (
+            not rerun_failed or state in keep or e.soft
+        ):
+            out.records[inst.name] = msgspec.structs.replace(rec, state=state, remaining=0)
+            out.terminal.append(inst.name)
+            continue
+        if state in (S.PENDING, S.RUNNING) and e.intent_attempt and not e.final:
+            found = _adopt(adapter, inst, e.intent_attempt)
+            if isinstance(found, JobHandle | JobResult):
+                rec = msgspec.structs.replace(rec, state=S.RUNNING, remaining=0,
+                                              attempt=e.intent_attempt,
+                                              job_id=getattr(found, "job_id", e.job_id))
+                for scope in policy.scopes:
+                    out.running[scope] = out.running.get(scope, 0) + 1
+                if isinstance(found, JobHandle):
+                    out.adopted[inst.name] = found
+                else:
+                    out.ended[inst.name] = found
+                out.records[inst.name] = rec
+                continue
+            out.lost[inst.name] = e.intent_attempt
+            rec = msgspec.structs.replace(rec, attempt=e.intent_attempt)
+        # Start over: wait for the parents again (their facts are replayed).
+        out.records[inst.name] = msgspec.structs.replace(
+            rec, state=S.INITIALIZED, remaining=len(inst.parents), end_time=None,
+            exit_code=None, job_id="" if inst.name in out.lost else rec.job_id,
+        )
+    return out
+
+
+def _adopt(adapter: object, inst: object, attempt: int) -> JobHandle | JobResult | None:
+    adopt = getattr(adapter, "adopt", None)
+    if adopt is None:
+        return None
+    return adopt(inst, attempt)

@@ -1,0 +1,257 @@
+"""Durable state in JetStream key-value buckets: studies, runs, steps and workers.
+
+Entities follow Merlin's entity managers: get by id (or a run by workspace), list with
+filters (study, state, name, worker), delete with clean-up of the references between them
+(deleting a study deletes its runs and steps), and delete all. Every value is a msgspec
+Struct as JSON. Keys are built with ``subjects.kv_key``; a step's key is
+``<study>.<step>`` so a study's steps are one wildcard away.
+
+Writes that recovery depends on are acknowledged: a step's *intent* (the attempt about to
+be submitted, with its idempotency key) is stored before the submission, and its terminal
+outcome with a compare-and-swap on the key's revision, so applying a terminal transition
+twice is a no-op. Other transitions are written without waiting.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import anyio
+import msgspec
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from engine.bus import Bus
+from engine.subjects import kv_key
+
+__all__ = ["BUCKETS", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry"]
+
+BUCKETS = ("troupe_studies", "troupe_runs", "troupe_steps", "troupe_workers")
+
+
+class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A submitted study: everything needed to run it again after a restart."""
+
+    study_id: str
+    name: str
+    spec_path: str
+    spec_text: str
+    study_dir: str
+    cwd: str
+    state: str  # RUNNING, FINISHED, FAILURE, CANCELLED
+    created: float
+    options: dict[str, object] = {}
+    run_id: str = ""
+    ended: float | None = None
+    counts: dict[str, int] = {}
+
+
+class RunEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution of a study in its workspace by one engine."""
+
+    run_id: str
+    study_id: str
+    workspace: str
+    worker: str
+    started: float
+    state: str = "RUNNING"
+    ended: float | None = None
+
+
+class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """The durable record of one step instance (see ``engine.machines.step.StepRecord``).
+
+    ``intent_attempt``/``intent_key`` name the attempt whose submission was (about to be)
+    made; ``final`` is True once the step ended for good.
+    """
+
+    study_id: str
+    step: str
+    state: str
+    attempt: int = 0
+    job_id: str = ""
+    exit_code: int | None = None
+    submit_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    restarts: int = 0
+    retries: int = 0
+    merlin_retries: int = 0
+    hw_failures: int = 0
+    use_restart: bool = False
+    reason: str = ""
+    final: bool = False
+    soft: bool = False
+    intent_attempt: int = 0
+    intent_key: str = ""
+    worker: str = ""
+
+
+class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An engine process."""
+
+    worker: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    studies: tuple[str, ...] = ()
+
+
+def _step_key(study_id: str, step: str) -> str:
+    return f"{kv_key(study_id)}.{kv_key(step)}"
+
+
+class Store:
+    """The engine's durable state. Create with ``await Store.open(bus)``."""
+
+    def __init__(self, buckets: dict[str, KeyValue]) -> None:
+        self._kv = buckets
+        self._enc = msgspec.json.Encoder()
+
+    @classmethod
+    async def open(cls, bus: Bus, *, replicas: int = 1) -> Store:
+        """Create (or reuse) the buckets on the bus's JetStream."""
+        js = bus.jetstream
+        buckets = {}
+        for name in BUCKETS:
+            cfg = KeyValueConfig(bucket=name, history=5, storage=StorageType.FILE,
+                                 replicas=replicas)
+            buckets[name] = await js.create_key_value(cfg)
+        return cls(buckets)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _get(self, bucket: str, key: str, typ: type) -> tuple[object, int] | None:
+        try:
+            entry = await self._kv[bucket].get(key)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if entry.value is None:
+            return None
+        return msgspec.json.decode(entry.value, type=typ), entry.revision
+
+    async def _scan(self, bucket: str, pattern: str, typ: type) -> list[object]:
+        """Every current value whose key matches ``pattern`` (a NATS wildcard)."""
+        out = []
+        watcher = await self._kv[bucket].watch(pattern, ignore_deletes=True)
+        try:
+            while True:
+                with anyio.fail_after(10):
+                    entry = await watcher.updates(timeout=5.0)
+                if entry is None:
+                    break
+                if entry.value:
+                    out.append(msgspec.json.decode(entry.value, type=typ))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await watcher.stop()
+        return out
+
+    async def _delete_keys(self, bucket: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            await self._kv[bucket].purge(key)
+
+    # ------------------------------------------------------------------ studies
+
+    async def put_study(self, study: StudyEntry) -> None:
+        """Store (or replace) a study."""
+        await self._kv["troupe_studies"].put(kv_key(study.study_id), self._enc.encode(study))
+
+    async def get_study(self, study_id: str) -> StudyEntry | None:
+        """The study with this id, or None."""
+        got = await self._get("troupe_studies", kv_key(study_id), StudyEntry)
+        return None if got is None else got[0]  # type: ignore[return-value]
+
+    async def list_studies(self, *, state: str = "", name: str = "") -> list[StudyEntry]:
+        """Studies, oldest first, filtered by state and by a name glob."""
+        studies = await self._scan("troupe_studies", ">", StudyEntry)
+        out = [s for s in studies if (not state or s.state == state)  # type: ignore[attr-defined]
+               and (not name or fnmatch.fnmatchcase(s.name, name))]  # type: ignore[attr-defined]
+        return sorted(out, key=lambda s: s.created)  # type: ignore[attr-defined,return-value]
+
+    async def delete_study(self, study_id: str) -> None:
+        """Delete a study with its runs and steps."""
+        for run in await self.list_runs(study_id=study_id):
+            await self._kv["troupe_runs"].purge(kv_key(run.run_id))
+        steps = await self.list_steps(study_id)
+        await self._delete_keys("troupe_steps", [_step_key(study_id, s.step) for s in steps])
+        await self._kv["troupe_studies"].purge(kv_key(study_id))
+
+    async def delete_all(self) -> None:
+        """Delete every entity of every kind."""
+        for study in await self.list_studies():
+            await self.delete_study(study.study_id)
+        for worker in await self.list_workers():
+            await self._kv["troupe_workers"].purge(kv_key(worker.worker))
+
+    # ------------------------------------------------------------------ runs
+
+    async def put_run(self, run: RunEntry) -> None:
+        """Store (or replace) a run."""
+        await self._kv["troupe_runs"].put(kv_key(run.run_id), self._enc.encode(run))
+
+    async def list_runs(self, *, study_id: str = "", workspace: str = "",
+                        worker: str = "") -> list[RunEntry]:
+        """Runs filtered by study, workspace (study directory) and engine."""
+        runs = await self._scan("troupe_runs", ">", RunEntry)
+        return [r for r in runs  # type: ignore[misc]
+                if (not study_id or r.study_id == study_id)  # type: ignore[attr-defined]
+                and (not workspace or r.workspace == workspace)  # type: ignore[attr-defined]
+                and (not worker or r.worker == worker)]  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ steps
+
+    async def put_step(self, entry: StepEntry) -> int:
+        """Store a step's non-terminal state; returns the revision."""
+        return await self._kv["troupe_steps"].put(_step_key(entry.study_id, entry.step),
+                                                  self._enc.encode(entry))
+
+    async def finish_step(self, entry: StepEntry) -> bool:
+        """Store a step's final state with compare-and-swap.
+
+        Returns:
+            False if the stored entry was already final for this or a later attempt
+            (the transition was applied before: nothing is written).
+        """
+        key = _step_key(entry.study_id, entry.step)
+        kv = self._kv["troupe_steps"]
+        for _ in range(20):
+            got = await self._get("troupe_steps", key, StepEntry)
+            if got is None:
+                try:
+                    await kv.create(key, self._enc.encode(entry))
+                    return True
+                except KeyWrongLastSequenceError:
+                    continue
+            current, revision = got
+            if current.final and current.attempt >= entry.attempt:  # type: ignore[attr-defined]
+                return False
+            try:
+                await kv.update(key, self._enc.encode(entry), last=revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue  # someone wrote in between: look again
+        raise RuntimeError(f"finish_step: no stable revision for {key}")
+
+    async def get_step(self, study_id: str, step: str) -> StepEntry | None:
+        """One step's entry, or None."""
+        got = await self._get("troupe_steps", _step_key(study_id, step), StepEntry)
+        return None if got is None else got[0]  # type: ignore[return-value]
+
+    async def list_steps(self, study_id: str, *, state: str = "") -> list[StepEntry]:
+        """A study's step entries, filtered by state."""
+        steps = await self._scan("troupe_steps", f"{kv_key(study_id)}.>", StepEntry)
+        return [s for s in steps if not state or s.state == state]  # type: ignore[misc,attr-defined]
+
+    # ------------------------------------------------------------------ workers
+
+    async def put_worker(self, worker: WorkerEntry) -> None:
+        """Register (or refresh) an engine."""
+        await self._kv["troupe_workers"].put(kv_key(worker.worker), self._enc.encode(worker))
+
+    async def list_workers(self) -> list[WorkerEntry]:
+        """Every registered engine."""
+        return await self._scan("troupe_workers", ">", WorkerEntry)  # type: ignore[return-value]
