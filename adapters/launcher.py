@@ -77,10 +77,10 @@ def has_launcher(cmd: str) -> bool:
 def srun_command(procs: Any, nodes: Any = None, *, cores_per_task: Any = None) -> str:
     """Build Maestro's ``srun`` prefix: ``srun -n P [-N N] [-c C]``.
 
-    Values are printed with ``str`` exactly as Maestro does, so an empty ``procs`` gives
-    ``srun -n `` (Maestro's output for a nodes-only step).
+    Values are printed with ``str`` exactly as Maestro does: a step without procs passes
+    ``""`` (``srun -n  -N 2``), and ``$(LAUNCHER)[p]`` passes None (``srun -n None``).
     """
-    args = ["srun", "-n", _text(procs)]
+    args = ["srun", "-n", str(procs)]
     if nodes:
         args += ["-N", str(nodes)]
     if cores_per_task:
@@ -171,7 +171,9 @@ def _expand(cmd: str, resources: Resources, *, step: str, build: Builder) -> str
         # Bare tokens only (or none): the step's whole allocation on each.
         if LAUNCHER_TOKEN not in cmd:
             return cmd
-        return cmd.replace(LAUNCHER_TOKEN, build(resources.procs, resources.nodes))
+        # Maestro's run keys default to "", which is what a missing value prints as.
+        procs, nodes = _text(resources.procs), _text(resources.nodes)
+        return cmd.replace(LAUNCHER_TOKEN, build(procs, nodes))
     max_nodes, max_procs = resources.nodes, resources.procs
     total_nodes = total_procs = 0
     out = cmd

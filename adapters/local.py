@@ -37,9 +37,11 @@ __all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-# Runs the step's script and records its exit status atomically in the workspace, so an
+# Runs the step's script and records its exit status in the workspace, so an
 # engine that restarts after a crash can learn how a step it was not watching ended.
-_WRAPPER = '"$1"; rc=$?; printf "%s\\n" "$rc" > "$2.tmp" && mv -f "$2.tmp" "$2"; exit "$rc"'
+# (No temporary file and rename: that would cost an exec of mv per step. A reader that
+# finds the file empty treats the attempt as still unknown.)
+_WRAPPER = '"$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 

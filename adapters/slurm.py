@@ -92,6 +92,8 @@ class SlurmAdapter:
             submit limit; None waits as long as it takes.
         cancel_timeout: Seconds ``cancel`` waits for Slurm to report the job ended.
         lost_after: Seconds without any record of a job before it is LOST.
+        confirm_grace: Seconds a non-zero exit file waits for Slurm's terminal state
+            before it is reported as FAILED on its own (e.g. without accounting).
         local: The adapter for unscheduled steps (default: a ``LocalAdapter``).
     """
 
@@ -104,7 +106,7 @@ class SlurmAdapter:
         submit_timeout: float = 60.0, retries: int = 6, backoff: float = 0.5,
         max_backoff: float = 30.0, backpressure_interval: float = 10.0,
         backpressure_timeout: float | None = None, cancel_timeout: float = 60.0,
-        lost_after: float = 120.0, local: Adapter | None = None,
+        lost_after: float = 120.0, confirm_grace: float = 10.0, local: Adapter | None = None,
     ) -> None:  # fmt: skip
         self.batch = dict(batch or {})
         self.shell = shell
@@ -122,6 +124,7 @@ class SlurmAdapter:
         self._watcher = JobWatcher(
             self._query, backend=self.name, watch_interval=watch_interval,
             reconcile_interval=reconcile_interval, lost_after=lost_after,
+            confirm_grace=confirm_grace,
         )  # fmt: skip
         self._exit_files: dict[str, Path] = {}
         self._sacct_ok = True  # False once sacct says accounting is disabled
@@ -230,16 +233,30 @@ class SlurmAdapter:
                     raise SubmitError(result.message, step, retryable=False)
             failures += 1
             if failures > self.retries:
-                found = await self._lookup_key_or_none(request.key, log) if unknown else None
-                if found is not None:
-                    return found.job_id
-                raise SubmitError(
-                    f"sbatch failed {failures} times; last: {last}", step,
-                    retryable=not unknown,  # an unresolved unknown outcome must not be retried
-                )  # fmt: skip
+                verdict = await self._give_up(request, failures, last, unknown, log)
+                if isinstance(verdict, SubmitError):
+                    raise verdict
+                return verdict
             log.warning("submit_retry", failures=failures, delay=delay, message=last)
             await anyio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
+
+    async def _give_up(self, request: JobRequest, failures: int, last: str, unknown: bool,
+                       log: Any) -> SubmitError | str:  # fmt: skip
+        """Once retries are exhausted: the job id if one turned up by key, else the error."""
+        message = f"sbatch failed {failures} times; last: {last}"
+        if not unknown:
+            return SubmitError(message, request.step.name, retryable=True)
+        try:
+            found = await self._lookup_key(request.key)
+        except StatusError as exc:
+            log.warning("submit_reconcile_failed", error=str(exc))
+            # A job may exist: the engine must not start another attempt blindly.
+            return SubmitError(f"{message}; outcome unknown: {exc}", request.step.name,
+                               retryable=False)  # fmt: skip
+        if found is not None:
+            return found.job_id
+        return SubmitError(message, request.step.name, retryable=True)
 
     async def _lookup_key_or_none(self, key: str, log: Any) -> SlurmJob | None:
         try:

@@ -304,10 +304,37 @@ async def open_bus(
         kwargs["user_credentials"] = creds.creds_file
     if creds.tls_ca is not None:
         kwargs["tls"] = ssl.create_default_context(cafile=creds.tls_ca)
-    try:
+    seen: list[Exception] = []
+    failed = anyio.Event()
+
+    async def record_error(exc: Exception) -> None:
+        seen.append(exc)
+        failed.set()
+
+    kwargs["error_cb"] = record_error
+    nc = None
+
+    async def attempt() -> None:
+        nonlocal nc
         nc = await nats.connect(url, **kwargs)  # type: ignore[arg-type]
+        scope.cancel()
+
+    try:
+        # nats-py keeps retrying a refused connection (bad credentials, nobody listening)
+        # instead of failing: give up at its first error, and report what it was.
+        with anyio.move_on_after(connect_timeout * 2 + 1) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(attempt)
+                await failed.wait()
+                tg.cancel_scope.cancel()
     except (NatsError, OSError, ssl.SSLError, TimeoutError) as exc:
         raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", url) from exc
+    if nc is None:
+        auth = [e for e in seen if "authorization" in str(e).lower()]
+        detail = "it refused the credentials (Authorization Violation)" if auth else (
+            f"{seen[-1]}" if seen else "no answer")
+        raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
+    kwargs["error_cb"] = _quiet_error_cb
     try:
         yield Bus(nc, url)
     finally:

@@ -158,3 +158,40 @@ def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
     parts = [f"{f}_* ({sum(1 for p in inst.parents if by_name[p].step == f)} instances)"
              for f in inst.funnel_parents]
     return ", ".join([*plain, *parts])
+
+
+@main.command()
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Where the engine keeps its NATS store and client config "
+                   "(default: $TROUPE_STATE_DIR or ~/.local/state/troupe).")
+@click.option("--nats-url", metavar="URL", help="Use this NATS server (needs JetStream).")
+@click.option("--user", help="NATS user (with --nats-url).")
+@click.option("--password", help="NATS password (with --nats-url).")
+@click.option("--token", help="NATS token (with --nats-url).")
+@click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running steps get to finish on SIGTERM.")
+@_friendly_errors
+def serve(state_dir: str | None, nats_url: str | None, user: str | None, password: str | None,
+          token: str | None, creds: str | None, tls_ca: str | None, drain_timeout: float) -> None:
+    """Run the engine until SIGTERM: studies are submitted to it over NATS."""
+    from engine.client import default_state_dir
+    from engine.daemon import serve_forever
+
+    credentials = Credentials(user=user, password=password, token=token, creds_file=creds,
+                              tls_ca=tls_ca)
+    anyio.run(lambda: serve_forever(Path(state_dir) if state_dir else default_state_dir(),
+                                    nats_url=nats_url, credentials=credentials,
+                                    drain_timeout=drain_timeout))
+
+
+def _register_client_commands() -> None:
+    from engine.client import client_commands
+
+    for command in client_commands():
+        command.callback = _friendly_errors(command.callback)  # type: ignore[arg-type]
+        main.add_command(command)
+
+
+_register_client_commands()

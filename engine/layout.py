@@ -24,7 +24,9 @@ from engine.spec.graph import StudyGraph
 __all__ = ["acquire_dependencies", "prepare_study_dir"]
 
 
-def prepare_study_dir(graph: StudyGraph, *, pgen: str | None = None) -> Path:
+def prepare_study_dir(
+    graph: StudyGraph, *, pgen: str | None = None, spec_text: str | None = None
+) -> Path:
     """Create the study directory and its metadata.
 
     Raises:
@@ -39,7 +41,11 @@ def prepare_study_dir(graph: StudyGraph, *, pgen: str | None = None) -> Path:
     try:
         (root / "meta").mkdir(parents=True, exist_ok=True)
         (root / "logs").mkdir(exist_ok=True)
-        shutil.copy2(graph.spec_path, root / Path(graph.spec_path).name)
+        copy = root / Path(graph.spec_path).name
+        if spec_text is None:
+            shutil.copy2(graph.spec_path, copy)
+        else:
+            copy.write_text(spec_text)
         if pgen:
             shutil.copy2(pgen, root / Path(pgen).name)
         (root / "batch.info").write_text(yaml.safe_dump(dict(graph.batch), sort_keys=False))

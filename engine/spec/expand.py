@@ -45,6 +45,7 @@ _INT_FIELDS = {k.replace(" ", "_") for k in INT_RESOURCE_KEYS}
 def load_study(
     spec_path: str | os.PathLike[str], *, out_dir: str | None = None, now: datetime.datetime,
     cwd: str | None = None, pgen: str | None = None, pargs: Sequence[str] = (),
+    text: str | None = None,
 ) -> StudyGraph:  # fmt: skip
     """Load, validate and expand a spec into the graph the runtime executes.
 
@@ -68,7 +69,7 @@ def load_study(
     if pargs and not pgen:
         raise ConfigError("--pargs needs --pgen: there is no parameter generator to pass them to")
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    spec = load_spec(spec_path, cwd=cwd)
+    spec = load_spec(spec_path, cwd=cwd, text=text)
     spec_file = os.path.normpath(os.path.join(cwd, os.fspath(spec_path)))
     study_dir = study_dir_for(spec, out_dir=out_dir, now=now, cwd=cwd)
     spec_root = os.path.dirname(spec_file)

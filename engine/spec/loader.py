@@ -42,12 +42,15 @@ def funnel_target(dep: str) -> str:
     return _FUNNEL.sub("", dep)
 
 
-def load_spec(spec_path: str | os.PathLike[str], *, cwd: str | None = None) -> Spec:
+def load_spec(
+    spec_path: str | os.PathLike[str], *, cwd: str | None = None, text: str | None = None
+) -> Spec:
     """Load and validate a spec file, without expanding it.
 
     Args:
         spec_path: Path of the YAML spec; error messages quote it as given.
         cwd: Directory a relative ``spec_path`` is opened from (default: the process's).
+        text: The spec's text, if it was read elsewhere (a client's submission).
 
     Returns:
         The validated spec.
@@ -56,6 +59,8 @@ def load_spec(spec_path: str | os.PathLike[str], *, cwd: str | None = None) -> S
         SpecError: The file cannot be read, is not valid (safe) YAML, or breaks a rule.
     """
     file = os.fspath(spec_path)
+    if text is not None:  # submitted text: the file need not be readable here
+        return validate_spec(file, parse_spec(file, text))
     try:
         with open(os.path.join(cwd or "", file), encoding="utf-8") as fh:
             text = fh.read()

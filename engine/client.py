@@ -1,0 +1,319 @@
+"""The ``enginectl`` commands that talk to a running engine: submit, status, watch, cancel,
+restart, list, events, and ``serve`` itself.
+
+A client finds the engine through ``<state dir>/client.json`` (written by ``serve`` with
+mode 0600: URL, user, password), or through ``--nats-url`` with credentials. Every request
+has a deadline: an engine that is not there is reported within 5 s, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import msgspec
+
+from engine import subjects
+from engine.bus import Bus, Credentials, open_bus
+from engine.errors import BusError, ConfigError
+from engine.messages import (
+    AnyBusMessage,
+    BusMessage,
+    CancelSteps,
+    ControlReply,
+    RestartRequest,
+    StatusReply,
+    StatusRequest,
+    StepStateChanged,
+    StudyEnded,
+    StudyState,
+    SubmitReply,
+    SubmitRequest,
+    new_event_id,
+)
+
+__all__ = ["client_commands", "default_state_dir", "resolve_connection"]
+
+_TIMEOUT = 4.0
+
+
+def default_state_dir() -> Path:
+    """``$TROUPE_STATE_DIR``, else ``$XDG_STATE_HOME/troupe``, else ``~/.local/state/troupe``."""
+    if os.environ.get("TROUPE_STATE_DIR"):
+        return Path(os.environ["TROUPE_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "troupe"
+
+
+def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
+    """The URL and credentials a client command uses.
+
+    Raises:
+        ConfigError: no ``--nats-url`` and no readable client config.
+    """
+    creds = Credentials(user=opts.get("user"), password=opts.get("password"),
+                        token=opts.get("token"), creds_file=opts.get("creds"),
+                        tls_ca=opts.get("tls_ca"))
+    if opts.get("nats_url"):
+        return opts["nats_url"], creds
+    path = Path(opts.get("state_dir") or default_state_dir()) / "client.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no engine found: {path} does not exist (start one with "
+                          "'enginectl serve', or give --nats-url)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable client config: {exc}") from exc
+    return cfg["url"], Credentials(user=cfg.get("user"), password=cfg.get("password"),
+                                   tls_ca=cfg.get("tls_ca"))
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --state-dir, --nats-url and the credential options to a command."""
+    for opt in reversed([
+        click.option("--state-dir", type=click.Path(file_okay=False),
+                     help="The engine's state directory (default: $TROUPE_STATE_DIR or "
+                          "~/.local/state/troupe)."),
+        click.option("--nats-url", metavar="URL", help="Talk to the engine through this server."),
+        click.option("--user", help="NATS user."),
+        click.option("--password", help="NATS password."),
+        click.option("--token", help="NATS token."),
+        click.option("--creds", type=click.Path(exists=True, dir_okay=False), help=".creds file."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="TLS CA."),
+    ]):
+        func = opt(func)
+    return func
+
+
+def _conn_opts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("state_dir", "nats_url", "user", "password", "token", "creds", "tls_ca")
+    return {k: kwargs.pop(k) for k in keys}
+
+
+async def _with_bus(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]]) -> int:
+    url, creds = resolve_connection(opts)
+    with anyio.fail_after(4.5):
+        stack = open_bus(url, creds, connect_timeout=1.5, name="enginectl",
+                         max_reconnect_attempts=0)
+        bus = await stack.__aenter__()
+    try:
+        return await body(bus)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stack.__aexit__(None, None, None)
+
+
+async def _ask(bus: Bus, verb: str, msg: BusMessage) -> AnyBusMessage:
+    try:
+        return await bus.request(subjects.api(verb), msg, timeout=_TIMEOUT)
+    except BusError as exc:
+        raise BusError(f"the engine did not answer ({exc}); is 'enginectl serve' running?") from exc
+
+
+def _run(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]]) -> None:
+    try:
+        code = anyio.run(_with_bus, opts, body)
+    except TimeoutError:
+        raise BusError("the engine's NATS server did not answer within 5 s") from None
+    sys.exit(code)
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "--" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
+    """Show a study's progress from its events until it ends; return ``run``'s exit code."""
+    counts: dict[str, int] = {}
+    states: dict[str, str] = {}
+    tty = sys.stderr.isatty() and not quiet
+    async with bus.subscribe(subjects.study_events(study_id)) as events:
+        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+        if not isinstance(reply, StatusReply) or not reply.ok:
+            raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
+        study = reply.studies[0]
+        if study.state != "RUNNING":
+            click.echo(f"{study.name}: {study.state} ({study.study_dir})", err=True)
+            return StudyState(study.state).exit_code
+        states = {s.step: s.state for s in reply.steps}
+        async for msg in events:
+            if isinstance(msg, StepStateChanged):
+                states[msg.step] = msg.state.value
+            elif isinstance(msg, StudyEnded):
+                if tty:
+                    sys.stderr.write("\n")
+                click.echo(f"{study.name}: {msg.state.value} ({study.study_dir})", err=True)
+                return msg.state.exit_code
+            if tty:
+                counts = {}
+                for s in states.values():
+                    counts[s] = counts.get(s, 0) + 1
+                text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                sys.stderr.write(f"\r\x1b[K{study.name}: {len(states)} steps: {text}")
+                sys.stderr.flush()
+    return 1
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Study directory, as given.")
+@click.option("--wait", is_flag=True, help="Follow the study and exit 0/2/3 like run.")
+@click.option("--dry", is_flag=True, help="Write scripts only.")
+@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None)
+@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None)
+@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None)
+@click.option("--local", "run_local", is_flag=True, help="Run scheduler steps here.")
+@click.option("-p", "--pgen", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pargs", multiple=True, metavar="KEY:VALUE")
+@connection_options
+def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> None:
+    """Submit SPEC to the running engine; print the study id."""
+    opts = _conn_opts(kwargs)
+    try:
+        text = Path(spec).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{spec}: cannot read spec: {exc}") from exc
+    req = SubmitRequest(
+        event_id=new_event_id(), spec_text=text, spec_path=os.path.abspath(spec),
+        cwd=os.getcwd(), out_dir=os.path.abspath(out) if out else "", dry_run=dry,
+        throttle=kwargs["throttle"], rlimit=kwargs["rlimit"], attempts=kwargs["attempts"],
+        run_local=kwargs["run_local"], pgen=os.path.abspath(kwargs["pgen"]) if kwargs["pgen"] else "",
+        pargs=tuple(kwargs["pargs"]),
+    )
+
+    async def body(bus: Bus) -> int:
+        reply = await _ask(bus, "submit", req)
+        if not isinstance(reply, SubmitReply) or not reply.ok:
+            raise ConfigError(getattr(reply, "error", "submission refused"))
+        for w in reply.warnings:
+            click.echo(f"warning: {w}", err=True)
+        click.echo(reply.study_id)
+        return await follow(bus, reply.study_id) if wait else 0
+
+    _run(opts, body)
+
+
+@click.command()
+@click.argument("study_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@connection_options
+def status(study_id: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Show one study's steps, or every study with counts per state."""
+    opts = _conn_opts(kwargs)
+
+    async def body(bus: Bus) -> int:
+        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
+                                                        study_id=study_id or ""))
+        if not isinstance(reply, StatusReply) or not reply.ok:
+            raise ConfigError(getattr(reply, "error", "") or "status failed")
+        if as_json:
+            click.echo(msgspec.json.encode(reply).decode())
+            return 0
+        _print_studies(reply)
+        if study_id:
+            rows = [[s.step, s.state, s.job_id or "--", str(s.attempt), str(s.restarts),
+                     _fmt_time(s.start_time), _fmt_time(s.end_time)] for s in reply.steps]
+            click.echo(_table(rows, ["STEP", "STATE", "JOB ID", "ATTEMPTS", "RESTARTS",
+                                     "START", "END"]))
+        return 0
+
+    _run(opts, body)
+
+
+def _print_studies(reply: StatusReply) -> None:
+    rows = [[s.study_id, s.name, s.state, ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items())),
+             s.study_dir] for s in reply.studies]
+    click.echo(_table(rows, ["STUDY", "NAME", "STATE", "STEPS", "DIRECTORY"]))
+
+
+@click.command(name="list")
+@click.option("--state", default="", help="Only studies in this state (RUNNING, FINISHED, ...).")
+@click.option("--name", default="", help="Only studies whose name matches this glob.")
+@click.option("--json", "as_json", is_flag=True)
+@connection_options
+def list_(state: str, name: str, as_json: bool, **kwargs: Any) -> None:
+    """List studies."""
+    opts = _conn_opts(kwargs)
+
+    async def body(bus: Bus) -> int:
+        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
+                                                        state=state.upper(), name=name))
+        assert isinstance(reply, StatusReply)
+        if as_json:
+            click.echo(msgspec.json.encode(reply).decode())
+        else:
+            _print_studies(reply)
+        return 0
+
+    _run(opts, body)
+
+
+@click.command()
+@click.argument("study_id")
+@connection_options
+def watch(study_id: str, **kwargs: Any) -> None:
+    """Follow a study live; exit with its code (0 finished, 2 failure, 3 cancelled)."""
+    _run(_conn_opts(kwargs), lambda bus: follow(bus, study_id))
+
+
+def _control(verb: str, make: Callable[[], BusMessage]) -> Callable[[Bus], Awaitable[int]]:
+    async def body(bus: Bus) -> int:
+        reply = await _ask(bus, verb, make())
+        assert isinstance(reply, ControlReply)
+        click.echo(reply.detail, err=not reply.ok)
+        return 0 if reply.ok else 1
+    return body
+
+
+@click.command()
+@click.argument("study_id")
+@click.option("--step", "glob", default="", help="Only the steps matching this glob.")
+@connection_options
+def cancel(study_id: str, glob: str, **kwargs: Any) -> None:
+    """Cancel a study, or its steps matching --step GLOB (and their descendants)."""
+    _run(_conn_opts(kwargs), _control("cancel", lambda: CancelSteps(
+        event_id=new_event_id(), study_id=study_id, glob=glob, reason="cancelled by enginectl")))
+
+
+@click.command()
+@click.argument("study_id")
+@connection_options
+def restart(study_id: str, **kwargs: Any) -> None:
+    """Run a study's failed, cancelled and timed-out steps again, keeping FINISHED ones."""
+    _run(_conn_opts(kwargs), _control("restart", lambda: RestartRequest(
+        event_id=new_event_id(), study_id=study_id)))
+
+
+@click.command()
+@click.argument("study_id")
+@connection_options
+def events(study_id: str, **kwargs: Any) -> None:
+    """Print a study's stored events as JSON lines, oldest first."""
+    opts = _conn_opts(kwargs)
+
+    async def body(bus: Bus) -> int:
+        for msg in await bus.replay(subjects.study_events(study_id), timeout=2.0):
+            click.echo(msgspec.json.encode(msg).decode())
+        return 0
+
+    _run(opts, body)
+
+
+def client_commands() -> list[click.Command]:
+    """Every client command, for ``engine.cli``."""
+    return [submit, status, list_, watch, cancel, restart, events]
+

@@ -1,0 +1,367 @@
+"""The long-running engine (``enginectl serve``): many studies, an API on NATS, durable
+state, crash resume and graceful stop.
+
+On start it opens the store, registers itself as a worker, and resumes every study the
+store says is RUNNING (see ``engine.actors.recovery``). It answers the request/reply API
+(``docs/api.md``) on ``troupe.v1.api.<verb>``. On SIGTERM it stops granting slots, lets
+running local steps finish within the drain timeout, stops the rest and records them as
+interrupted (they run again on the next start), stores everything, and returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import structlog
+
+from adapters.local import LocalAdapter
+from engine import subjects
+from engine.actors.recovery import recover_records
+from engine.actors.study import StudyRuntime
+from engine.bus import Bus
+from engine.errors import EngineError
+from engine.layout import acquire_dependencies, prepare_study_dir
+from engine.messages import (
+    ACTIVE_STATES,
+    AnyBusMessage,
+    BusMessage,
+    CancelSteps,
+    ControlReply,
+    RestartRequest,
+    SetThrottle,
+    StatusReply,
+    StatusRequest,
+    StepSummary,
+    StudySummary,
+    SubmissionsPaused,
+    SubmitReply,
+    SubmitRequest,
+    new_event_id,
+)
+from engine.runner import check_backends, make_study_id
+from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
+from engine.spec import load_study
+from engine.spec.graph import StudyGraph
+from engine.status import state_counts
+from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
+
+__all__ = ["EngineService"]
+
+_SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
+                "out_dir")  # fmt: skip
+
+
+@dataclass
+class _Hosted:
+    runtime: StudyRuntime
+    adapter: LocalAdapter
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class EngineService:
+    """Runs studies submitted over NATS until ``stop`` is called.
+
+    Args:
+        bus: A connected bus with JetStream.
+        store: The durable state.
+        drain_timeout: Seconds running steps get to finish on a graceful stop.
+    """
+
+    def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0) -> None:
+        self.bus = bus
+        self.store = store
+        self.drain_timeout = drain_timeout
+        self.worker = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+        self.hosted: dict[str, _Hosted] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._stop = anyio.Event()
+        self._log = structlog.get_logger("troupe.service").bind(worker=self.worker)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (``serve`` returns once it is done)."""
+        self._stop.set()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Resume stored studies, answer the API, and return after a graceful stop."""
+        started = time.time()
+        await self.store.put_worker(WorkerEntry(worker=self.worker, host=socket.gethostname(),
+                                                pid=os.getpid(), started=started,
+                                                heartbeat=started))
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self.bus.redeliver)
+            tg.start_soon(self._heartbeat, started)
+            for verb in ("submit", "status", "cancel", "restart", "throttle"):
+                await tg.start(self._serve_verb, verb)
+            for entry in await self.store.list_studies(state="RUNNING"):
+                await self._launch(entry, resume=True)
+            self._log.info("engine_ready", studies=len(self.hosted))
+            task_status.started()
+            await self._stop.wait()
+            await self._drain()
+            tg.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ API
+
+    async def _serve_verb(self, verb: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with self.bus.serve(subjects.api(verb)) as requests:
+            task_status.started()
+            async for request, reply in requests:
+                try:
+                    answer = await self._answer(request)
+                except Exception as exc:  # noqa: BLE001 - one bad request must not stop the engine
+                    self._log.exception("request_failed", verb=verb)
+                    answer = ControlReply(event_id=new_event_id(), ok=False,
+                                          detail=f"internal error: {type(exc).__name__}: {exc}")
+                await reply(answer)
+
+    async def _answer(self, request: AnyBusMessage) -> BusMessage:
+        rid = new_event_id()
+        match request:
+            case SubmitRequest():
+                return await self._submit(request)
+            case StatusRequest():
+                return await self._status(request)
+            case CancelSteps(study_id=sid, glob=glob):
+                hosted = self.hosted.get(sid)
+                if hosted is None:
+                    known = await self.store.get_study(sid)
+                    detail = f"study {sid} is not running" if known else f"unknown study {sid}"
+                    return ControlReply(event_id=rid, ok=known is not None and glob != "",
+                                        detail=detail)
+                if not glob:
+                    hosted.runtime.cancel(reason=request.reason)
+                    return ControlReply(event_id=rid, ok=True, detail="study cancelled")
+                n = hosted.runtime.cancel_steps(glob, reason=request.reason)
+                return ControlReply(event_id=rid, ok=n > 0, matched=n,
+                                    detail=f"{n} steps match {glob!r}")
+            case SetThrottle(study_id=sid, scope=scope, limit=limit):
+                hosted = self.hosted.get(sid)
+                if hosted is None or limit < 0:
+                    return ControlReply(event_id=rid, ok=False, detail=f"study {sid} is not running")
+                hosted.runtime.set_throttle(limit, scope)
+                return ControlReply(event_id=rid, ok=True, detail=f"throttle {scope} = {limit}")
+            case RestartRequest(study_id=sid):
+                return await self._restart(sid)
+            case _:
+                return ControlReply(event_id=rid, ok=False,
+                                    detail=f"unsupported request {type(request).__name__}")
+
+    async def _submit(self, req: SubmitRequest) -> SubmitReply:
+        rid = new_event_id()
+        if self._stopping:
+            return SubmitReply(event_id=rid, ok=False, error="the engine is stopping")
+        try:
+            graph = self._load(req.spec_path, req.spec_text, req.out_dir or None, req.cwd,
+                               req.pgen or None, req.pargs, dt.datetime.now())
+            opts = {k: getattr(req, k) for k in _SUBMIT_KEYS}
+            check_backends(graph, dry_run=req.dry_run, run_local=req.run_local)
+            step_policies(graph, _cli(opts), run_local=req.run_local)
+            prepare_study_dir(graph, pgen=req.pgen or None, spec_text=req.spec_text)
+        except EngineError as exc:
+            return SubmitReply(event_id=rid, ok=False, error=str(exc))
+        study_id = make_study_id(graph.name, dt.datetime.now())
+        entry = StudyEntry(
+            study_id=study_id, name=graph.name, spec_path=req.spec_path, spec_text=req.spec_text,
+            study_dir=graph.study_dir, cwd=req.cwd, state="RUNNING", created=time.time(),
+            options=opts,
+        )
+        await self.store.put_study(entry)
+        await self._launch(entry, graph=graph, fresh=True)
+        return SubmitReply(event_id=rid, ok=True, study_id=study_id, study_dir=graph.study_dir,
+                           warnings=graph.warnings)
+
+    async def _restart(self, study_id: str) -> ControlReply:
+        rid = new_event_id()
+        entry = await self.store.get_study(study_id)
+        if entry is None:
+            return ControlReply(event_id=rid, ok=False, detail=f"unknown study {study_id}")
+        if study_id in self.hosted:
+            return ControlReply(event_id=rid, ok=False, detail=f"study {study_id} is running")
+        entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None})
+        await self.store.put_study(entry)
+        await self._launch(entry, resume=True, rerun_failed=True)
+        return ControlReply(event_id=rid, ok=True, detail=f"study {study_id} restarted")
+
+    async def _status(self, req: StatusRequest) -> StatusReply:
+        rid = new_event_id()
+        if req.study_id:
+            entry = await self.store.get_study(req.study_id)
+            if entry is None:
+                return StatusReply(event_id=rid, ok=False, error=f"unknown study {req.study_id}")
+            hosted = self.hosted.get(req.study_id)
+            if hosted is not None:
+                rt = hosted.runtime
+                steps = tuple(_summary_of_record(rt.records[n]) for n in rt.order)
+                counts = state_counts(rt.records)
+            else:
+                stored = {e.step: e for e in await self.store.list_steps(req.study_id)}
+                steps = tuple(_summary_of_entry(stored[n]) for n in _order(entry, stored))
+                counts = _count(stored.values())
+            return StatusReply(event_id=rid, ok=True, studies=(_study(entry, counts),), steps=steps)
+        out = []
+        for entry in await self.store.list_studies(state=req.state, name=req.name):
+            hosted = self.hosted.get(entry.study_id)
+            counts = state_counts(hosted.runtime.records) if hosted else entry.counts
+            out.append(_study(entry, counts))
+        return StatusReply(event_id=rid, ok=True, studies=tuple(out))
+
+    # ------------------------------------------------------------------ hosting
+
+    def _load(self, spec_path: str, text: str, out_dir: str | None, cwd: str,
+              pgen: str | None, pargs: tuple[str, ...], now: dt.datetime) -> StudyGraph:
+        return load_study(spec_path, text=text, out_dir=out_dir, now=now, cwd=cwd, pgen=pgen,
+                          pargs=pargs)
+
+    async def _launch(self, entry: StudyEntry, *, graph: StudyGraph | None = None,
+                      fresh: bool = False, resume: bool = False,
+                      rerun_failed: bool = False) -> None:
+        opts = entry.options
+        if graph is None:
+            graph = self._load(entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
+                               str(opts.get("pgen") or "") or None,
+                               tuple(opts.get("pargs") or ()), dt.datetime.now())  # type: ignore[arg-type]
+        cli = _cli(opts)
+        run_local = bool(opts.get("run_local"))
+        policies = step_policies(graph, cli, run_local=run_local)
+        cfg = troupe_settings(graph)
+        adapter = LocalAdapter(
+            shell=str(graph.batch.get("shell") or "/bin/bash"),
+            kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0,
+            strip_launcher=run_local,
+            env={"TROUPE_STUDY_ID": entry.study_id, "TROUPE_STUDY_DIR": graph.study_dir},
+        )
+        recovered = None
+        if resume:
+            stored = {e.step: e for e in await self.store.list_steps(entry.study_id)}
+            recovered = recover_records(graph, stored, policies, adapter,
+                                        rerun_failed=rerun_failed)
+        runtime = StudyRuntime(
+            graph, study_id=entry.study_id, bus=self.bus, adapter=adapter,
+            limits=throttle_limits(graph, cli), policies=policies,
+            dry_run=bool(opts.get("dry_run")), status_path=Path(graph.study_dir) / "status.csv",
+            store=self.store, recovered=recovered, worker=self.worker,
+        )
+        hosted = _Hosted(runtime=runtime, adapter=adapter)
+        self.hosted[entry.study_id] = hosted
+        run_id = f"{entry.study_id}.{new_event_id()}"
+        await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,
+                                          workspace=graph.study_dir, worker=self.worker,
+                                          started=time.time()))
+        assert self._tg is not None
+        self._tg.start_soon(self._host, entry, hosted, run_id, fresh)
+
+    async def _host(self, entry: StudyEntry, hosted: _Hosted, run_id: str, fresh: bool) -> None:
+        rt = hosted.runtime
+        state = None
+        try:
+            with hosted.scope:
+                if fresh:
+                    await acquire_dependencies(rt.graph)
+                state = await rt.run()
+        except EngineError as exc:
+            self._log.warning("study_failed_to_start", study_id=entry.study_id, error=str(exc))
+            state_name = "FAILURE"
+        else:
+            state_name = state.value if state is not None else ""
+        finally:
+            hosted.done.set()
+        if not state_name:
+            return  # interrupted by a graceful stop: the study stays RUNNING in the store
+        self.hosted.pop(entry.study_id, None)
+        ended = time.time()
+        await self.store.put_study(StudyEntry(**{**_fields(entry), "state": state_name,
+                                                 "ended": ended, "counts": rt.counts}))
+        await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,
+                                          workspace=rt.graph.study_dir, worker=self.worker,
+                                          started=ended, state=state_name, ended=ended))
+
+    async def _heartbeat(self, started: float) -> None:
+        while True:
+            await anyio.sleep(5)
+            await self.store.put_worker(WorkerEntry(
+                worker=self.worker, host=socket.gethostname(), pid=os.getpid(), started=started,
+                heartbeat=time.time(), studies=tuple(self.hosted)))
+
+    async def _drain(self) -> None:
+        """Stop granting, let running steps finish, then stop and record the rest."""
+        self._stopping = True
+        self._log.info("engine_draining", studies=len(self.hosted), timeout=self.drain_timeout)
+        for hosted in self.hosted.values():
+            hosted.runtime._send.send_nowait(("", SubmissionsPaused(event_id=new_event_id())))
+        with anyio.move_on_after(self.drain_timeout):
+            while any(r.state in ACTIVE_STATES for h in self.hosted.values()
+                      for r in h.runtime.records.values()):
+                await anyio.sleep(0.05)
+        for study_id, hosted in list(self.hosted.items()):
+            rt = hosted.runtime
+            if rt.persister is not None:
+                with anyio.move_on_after(10):
+                    await rt.persister.flush()
+            hosted.scope.cancel()
+            await hosted.done.wait()
+            for name, rec in rt.records.items():
+                if rec.state not in ACTIVE_STATES:
+                    continue
+                handle = rt._handles.get((name, rec.attempt))
+                if handle is not None:
+                    await hosted.adapter.cancel(handle)
+                await self.store.put_step(StepEntry(
+                    study_id=study_id, step=name, state=rec.state.value, attempt=rec.attempt,
+                    job_id=rec.job_id, submit_time=rec.submit_time, start_time=rec.start_time,
+                    restarts=rec.restarts, retries=rec.retries, merlin_retries=rec.merlin_retries,
+                    hw_failures=rec.hw_failures, use_restart=rec.use_restart,
+                    reason="interrupted by the engine's shutdown", intent_attempt=rec.attempt,
+                    worker=self.worker, interrupted=True))
+        self._log.info("engine_stopped")
+
+
+def _cli(opts: dict[str, object]) -> CliOverrides:
+    return CliOverrides(throttle=opts.get("throttle"), rlimit=opts.get("rlimit"),  # type: ignore[arg-type]
+                        attempts=opts.get("attempts"))  # type: ignore[arg-type]
+
+
+def _fields(entry: StudyEntry) -> dict[str, object]:
+    return {f: getattr(entry, f) for f in entry.__struct_fields__}
+
+
+def _study(entry: StudyEntry, counts: dict[str, int]) -> StudySummary:
+    return StudySummary(study_id=entry.study_id, name=entry.name, state=entry.state,
+                        study_dir=entry.study_dir, created=entry.created, ended=entry.ended,
+                        counts=counts)
+
+
+def _summary_of_record(rec) -> StepSummary:  # type: ignore[no-untyped-def]
+    return StepSummary(step=rec.name, state=rec.state.value, job_id=rec.job_id,
+                       attempt=rec.attempt, restarts=rec.restarts + rec.merlin_retries,
+                       submit_time=rec.submit_time, start_time=rec.start_time,
+                       end_time=rec.end_time, exit_code=rec.exit_code, reason=rec.reason)
+
+
+def _summary_of_entry(e: StepEntry) -> StepSummary:
+    return StepSummary(step=e.step, state=e.state, job_id=e.job_id, attempt=e.attempt,
+                       restarts=e.restarts + e.merlin_retries, submit_time=e.submit_time,
+                       start_time=e.start_time, end_time=e.end_time, exit_code=e.exit_code,
+                       reason=e.reason)
+
+
+def _order(entry: StudyEntry, stored: dict[str, StepEntry]) -> list[str]:
+    return sorted(stored, key=lambda n: (stored[n].submit_time or float("inf"), n))
+
+
+def _count(entries) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    out: dict[str, int] = {}
+    for e in entries:
+        out[e.state] = out.get(e.state, 0) + 1
+    return out
