@@ -3,8 +3,8 @@
 Without ``--nats-url``, ``serve`` starts an embedded nats-server with JetStream
 (``sync_interval: always``) under ``<state dir>/nats``, protected by a user and password
 created on the first start (``<state dir>/credentials.json``, mode 0600); it writes the
-client configuration ``<state dir>/client.json`` (URL, user, password; mode 0600), which
-``enginectl`` reads by default. A client without it cannot submit, cancel or read state.
+client configuration ``<state dir>/client.json`` (URL, user, password; mode 0600) once
+the engine answers requests, which ``enginectl`` reads by default. A client without it cannot submit, cancel or read state.
 With ``--nats-url`` the given server and credentials are used (JetStream required).
 SIGTERM or SIGINT start a graceful stop; the process exits 0 when it is done.
 """
@@ -65,6 +65,8 @@ async def serve_forever(
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = structlog.get_logger("troupe.serve")
     async with AsyncExitStack() as stack:
+        client_cfg = state_dir / "client.json"
+        client_cfg.unlink(missing_ok=True)  # written again once this engine answers
         if nats_url:
             url, creds = nats_url, credentials or Credentials()
         else:
@@ -72,8 +74,6 @@ async def serve_forever(
             server = await stack.enter_async_context(
                 open_embedded_server(state_dir / "nats", auth=(user, password)))
             url, creds = server.url, Credentials(user=user, password=password)
-            _write_private(state_dir / "client.json",
-                           {"url": url, "user": user, "password": password})
         bus = await stack.enter_async_context(
             open_bus(url, creds, name="troupe-engine", max_reconnect_attempts=-1))
         if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
@@ -89,5 +89,11 @@ async def serve_forever(
 
             tg.start_soon(on_signals)
             log.info("engine_starting", url=url, state_dir=str(state_dir))
-            await service.serve()
+            await tg.start(service.serve)
+            if not nats_url:
+                _write_private(client_cfg, {"url": url, "user": creds.user,
+                                            "password": creds.password})
+            else:
+                _write_private(client_cfg, {"url": url})
+            await service.stopped.wait()
             tg.cancel_scope.cancel()

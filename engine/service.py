@@ -84,6 +84,7 @@ class EngineService:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._stop = anyio.Event()
+        self.stopped = anyio.Event()
         self._log = structlog.get_logger("troupe.service").bind(worker=self.worker)
 
     def stop(self) -> None:
@@ -111,6 +112,7 @@ class EngineService:
             await self._stop.wait()
             await self._drain()
             tg.cancel_scope.cancel()
+        self.stopped.set()
 
     # ------------------------------------------------------------------ API
 

@@ -1,0 +1,137 @@
+"""``enginectl serve`` and its clients: submit, status, list, watch, cancel, restart,
+events, two studies side by side, and access control."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ENGINECTL, REPO, enginectl, wait_for_path
+from tests.engine_proc import Engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
+    try:
+        yield eng
+    finally:
+        eng.stop()
+
+
+def test_submit_wait_then_status_list_and_events(engine: Engine, tmp_path: Path) -> None:
+    result = engine.ctl("submit", str(REPO / "examples/sweep/sweep.yaml"), "-o",
+                        str(tmp_path / "sweep"), "--wait")
+    assert 0 == result.returncode, result.stderr
+    study_id = result.stdout.strip()
+    status = engine.status(study_id)
+    assert "FINISHED" == status["studies"][0]["state"]
+    assert {"FINISHED"} == {s["state"] for s in status["steps"]}
+    assert 5 == len(status["steps"])
+    listed = engine.ctl("list", "--state", "finished")
+    assert study_id in listed.stdout
+    events = [json.loads(line) for line in engine.ctl("events", study_id).stdout.splitlines()]
+    assert "study_started" == events[0]["type"] and "study_ended" == events[-1]["type"]
+    assert 5 * 4 == sum(1 for e in events if e["type"] == "step_state_changed")
+    assert (tmp_path / "sweep" / "gather" / "all_greetings.txt").exists()
+
+
+def test_unreachable_engine_is_reported_quickly(tmp_path: Path) -> None:
+    result = enginectl("status", "--state-dir", str(tmp_path / "nothing"), timeout=10)
+    assert 1 == result.returncode
+    assert "no engine found" in result.stderr
+
+
+def test_client_without_credentials_is_refused(engine: Engine) -> None:
+    url = json.loads((engine.state / "client.json").read_text())["url"]
+    for args in (["list"], ["status", "x"], ["cancel", "x"]):
+        result = enginectl(*args, "--nats-url", url, timeout=10)
+        assert 1 == result.returncode
+        assert "Authorization Violation" in result.stderr
+    assert 0o600 == (engine.state / "client.json").stat().st_mode & 0o777
+
+
+def _waiting_spec(path: Path, gate: Path, name: str) -> Path:
+    path.write_text(
+        f"description: {{name: {name}, description: waits for a gate}}\n"
+        "study:\n"
+        f"  - {{name: sim, description: s, run: {{cmd: 'while [ ! -e {gate} ]; do sleep 0.02; done; echo $(X)'}}}}\n"
+        "  - {name: post, description: p, run: {cmd: 'echo post', depends: [sim]}}\n"
+        "  - {name: other, description: o, run: {cmd: 'echo other'}}\n"
+        "global.parameters:\n  X: {values: [1, 2], label: X.%%}\n"
+    )
+    return path
+
+
+def test_two_studies_from_two_clients_run_side_by_side(engine: Engine, tmp_path: Path) -> None:
+    gate_a, gate_b = tmp_path / "gate_a", tmp_path / "gate_b"
+    spec_a = _waiting_spec(tmp_path / "a.yaml", gate_a, "alpha")
+    spec_b = _waiting_spec(tmp_path / "b.yaml", gate_b, "beta")
+    clients = [
+        subprocess.Popen([*ENGINECTL, "submit", str(spec), "-o", str(tmp_path / out),
+                          "--throttle", "0", "--state-dir", str(engine.state)],
+                         stdout=subprocess.PIPE, text=True)
+        for spec, out in ((spec_a, "sa"), (spec_b, "sb"))
+    ]
+    id_a, id_b = (c.communicate(timeout=30)[0].strip() for c in clients)
+    assert id_a and id_b and id_a != id_b
+    running = engine.ctl("list", "--state", "RUNNING")
+    assert id_a in running.stdout and id_b in running.stdout
+    # Cancel alpha's simulations: they and their descendants, not 'other'.
+    cancel = engine.ctl("cancel", id_a, "--step", "sim_*")
+    assert 0 == cancel.returncode, cancel.stderr
+    watch_a = engine.ctl("watch", id_a)
+    assert 3 == watch_a.returncode, watch_a.stderr
+    steps_a = {s["step"]: s["state"] for s in engine.status(id_a)["steps"]}
+    assert {"sim_X.1": "CANCELLED", "sim_X.2": "CANCELLED", "post_X.1": "CANCELLED",
+            "post_X.2": "CANCELLED", "other": "FINISHED"} == steps_a
+    # Beta was untouched; let it finish.
+    assert "RUNNING" == engine.status(id_b)["studies"][0]["state"]
+    gate_b.touch()
+    assert 0 == engine.ctl("watch", id_b).returncode
+    # Restart alpha: its FINISHED step is kept, the cancelled ones run again.
+    gate_a.touch()
+    assert 0 == engine.ctl("restart", id_a).returncode
+    assert 0 == engine.ctl("watch", id_a).returncode
+    after = engine.status(id_a)["steps"]
+    assert {"FINISHED"} == {s["state"] for s in after}
+    other = next(s for s in after if s["step"] == "other")
+    assert 1 == other["attempt"], "a FINISHED step is not run again by restart"
+
+
+def test_bad_spec_submission_is_one_line_and_nothing_is_created(engine: Engine, tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("description: {name: b, description: b}\nstudy:\n"
+                    "  - {name: a, description: a, run: {cmd: 'true', depends: [nope]}}\n")
+    result = engine.ctl("submit", str(spec), "-o", str(tmp_path / "s"))
+    assert 1 == result.returncode
+    assert 1 == len(result.stderr.strip().splitlines())
+    assert "study[0].run.depends" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_graceful_stop_exits_zero_and_the_next_engine_finishes_the_study(tmp_path: Path) -> None:
+    eng = Engine(tmp_path / "state", "--drain-timeout", "1").start()
+    gate = tmp_path / "gate"
+    try:
+        spec = _waiting_spec(tmp_path / "g.yaml", gate, "graceful")
+        study_id = eng.ctl("submit", str(spec), "-o", str(tmp_path / "s"),
+                           "--throttle", "0").stdout.strip()
+        wait_for_path(tmp_path / "s" / "other" / ".troupe.1.exit")
+        assert 0 == eng.terminate()
+        gate.touch()
+        eng.start()
+        assert 0 == eng.ctl("watch", study_id).returncode
+        final = eng.status(study_id)["steps"]
+        assert {"FINISHED"} == {s["state"] for s in final}
+        other = next(s for s in final if s["step"] == "other")
+        assert 1 == other["attempt"], "a FINISHED step never runs again"
+        sims = [s for s in final if s["step"].startswith("sim")]
+        assert [2, 2] == [s["attempt"] for s in sims], "interrupted steps ran again, once"
+    finally:
+        eng.stop()
+
