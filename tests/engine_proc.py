@@ -29,6 +29,7 @@ class Engine:
             self.proc = subprocess.Popen(
                 [*ENGINECTL, "serve", "--state-dir", str(self.state), *self.extra],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                env={**os.environ, "TROUPE_DEBUG": "1"},
             )
         wait_for_path(self.state / "client.json", timeout=30)  # written once it answers
         return self

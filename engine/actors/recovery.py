@@ -38,6 +38,7 @@ class Recovered(msgspec.Struct, kw_only=True):
     Attributes:
         records: Every step's record.
         terminal: Steps that are final (to replay to children and supervisor).
+        soft: Terminal steps that soft-failed (their children still run).
         adopted: Steps re-attached to a live job: name -> handle.
         ended: Steps whose job ended while the engine was away: name -> result.
         lost: Steps whose in-flight attempt vanished: name -> that attempt.
@@ -50,6 +51,7 @@ class Recovered(msgspec.Struct, kw_only=True):
     ended: dict[str, JobResult] = {}
     lost: dict[str, int] = {}
     running: dict[str, int] = {}
+    soft: set[str] = set()
 
 
 def _restored(rec: StepRecord, e: StepEntry) -> StepRecord:
@@ -86,6 +88,8 @@ def recover_records(
         ):
             out.records[inst.name] = msgspec.structs.replace(rec, state=state, remaining=0)
             out.terminal.append(inst.name)
+            if e.soft:
+                out.soft.add(inst.name)
             continue
         if state in (S.PENDING, S.RUNNING) and e.intent_attempt and not e.final:
             # An attempt stopped by a graceful shutdown runs again, whatever it wrote.

@@ -382,8 +382,9 @@ class StudyRuntime:
             self._terminal_seen.add(name)
             state = self.records[name].state
             for child in self.graph.children[name]:
-                send((child, DependencyEnded(event_id=new_event_id(), dependency=name,
-                                             state=state)))
+                if self.records[child].state == StepState.INITIALIZED:  # still waiting
+                    send((child, DependencyEnded(event_id=new_event_id(), dependency=name,
+                                                 state=state, soft=name in rec.soft)))
             send((_SUPERVISOR, StepEnded(event_id=new_event_id(), step=name, state=state)))
         for name, attempt in rec.lost.items():
             lost = StepStateChanged(

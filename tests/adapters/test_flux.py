@@ -11,9 +11,10 @@ import anyio
 import pytest
 
 from adapters.base import JobOutcome, SubmitError
-from adapters.flux import (
-    FluxAdapter, f58_decode, f58_encode, flux_script, parse_flux_jobs, parse_jobid,
-    submit_options, walltime_seconds,
+from adapters.flux import FluxAdapter
+from adapters.flux_script import (
+    f58_decode, f58_encode, flux_script, parse_flux_jobs, parse_jobid, submit_options,
+    walltime_seconds,
 )  # fmt: skip
 from tests.adapters.support import FIXTURES, make_step, request
 
@@ -211,3 +212,35 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+async def test_cancel_goes_through_the_python_bindings_when_they_import(
+    tmp_path: Path, fake_flux: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """flux.job.cancel(handle, id) is called; this stand-in module forwards to the CLI's state."""
+    import importlib.machinery
+    import sys
+    import types
+
+    calls: list[int] = []
+    flux_mod = types.ModuleType("flux")
+    flux_mod.__spec__ = importlib.machinery.ModuleSpec("flux", None)
+    job_mod = types.ModuleType("flux.job")
+
+    def cancel(handle: object, job: int) -> None:
+        calls.append(job)
+        (fake_flux / "jobs" / f"{job}.cancel").write_text("via bindings")
+
+    job_mod.cancel = cancel  # type: ignore[attr-defined]
+    flux_mod.Flux = lambda *uri: object()  # type: ignore[attr-defined]
+    flux_mod.job = job_mod  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flux", flux_mod)
+    monkeypatch.setitem(sys.modules, "flux.job", job_mod)
+    a = adapter(use_bindings=True)
+    assert a.use_bindings
+    handle = await a.submit(request(step(tmp_path, "long", "sleep 30\n")))
+    await _until_state(fake_flux, "RUN")
+    await a.cancel(handle)
+    with anyio.fail_after(10):
+        result = await a.wait(handle)
+    assert ([parse_jobid(handle.job_id)], JobOutcome.CANCELLED) == (calls, result.outcome)
