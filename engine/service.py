@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,20 +282,35 @@ class EngineService:
             hosted.done.set()
         if not state_name:
             return  # interrupted by a graceful stop: the study stays RUNNING in the store
-        self.hosted.pop(entry.study_id, None)
         ended = time.time()
-        await self.store.put_study(StudyEntry(**{**_fields(entry), "state": state_name,
-                                                 "ended": ended, "counts": rt.counts}))
-        await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,
-                                          workspace=rt.graph.study_dir, worker=self.worker,
-                                          started=ended, state=state_name, ended=ended))
+        await self._retrying(lambda: self.store.put_study(StudyEntry(
+            **{**_fields(entry), "state": state_name, "ended": ended, "counts": rt.counts})))
+        await self._retrying(lambda: self.store.put_run(RunEntry(
+            run_id=run_id, study_id=entry.study_id, workspace=rt.graph.study_dir,
+            worker=self.worker, started=ended, state=state_name, ended=ended)))
+        self.hosted.pop(entry.study_id, None)
 
     async def _heartbeat(self, started: float) -> None:
         while True:
             await anyio.sleep(5)
-            await self.store.put_worker(WorkerEntry(
+            await self._retrying(lambda: self.store.put_worker(WorkerEntry(
                 worker=self.worker, host=socket.gethostname(), pid=os.getpid(), started=started,
-                heartbeat=time.time(), studies=tuple(self.hosted)))
+                heartbeat=time.time(), studies=tuple(self.hosted))))
+
+    async def _retrying(self, op: Callable[[], Awaitable[object]], *, limit: float = 120.0) -> None:
+        """Run a store operation, retrying while the bus reconnects (up to ``limit`` s)."""
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                await op()
+                return
+            except Exception as exc:  # noqa: BLE001 - a NATS outage is retried, then re-raised
+                if waited >= limit:
+                    raise
+                self._log.warning("store_write_retried", error=str(exc) or type(exc).__name__)
+                await anyio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
 
     async def _drain(self) -> None:
         """Stop granting, let running steps finish, then stop and record the rest."""

@@ -73,12 +73,17 @@ def test_totals_over_all_commands_are_checked() -> None:
 
 
 def test_node_request_on_a_step_without_nodes_is_an_error() -> None:
-    with pytest.raises(LauncherError, match=r"^step 's': .* the step sets no numeric 'nodes'"):
+    with pytest.raises(LauncherError, match=(
+        r"^step 's': \$\(LAUNCHER\)\[1n, 1p\] asks for nodes, but the step sets no numeric "
+        r"'nodes' \(got None\)$"
+    )):  # fmt: skip
         srun("$(LAUNCHER)[1n, 1p] a", procs=2)
 
 
 def test_new_format_without_procs_is_an_error() -> None:
-    with pytest.raises(LauncherError, match=r"^step 's': .*processors/tasks \(Np\) must be "):
+    with pytest.raises(LauncherError, match=(
+        r"^step 's': \$\(LAUNCHER\)\[1n\]: processors/tasks \(Np\) must be specified$"
+    )):  # fmt: skip
         srun("$(LAUNCHER)[1n] a", nodes=1, procs=1)
 
 

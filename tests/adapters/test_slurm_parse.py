@@ -28,7 +28,7 @@ def test_sbatch_parsable_output_with_a_cluster_suffix_gives_the_job_id() -> None
 
 @pytest.mark.parametrize("text", ["", "Submitted batch job 7\n", "8\n9\n"])
 def test_sbatch_output_without_a_single_job_id_is_a_parse_error(text: str) -> None:
-    with pytest.raises(SlurmParseError, match=r"^sbatch --parsable printed no (single )?job id: "):
+    with pytest.raises(SlurmParseError, match=r"^sbatch --parsable printed no (single )?job id: '.*'$"):
         parse_sbatch(text)
 
 

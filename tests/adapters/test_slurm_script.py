@@ -87,7 +87,10 @@ def test_an_unscheduled_step_gets_a_bare_script_with_the_token_left_alone(tmp_pa
 
 
 def test_header_of_an_unscheduled_step_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^step 'local': no explicit resources; "):
+    with pytest.raises(ValueError, match=(
+        r"^step 'local': no explicit resources; at least one of 'procs' or 'nodes' must be "
+        r"set to a non-zero value$"
+    )):  # fmt: skip
         slurm_header(make_step(tmp_path, "local", "x"), {"nodes": 1}, shell="/bin/bash")
 
 
