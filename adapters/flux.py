@@ -186,10 +186,9 @@ class FluxAdapter:
         """
         if handle.backend != self.name:
             return await self._local_adapter().wait(handle)
-        try:
-            return await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
-        finally:
-            self._exit_files.pop(handle.job_id, None)
+        result = await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
+        self._exit_files.pop(handle.job_id, None)  # kept if wait is cancelled: it may resume
+        return result
 
     async def cancel(self, handle: JobHandle) -> None:
         """Cancel the job and wait until it is INACTIVE (shielded). Ended jobs: no-op.

@@ -202,7 +202,6 @@ class SlurmAdapter:
                     found = await self._lookup_key(request.key)
                 except StatusError as exc:
                     log.warning("submit_reconcile_failed", error=str(exc))
-                    found, last = None, f"{last}; and the key could not be looked up: {exc}"
                 else:
                     if found is not None:
                         log.info("submit_reconciled", job_id=found.job_id, after=last)
@@ -331,10 +330,9 @@ class SlurmAdapter:
         """
         if handle.backend != self.name:
             return await self._local_adapter().wait(handle)
-        try:
-            return await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
-        finally:
-            self._exit_files.pop(handle.job_id, None)
+        result = await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
+        self._exit_files.pop(handle.job_id, None)  # kept if wait is cancelled: it may resume
+        return result
 
     async def cancel(self, handle: JobHandle) -> None:
         """``scancel`` the job and wait until Slurm reports it ended (shielded).

@@ -247,7 +247,7 @@ class EngineService:
         )
         recovered = None
         if resume:
-            stored = {e.step: e for e in await self.store.list_steps(entry.study_id)}
+            stored = await self.store.get_steps(entry.study_id, (s.name for s in graph.steps))
             recovered = recover_records(graph, stored, policies, adapter,
                                         rerun_failed=rerun_failed)
         runtime = StudyRuntime(

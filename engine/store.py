@@ -242,6 +242,27 @@ class Store:
         got = await self._get("troupe_steps", _step_key(study_id, step), StepEntry)
         return None if got is None else got[0]  # type: ignore[return-value]
 
+    async def get_steps(self, study_id: str, names: Iterable[str]) -> dict[str, StepEntry]:
+        """The entries of the named steps (those that have one), read key by key.
+
+        Recovery uses this rather than a wildcard scan: a scan's end-of-data marker
+        comes from the consumer's pending count, which is not a guarantee of completeness,
+        while a read by key is.
+        """
+        out: dict[str, StepEntry] = {}
+        limit = anyio.Semaphore(64)
+
+        async def one(name: str) -> None:
+            async with limit:
+                entry = await self.get_step(study_id, name)
+            if entry is not None:
+                out[name] = entry
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(one, name)
+        return out
+
     async def list_steps(self, study_id: str, *, state: str = "") -> list[StepEntry]:
         """A study's step entries, filtered by state."""
         steps = await self._scan("troupe_steps", f"{kv_key(study_id)}.>", StepEntry)
