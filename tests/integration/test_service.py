@@ -135,3 +135,14 @@ def test_graceful_stop_exits_zero_and_the_next_engine_finishes_the_study(tmp_pat
     finally:
         eng.stop()
 
+
+
+def test_every_client_command_fails_fast_when_no_engine_answers(nats_server: str) -> None:
+    import time
+
+    for args in (["list"], ["status", "x"], ["watch", "x"], ["cancel", "x"], ["restart", "x"]):
+        started = time.monotonic()
+        result = enginectl(*args, "--nats-url", nats_server, timeout=15)
+        assert time.monotonic() - started < 5.0 + 1.0  # interpreter start included
+        assert 1 == result.returncode, args
+        assert "enginectl serve" in result.stderr and "Traceback" not in result.stderr
