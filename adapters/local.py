@@ -8,7 +8,8 @@ The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
 ``TROUPE_STEP``, ``TROUPE_ATTEMPT`` and ``TROUPE_WORKSPACE``.
 The script runs under a small ``/bin/sh`` wrapper (the group leader, whose pid is the
 job id) that writes the script's exit status to ``.troupe.<attempt>.exit`` in the
-workspace; ``.troupe.<attempt>.pid`` holds the wrapper's pid and start time. After an
+workspace; ``.troupe.<attempt>.pid``, created exclusively by the wrapper, holds its pid.
+After an
 engine restart, ``adopt`` uses them to re-attach to a step that is still running, or to
 learn how it ended. Completion is pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
@@ -37,11 +38,16 @@ __all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-# Runs the step's script and records its exit status in the workspace, so an
-# engine that restarts after a crash can learn how a step it was not watching ended.
-# (No temporary file and rename: that would cost an exec of mv per step. A reader that
-# finds the file empty treats the attempt as still unknown.)
-_WRAPPER = '"$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
+# The wrapper claims the attempt by creating its pid file exclusively (``set -C``: the
+# redirection uses O_EXCL), runs the script, and records its exit status. A restarted
+# engine that finds no pid file creates it itself, so a wrapper that had not yet started
+# can never run the script after the engine gave the attempt up (it exits 199 instead).
+# Only shell builtins: no extra exec per step.
+_WRAPPER = (
+    'set -C; { echo "$$" > "$3"; } 2>/dev/null || exit 199; set +C; '
+    '"$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
+)
+_SUPERSEDED = "superseded\n"
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 
@@ -128,7 +134,8 @@ class LocalAdapter:
             err = os.open(err_tmp, _OUT_FLAGS, 0o644)
             try:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path)],
+                    ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path),
+                     str(ws / f".troupe.{attempt}.pid")],
                     cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                          "TROUPE_WORKSPACE": str(ws)},
@@ -141,9 +148,7 @@ class LocalAdapter:
         # The child holds the descriptors; renaming gives the files Maestro's names.
         os.replace(out_tmp, ws / f"{stem}.{proc.pid}.out")
         os.replace(err_tmp, ws / f"{stem}.{proc.pid}.err")
-        started = _start_time(proc.pid)
-        (ws / f".troupe.{attempt}.pid").write_text(f"{proc.pid} {started}\n")
-        return _Job(pid=proc.pid, start_time=started, exit_path=exit_path, popen=proc)
+        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
 
     def adopt(self, step: StepInstance, attempt: int) -> JobHandle | JobResult | None:
         """Find attempt ``attempt`` of ``step`` after an engine restart.
@@ -151,21 +156,32 @@ class LocalAdapter:
         Returns:
             A ``JobResult`` if it ended while the engine was away (its exit status was
             recorded by the wrapper), a ``JobHandle`` to ``wait`` on if its process is
-            still alive, or None if it died without a trace (lost).
+            still alive, or None if it never started or died without a trace (lost); in
+            the first case it is fenced off, so it can never start later.
         """
         ws = Path(step.workspace)
         exit_path = ws / f".troupe.{attempt}.exit"
+        pid_path = ws / f".troupe.{attempt}.pid"
         done = _read_exit(exit_path)
         if done is not None:
             return done
         try:
-            pid_text, started = (ws / f".troupe.{attempt}.pid").read_text().split()
-            pid = int(pid_text)
+            fd = os.open(pid_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass  # the wrapper claimed the attempt: it runs, or ran
+        except OSError:
+            return None  # the workspace is gone
+        else:
+            os.write(fd, _SUPERSEDED.encode())
+            os.close(fd)
+            return None  # never started, and now it never will
+        try:
+            pid = int(pid_path.read_text().strip())
         except (OSError, ValueError):
-            return None
-        if _start_time(pid) != started:
+            return _read_exit(exit_path)  # superseded earlier, or half written
+        if str(exit_path) not in _cmdline(pid):
             return _read_exit(exit_path)  # it ended (or the pid is someone else's now)
-        self._jobs[(step.name, attempt)] = _Job(pid=pid, start_time=started, exit_path=exit_path)
+        self._jobs[(step.name, attempt)] = _Job(pid=pid, exit_path=exit_path)
         return JobHandle(step=step.name, attempt=attempt, job_id=str(pid), backend=self.name)
 
     async def wait(self, handle: JobHandle) -> JobResult:
@@ -217,28 +233,27 @@ class LocalAdapter:
 class _Job:
     """A local job: its process group leader (the wrapper) and where it records its exit."""
 
-    __slots__ = ("exit_path", "exited", "pid", "popen", "start_time")
+    __slots__ = ("exit_path", "exited", "pid", "popen")
 
-    def __init__(self, *, pid: int, start_time: str, exit_path: Path,
+    def __init__(self, *, pid: int, exit_path: Path,
                  popen: subprocess.Popen[bytes] | None = None) -> None:
         self.pid = pid
-        self.start_time = start_time
         self.exit_path = exit_path
         self.popen = popen  # None for a process adopted after an engine restart
         self.exited = anyio.Event()
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat),
-    which tells a live process from a new one that reuses its pid; "" if it is gone."""
+def _cmdline(pid: int) -> str:
+    """The process's command line (NUL-separated arguments as text), "" if it is gone or
+    a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except OSError:
+            if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return ""
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except (OSError, IndexError):
         return ""
-    if fields[0] == b"Z":
-        return ""
-    return fields[19].decode()
 
 
 def _read_exit(path: Path) -> JobResult | None:
