@@ -20,9 +20,9 @@ import anyio
 import msgspec
 import structlog
 
-from adapters.local import LocalAdapter
 from engine import subjects
 from engine.actors.study import StudyRuntime
+from engine.backends import make_backends
 from engine.bus import Credentials, open_bus
 from engine.errors import ConfigError
 from engine.layout import acquire_dependencies, prepare_study_dir
@@ -80,20 +80,14 @@ def make_study_id(name: str, now: dt.datetime) -> str:
 
 
 def check_backends(graph: StudyGraph, *, dry_run: bool, run_local: bool) -> None:
-    """Refuse a study whose scheduler steps need an adapter this version lacks.
+    """Refuse a study whose batch type no adapter handles.
 
     Raises:
-        ConfigError: naming the batch type and the first such step.
+        ConfigError: naming the batch type.
     """
-    btype = str(graph.batch.get("type", "local"))
-    if btype == "local" or dry_run or run_local:
-        return
-    scheduled = [s.name for s in graph.steps if s.is_scheduled]
-    if scheduled:
-        raise ConfigError(
-            f"batch.type: '{btype}' steps (e.g. {scheduled[0]!r}) need the {btype} adapter, "
-            "which this version does not have yet; use --local to run them here, or --dry"
-        )
+    btype = str(graph.batch.get("type") or "local")
+    if btype not in ("local", "slurm", "flux") and not (dry_run or run_local):
+        raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")
 
 
 async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
@@ -120,12 +114,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         kill_grace = opts.kill_grace
         if kill_grace is None:
             kill_grace = troupe_settings(graph).kill_grace
-        adapter = LocalAdapter(
-            shell=str(graph.batch.get("shell") or "/bin/bash"),
-            kill_grace=10.0 if kill_grace is None else kill_grace,
-            strip_launcher=opts.run_local,
-            env={"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": str(root)},
-        )
+        adapter = make_backends(graph, study_id=study_id, run_local=opts.run_local,
+                                kill_grace=10.0 if kill_grace is None else kill_grace).adapter
         async with AsyncExitStack() as stack:
             if opts.nats_url:
                 url = opts.nats_url

@@ -22,10 +22,11 @@ import anyio
 import anyio.abc
 import structlog
 
-from adapters.local import LocalAdapter
+from adapters.base import Adapter
 from engine import subjects
 from engine.actors.recovery import recover_records
 from engine.actors.study import StudyRuntime
+from engine.backends import make_backends
 from engine.bus import Bus
 from engine.errors import EngineError
 from engine.layout import acquire_dependencies, prepare_study_dir
@@ -62,7 +63,7 @@ _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen"
 @dataclass
 class _Hosted:
     runtime: StudyRuntime
-    adapter: LocalAdapter
+    adapter: Adapter
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
 
@@ -239,16 +240,14 @@ class EngineService:
         run_local = bool(opts.get("run_local"))
         policies = step_policies(graph, cli, run_local=run_local)
         cfg = troupe_settings(graph)
-        adapter = LocalAdapter(
-            shell=str(graph.batch.get("shell") or "/bin/bash"),
-            kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0,
-            strip_launcher=run_local,
-            env={"TROUPE_STUDY_ID": entry.study_id, "TROUPE_STUDY_DIR": graph.study_dir},
-        )
+        backends = make_backends(graph, study_id=entry.study_id, run_local=run_local,
+                                 kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0)
+        adapter = backends.adapter
         recovered = None
         if resume:
             stored = await self.store.get_steps(entry.study_id, (s.name for s in graph.steps))
-            recovered = recover_records(graph, stored, policies, adapter,
+            found = await backends.lookup_inflight(graph, entry.study_id, stored)
+            recovered = recover_records(graph, stored, policies, found,
                                         rerun_failed=rerun_failed)
         runtime = StudyRuntime(
             graph, study_id=entry.study_id, bus=self.bus, adapter=adapter,

@@ -67,11 +67,21 @@ def recover_records(
     graph: StudyGraph,
     entries: Mapping[str, StepEntry],
     policies: Mapping[str, StepPolicy],
-    adapter: object,
+    found: Mapping[str, JobHandle | JobResult | None],
     *,
     rerun_failed: bool = False,
 ) -> Recovered:
-    """Rebuild records from stored entries (see the module docstring)."""
+    """Rebuild records from stored entries (see the module docstring).
+
+    Args:
+        graph: The study.
+        entries: Stored step entries by name.
+        policies: Each step's policy.
+        found: For each step with an attempt in flight, what the adapter found
+            (``engine.backends.Backends.lookup_inflight``): a live job, its result, or
+            None (lost).
+        rerun_failed: ``restart``: run failed, cancelled and timed-out steps again.
+    """
     out = Recovered(records={})
     keep = {S.FINISHED, S.DRYRUN}
     for inst in graph.steps:
@@ -93,17 +103,17 @@ def recover_records(
             continue
         if state in (S.PENDING, S.RUNNING) and e.intent_attempt and not e.final:
             # An attempt stopped by a graceful shutdown runs again, whatever it wrote.
-            found = None if e.interrupted else _adopt(adapter, inst, e.intent_attempt)
-            if isinstance(found, JobHandle | JobResult):
+            job = None if e.interrupted else found.get(inst.name)
+            if isinstance(job, JobHandle | JobResult):
                 rec = msgspec.structs.replace(rec, state=S.RUNNING, remaining=0,
                                               attempt=e.intent_attempt,
-                                              job_id=getattr(found, "job_id", e.job_id))
+                                              job_id=getattr(job, "job_id", e.job_id))
                 for scope in policy.scopes:
                     out.running[scope] = out.running.get(scope, 0) + 1
-                if isinstance(found, JobHandle):
-                    out.adopted[inst.name] = found
+                if isinstance(job, JobHandle):
+                    out.adopted[inst.name] = job
                 else:
-                    out.ended[inst.name] = found
+                    out.ended[inst.name] = job
                 out.records[inst.name] = rec
                 continue
             out.lost[inst.name] = e.intent_attempt
@@ -115,9 +125,3 @@ def recover_records(
         )
     return out
 
-
-def _adopt(adapter: object, inst: object, attempt: int) -> JobHandle | JobResult | None:
-    adopt = getattr(adapter, "adopt", None)
-    if adopt is None:
-        return None
-    return adopt(inst, attempt)

@@ -233,7 +233,7 @@ class StudyRuntime:
                 if self.recovered is not None:
                     await self._resume(self.recovered)
                 for inst in self.graph.steps:
-                    if not inst.parents:
+                    if not inst.parents and self.records[inst.name].state == StepState.INITIALIZED:
                         self._send.send_nowait((inst.name, StudyOpened(event_id=new_event_id())))
                 if not self.graph.steps:
                     self.outcome = StudyState.FINISHED

@@ -40,11 +40,14 @@ def test_peer_spec_runs_to_finished(name: str, tmp_path: Path) -> None:
         assert Path(inst.workspace).is_dir(), inst.workspace
 
 
-def test_scheduler_spec_without_local_or_dry_is_refused_clearly(tmp_path: Path) -> None:
-    result = enginectl("run", str(MAESTRO / "launcher_tokens.yaml"), "-o", str(tmp_path / "s"))
-    assert 1 == result.returncode
-    assert "Traceback" not in result.stderr
-    assert "batch.type" in result.stderr and "--local" in result.stderr
+def test_scheduler_spec_dry_run_writes_maestros_sbatch_scripts(tmp_path: Path) -> None:
+    study = tmp_path / "s"
+    result = enginectl("run", str(MAESTRO / "launcher_tokens.yaml"), "-o", str(study), "--dry")
+    assert 0 == result.returncode, result.stderr
+    script = (study / "legacy-token-prepend" / "legacy-token-prepend.slurm.sh").read_text()
+    assert script.startswith("#!/bin/bash\n#SBATCH --nodes=1\n#SBATCH --partition=queue_name\n")
+    assert "srun -n 1 -N 1 echo" in script
+    assert {"DRYRUN"} == {r["State"] for r in read_status(study / "status.csv")}
 
 
 @pytest.mark.parametrize("name", INVALID)

@@ -1,0 +1,73 @@
+"""Which adapter runs a study, and how in-flight attempts are found after a restart.
+
+A study runs on the adapter of its ``batch.type``: ``local`` → ``LocalAdapter``;
+``slurm`` → ``SlurmAdapter`` and ``flux`` → ``FluxAdapter``, each running the steps that
+ask for no ``nodes``/``procs`` through a ``LocalAdapter`` (Maestro's rule). ``--local``
+runs everything locally with ``$(LAUNCHER)`` removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from adapters.base import Adapter, JobHandle, JobRequest, JobResult
+from adapters.flux import FluxAdapter
+from adapters.local import LocalAdapter
+from adapters.slurm import SlurmAdapter
+from engine.errors import ConfigError
+from engine.spec.graph import StudyGraph
+from engine.store import StepEntry
+
+__all__ = ["Backends", "make_backends"]
+
+
+class Backends:
+    """The adapter a study submits to, and its local adapter."""
+
+    def __init__(self, adapter: Adapter, local: LocalAdapter) -> None:
+        self.adapter = adapter
+        self.local = local
+
+    async def lookup_inflight(
+        self, graph: StudyGraph, study_id: str, entries: Mapping[str, StepEntry]
+    ) -> dict[str, JobHandle | JobResult | None]:
+        """For every step whose stored entry has an attempt in flight, find its job:
+        a local one through its workspace files, a scheduler one by its idempotency key.
+        Interrupted attempts are not looked up (they run again)."""
+        found: dict[str, JobHandle | JobResult | None] = {}
+        for name, e in entries.items():
+            if e.final or e.interrupted or not e.intent_attempt:
+                continue
+            if e.state not in ("PENDING", "RUNNING"):
+                continue
+            inst = graph.by_name.get(name)
+            if inst is None:
+                continue
+            find = getattr(self.adapter, "find", None)
+            if find is not None and inst.is_scheduled and self.adapter is not self.local:
+                key = e.intent_key or f"{study_id}/{name}/{e.intent_attempt}"
+                found[name] = await find(JobRequest(step=inst, attempt=e.intent_attempt, key=key))
+            else:
+                found[name] = self.local.adopt(inst, e.intent_attempt)
+        return found
+
+
+def make_backends(
+    graph: StudyGraph, *, study_id: str, run_local: bool = False, kill_grace: float = 10.0,
+) -> Backends:
+    """Build the adapters for ``graph``.
+
+    Raises:
+        ConfigError: an unknown ``batch.type``.
+    """
+    shell = str(graph.batch.get("shell") or "/bin/bash")
+    env = {"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": graph.study_dir}
+    local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env)
+    btype = str(graph.batch.get("type") or "local")
+    if run_local or btype == "local":
+        return Backends(local, local)
+    if btype == "slurm":
+        return Backends(SlurmAdapter(graph.batch, shell=shell, env=env, local=local), local)
+    if btype == "flux":
+        return Backends(FluxAdapter(graph.batch, shell=shell, env=env, local=local), local)
+    raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")
