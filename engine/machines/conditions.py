@@ -1,40 +1,33 @@
 """Step conditions (``when:``): parse an expression over dependency states and judge it (pure).
 
-A condition names its dependencies' outcomes: atoms ``<step>.<attr>`` with ``attr`` one of
-``completed``, ``failed``, ``timedout``, ``cancelled``, ``skipped``, ``terminal``; ``not``,
-``and``, ``or`` (binding in that order) and parentheses; and quantifiers over a funnel
-pattern, ``all(p.attr)``, ``any(p.attr)``, ``count(p.attr) OP k`` and
-``fraction(p.attr) OP x`` (``OP`` one of ``>= > <= < == !=``; ``k`` an integer, ``x`` in
-[0, 1]). A ``*`` may appear in a step name only inside a quantifier. ``parse`` builds an AST
-of frozen tagged Structs, ``references`` lists the names it mentions (each must be a
-dependency), and ``evaluate`` judges it against the states the caller reports, to one of
-four verdicts: TRUE (run the step), FALSE (skip it), CANCELLED (cancel it) or UNDECIDED
-(wait). Nothing here does I/O or knows about instances: the caller maps a name to the
-states of its instances (``None`` while not terminal).
+Atoms ``<step>.<attr>`` (``attr``: completed, failed, timedout, cancelled, skipped, terminal)
+combine with ``not``, ``and``, ``or`` (binding in that order) and parentheses; quantifiers
+``all(p.attr)``, ``any(p.attr)``, ``count(p.attr) OP k`` (an integer) and
+``fraction(p.attr) OP x`` (in [0, 1]), ``OP`` one of ``>= > <= < == !=``, range over a funnel
+pattern (a ``*`` is allowed only there). ``parse`` builds an AST of frozen tagged Structs,
+``references`` lists the names it mentions (each must be a dependency), and ``evaluate``
+judges it against the instance states the caller reports (``None`` while not terminal):
+TRUE (run the step), FALSE (skip it), CANCELLED (cancel it) or UNDECIDED (wait).
 
-Semantics (three-valued plus PARK's cancellation, deciding as early as is sound):
-  * An atom over one instance is UNDECIDED while the instance is not terminal, TRUE when it
-    ended in the named state, FALSE when it ended in another, except that an instance that
-    ended CANCELLED makes the atom CANCELLED (``.cancelled`` and ``.terminal`` are simply
-    TRUE then). ``completed`` matches FINISHED, and also CACHED and DRYRUN (descendants
-    proceed after both); ``failed`` matches FAILED, HWFAILURE and UNKNOWN. An atom over
-    several instances is their ``and``; over none it is TRUE.
-  * ``x and y``: CANCELLED if either side is CANCELLED (PARK), else UNDECIDED if either is
-    UNDECIDED, else FALSE if either is FALSE, else TRUE. **CANCELLED wins over FALSE**, so
-    FALSE and UNDECIDED is UNDECIDED: the undecided side may still be cancelled, and a
-    verdict, once decided, never changes (``evaluate`` is monotonic). CANCELLED is decided
-    early: CANCELLED and UNDECIDED is CANCELLED.
-  * ``x or y``: TRUE if either side is TRUE (early), else UNDECIDED if either is UNDECIDED,
-    else FALSE if either is FALSE, else CANCELLED (both are).
+Semantics (three-valued plus PARK's cancellation; a decided verdict never changes):
+  * An atom is UNDECIDED while its instance runs, TRUE if it ended in the named state, FALSE
+    if in another, but CANCELLED if it ended CANCELLED (``.cancelled`` and ``.terminal`` are
+    TRUE then). ``completed`` also matches CACHED and DRYRUN; ``failed`` also HWFAILURE and
+    UNKNOWN. An atom over several instances is their ``and``; over none it is TRUE.
+  * ``x and y``: CANCELLED if either side is (PARK), else UNDECIDED if either is, else FALSE
+    if either is, else TRUE. **CANCELLED wins over FALSE**, so FALSE and UNDECIDED waits
+    (UNDECIDED): the pending side may still be cancelled, and deciding FALSE early would let
+    the verdict change later. CANCELLED and UNDECIDED is CANCELLED at once.
+  * ``x or y``: TRUE if either side is (at once), else UNDECIDED if either is, else FALSE if
+    either is, else CANCELLED (both are).
   * ``not x`` swaps TRUE and FALSE and keeps UNDECIDED and CANCELLED.
-  * Quantifiers count; they never give CANCELLED (a cancelled instance is one that did not
-    end in the named state, unless the attribute is ``cancelled`` or ``terminal``), so one
-    cancelled member of a sweep does not cancel its aggregator. Each is decided as soon as
-    every way the pending instances could still end gives the same answer: ``all`` is FALSE
-    once one instance ended otherwise, ``any`` TRUE once one matches, ``count(...) >= k``
-    TRUE at k matches and FALSE once matches plus pending < k. On an empty funnel ``all``
-    is TRUE, ``any`` FALSE, ``count`` compares 0, and ``fraction`` compares **0.0**.
-    ``fraction`` compares exactly (as rationals), so 9 of 10 meets ``>= 0.9``.
+  * Quantifiers count and never give CANCELLED: a cancelled member of a sweep is just one that
+    did not end in the named state, so it does not cancel the aggregator. Each is decided once
+    no pending instance, matching or not when it ends, could change the answer: ``all`` is
+    FALSE once one ended otherwise, ``any`` TRUE once one matches, ``count(...) >= k`` TRUE at
+    k matches and FALSE once matches plus pending < k (``any(p.terminal)`` thus waits for an
+    instance to end). On an empty funnel ``all`` is TRUE, ``any`` FALSE, ``count`` is 0 and
+    ``fraction`` is **0.0**. ``fraction`` compares exactly: 9 of 10 meets ``>= 0.9``.
 """
 
 from __future__ import annotations
@@ -42,11 +35,13 @@ from __future__ import annotations
 import enum
 import operator
 import re
-from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from msgspec import Struct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "ATTRIBUTES", "AllOf", "And", "AnyOf", "Atom", "ConditionError", "CountOf", "Expr",
@@ -71,7 +66,7 @@ ATTRIBUTES: tuple[str, ...] = tuple(_MATCHES)
 _COMPARE: dict[str, Callable[[Fraction, Fraction], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le,
     "<": operator.lt, "==": operator.eq, "!=": operator.ne,
-}  # fmt: skip
+}
 
 
 class Verdict(enum.StrEnum):
@@ -219,7 +214,7 @@ class _Parser:
         return self.tokens[self.i]
 
     def error(self, reason: str, tok: _Token | None = None) -> ConditionError:
-        return ConditionError(self.text, (tok or self.tok).pos, reason)
+        return ConditionError(self.text, (self.tok if tok is None else tok).pos, reason)
 
     def unexpected(self, wanted: str) -> ConditionError:
         found = "end of condition" if self.tok.kind == _END else repr(self.tok.text)
