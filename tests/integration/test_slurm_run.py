@@ -6,6 +6,7 @@ resubmitted, checked in sacct), and a cancel seen by sacct."""
 from __future__ import annotations
 
 import shutil
+import time as _time
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +106,10 @@ def test_jobs_are_readopted_after_sigkill_and_failures_timeouts_map_to_maestro_s
     assert ("FINISHED", 2, 1) == (steps["slow"]["state"], steps["slow"]["attempt"],
                                   steps["slow"]["restarts"])
     assert "restarted\n" == (study_dir / "slow" / "restarted.txt").read_text()
-    jobs = sacct_jobs(study_id)
+    deadline = _time.monotonic() + 30
+    while len(jobs := sacct_jobs(study_id)) < 8:  # slurmdbd records ends a moment later
+        assert _time.monotonic() < deadline, jobs
+        _time.sleep(0.2)
     per_step: dict[str, int] = {}
     for job in jobs:
         per_step[job["name"]] = per_step.get(job["name"], 0) + 1
@@ -123,5 +127,8 @@ def test_cancel_is_carried_out_by_slurm(engine: Engine, tmp_path: Path) -> None:
     wait_for_path(tmp_path / "s" / "long" / "started", timeout=60)
     assert 0 == engine.ctl("cancel", study_id).returncode
     assert 3 == engine.ctl("watch", study_id, timeout=120).returncode
-    jobs = sacct_jobs(study_id)
+    deadline = _time.monotonic() + 30
+    while not (jobs := sacct_jobs(study_id)):  # slurmdbd records the end a moment later
+        assert _time.monotonic() < deadline, "no accounting record of the job"
+        _time.sleep(0.2)
     assert 1 == len(jobs) and jobs[0]["state"].startswith("CANCELLED"), jobs
