@@ -39,13 +39,18 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     ``group:<name>``; a request is granted when every scope it names has room. A limit
     of 0 (or no entry in ``limits``) means unlimited.
 
+    Waiting requests are kept in one FIFO queue per distinct scope set (``queues``), each
+    entry tagged with its arrival number, so granting looks at a few queue heads instead of
+    scanning every waiting step; across queues the oldest request that fits goes first.
+
     Invariants: every ``running`` count >= 0; no step is queued twice; ``done <= total``.
     """
 
     total: int
     limits: dict[str, int] = {}
     running: dict[str, int] = {}
-    queue: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    queues: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}
+    seq: int = 0
     done: int = 0
     counts: dict[str, int] = {}
     cancelled: bool = False
@@ -77,25 +82,38 @@ def _take(running: dict[str, int], scopes: tuple[str, ...], delta: int) -> dict[
     return out
 
 
+def _queued(st: SupervisorState) -> int:
+    return sum(len(q) for q in st.queues.values())
+
+
+def _is_queued(st: SupervisorState, step: str) -> bool:
+    return any(name == step for q in st.queues.values() for _, name in q)
+
+
 def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
-    """Grant queued requests, oldest first, skipping those whose scopes are full."""
-    if not st.queue or st.paused:
+    """Grant queued requests, oldest first among those whose scopes have room."""
+    if not st.queues or st.paused:
         return st, []
-    grants: list[Command] = []
-    rest = []
+    queues = dict(st.queues)
     running = st.running
+    grants: list[Command] = []
     probe = st
-    for step, scopes in st.queue:
-        if _has_room(probe, scopes):
-            running = _take(running, scopes, +1)
-            probe = replace(probe, running=running)
-            grants.append(GrantSlot(step=step))
+    while True:
+        best: tuple[str, ...] | None = None
+        for scopes, q in queues.items():
+            if q and (best is None or q[0][0] < queues[best][0][0]) and _has_room(probe, scopes):
+                best = scopes
+        if best is None:
+            break
+        (_, step), rest = queues[best][0], queues[best][1:]
+        if rest:
+            queues[best] = rest
         else:
-            rest.append((step, scopes))
-            if "global" in scopes and not _has_room(probe, ("global",)):
-                rest.extend(st.queue[len(grants) + len(rest):])
-                break  # nothing further can pass a full global throttle
-    return replace(st, queue=tuple(rest), running=running), grants
+            del queues[best]
+        running = _take(running, best, +1)
+        probe = replace(probe, running=running)
+        grants.append(GrantSlot(step=step))
+    return replace(st, queues=queues, running=running), grants
 
 
 def decide(
@@ -119,20 +137,27 @@ def decide(
     del now
     match event:
         case SlotRequested(step=step, scopes=scopes):
-            if st.ended or any(q == step for q, _ in st.queue):
+            if st.ended or _is_queued(st, step):
                 raise InvalidTransition("supervisor", "ended" if st.ended else "queued", event)
-            if not st.queue and not st.paused and _has_room(st, scopes):
+            if not st.queues and not st.paused and _has_room(st, scopes):
                 return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
-            return _fill(replace(st, queue=(*st.queue, (step, scopes))))
+            q = st.queues.get(scopes, ())
+            queues = {**st.queues, scopes: (*q, (st.seq, step))}
+            return _fill(replace(st, queues=queues, seq=st.seq + 1))
         case SlotReleased(scopes=scopes):
             if any(st.running.get(s, 0) <= 0 for s in scopes):
                 raise InvalidTransition("supervisor", f"running={st.running}", event)
             return _fill(replace(st, running=_take(st.running, scopes, -1)))
         case SlotWithdrawn(step=step):
-            queue = tuple(q for q in st.queue if q[0] != step)
+            for scopes, q in st.queues.items():
+                kept = tuple(e for e in q if e[1] != step)
+                if len(kept) != len(q):
+                    queues = {**st.queues, scopes: kept} if kept else {
+                        k: v for k, v in st.queues.items() if k != scopes}
+                    return _fill(replace(st, queues=queues))
             # Not queued: the grant is in flight, and the step, terminal by now,
             # answers it with a release.
-            return _fill(replace(st, queue=queue)) if len(queue) != len(st.queue) else (st, [])
+            return st, []
         case ThrottleChanged(scope=scope, limit=limit):
             if limit < 0:
                 raise InvalidTransition("supervisor", f"limits={st.limits}", event)

@@ -34,7 +34,8 @@ def run(st: SupervisorState, *events):  # type: ignore[no-untyped-def]
         st, out = decide(st, ev, now=NOW)
         cmds.extend(out)
         assert all(v >= 0 for v in st.running.values())
-        assert len({s for s, _ in st.queue}) == len(st.queue)
+        names = [n for q in st.queues.values() for _, n in q]
+        assert len(set(names)) == len(names)
     return st, cmds
 
 
@@ -49,7 +50,7 @@ def rel(step: str, *scopes: str) -> SlotReleased:
 def test_throttle_grants_up_to_the_limit_then_queues_in_request_order() -> None:
     st, cmds = run(state(4, global_=2), *(req(s) for s in "abcd"))
     assert [GrantSlot(step="a"), GrantSlot(step="b")] == cmds
-    assert ("c", "d") == tuple(s for s, _ in st.queue)
+    assert ["c", "d"] == [name for _, name in st.queues[G]]
     st, cmds = run(st, rel("a"))
     assert [GrantSlot(step="c")] == cmds
     assert 2 == st.running["global"]
