@@ -135,8 +135,11 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
 @_out_opt
 @_pgen_opt
 @_pargs_opt
+@click.option("--explain", is_flag=True,
+              help="Also show each step's condition, funnels, throttle group and policies.")
 @_friendly_errors
-def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
+def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...],
+             explain: bool) -> None:
     """Check SPEC and print its expanded steps, workspaces and dependencies."""
     graph = _load(spec, out, pgen, pargs)
     root = Path(graph.study_dir)
@@ -146,7 +149,30 @@ def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...
     for inst in graph.steps:
         ws = os.path.relpath(inst.workspace, root)
         lines.append(f"  {inst.name}\n    workspace: {ws}\n    depends:   {_deps_text(inst, by_name)}")
+        if explain:
+            lines.append(_explain(inst, graph))
     click.echo("\n".join(lines))
+
+
+def _explain(inst: Any, graph: Any) -> str:
+    """``validate --explain``: how the engine will decide about one step."""
+    from engine.settings import CliOverrides, adapter_name, step_policies
+
+    pol = step_policies(graph, CliOverrides())[inst.name]
+    condition = inst.when or "all dependencies FINISHED (Maestro's rule)"
+    funnels = ", ".join(f"{f}_*" for f in inst.funnel_parents) or "-"
+    restart = "unlimited" if pol.restart_limit == 0 else str(pol.restart_limit)
+    walltime = f"{pol.walltime:g} s" if pol.walltime else "-"
+    rows = [
+        f"    when:      {condition}",
+        f"    funnels:   {funnels}",
+        f"    runs on:   {adapter_name(graph, inst)} (throttle scopes: {', '.join(pol.scopes)})",
+        f"    walltime:  {walltime}; restarts: {restart}; attempts: {pol.retry.max_attempts}",
+    ]
+    if graph.merlin:
+        rows.append(f"    merlin:    exit codes 100-105; max_retries {pol.max_retries}, "
+                    f"retry_delay {pol.retry_delay:g} s")
+    return "\n".join(rows)
 
 
 def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:

@@ -97,6 +97,7 @@ class StepState(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
     CANCELLED = "CANCELLED"
     DRYRUN = "DRYRUN"
+    SKIPPED = "SKIPPED"  # its when: condition can no longer become true
 
 
 class StudyState(enum.StrEnum):
@@ -122,6 +123,7 @@ TERMINAL_STATES = frozenset(
         StepState.UNKNOWN,
         StepState.CANCELLED,
         StepState.DRYRUN,
+        StepState.SKIPPED,
     }
 )
 """States a step never leaves in this run."""

@@ -24,10 +24,11 @@ from adapters.base import JobHandle, JobResult
 from engine.machines.policy import StepPolicy
 from engine.machines.step import StepRecord, new_record
 from engine.messages import TERMINAL_STATES, StepState
-from engine.spec.graph import StudyGraph
+from engine.machines.conditions import parse as parse_condition
+from engine.spec.graph import StepInstance, StudyGraph
 from engine.store import StepEntry
 
-__all__ = ["Recovered", "recover_records"]
+__all__ = ["Recovered", "condition_args", "recover_records"]
 
 S = StepState
 
@@ -63,6 +64,17 @@ def _restored(rec: StepRecord, e: StepEntry) -> StepRecord:
     )
 
 
+def condition_args(inst: StepInstance, graph: StudyGraph) -> dict[str, object]:
+    """``new_record`` arguments for a step with a ``when:`` condition (else none)."""
+    if not inst.when:
+        return {}
+    parent_steps: dict[str, list[str]] = {}
+    for parent in inst.parents:
+        parent_steps.setdefault(graph.by_name[parent].step, []).append(parent)
+    return {"condition": parse_condition(inst.when),
+            "parent_steps": {k: tuple(v) for k, v in parent_steps.items()}}
+
+
 def recover_records(
     graph: StudyGraph,
     entries: Mapping[str, StepEntry],
@@ -86,7 +98,8 @@ def recover_records(
     keep = {S.FINISHED, S.DRYRUN}
     for inst in graph.steps:
         policy = policies.get(inst.name) or StepPolicy()
-        fresh = new_record(inst.name, len(inst.parents), policy=policy)
+        fresh = new_record(inst.name, len(inst.parents), policy=policy,
+                           **condition_args(inst, graph))
         e = entries.get(inst.name)
         if e is None:
             out.records[inst.name] = fresh

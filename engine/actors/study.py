@@ -31,7 +31,7 @@ from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.actors.persist import Persister
-from engine.actors.recovery import Recovered
+from engine.actors.recovery import Recovered, condition_args
 from engine.machines.policy import StepPolicy
 from engine.store import StepEntry, Store
 from engine.messages import (
@@ -134,7 +134,8 @@ class StudyRuntime:
         policies = policies or {}
         self.records = {
             s.name: step_machine.new_record(s.name, len(s.parents), dry_run=dry_run,
-                                            policy=policies.get(s.name))
+                                            policy=policies.get(s.name),
+                                            **condition_args(s, graph))
             for s in graph.steps
         }
         self.supervisor = sup_machine.SupervisorState(
@@ -503,3 +504,4 @@ class StudyRuntime:
         assert self.status_path is not None
         text = self._table.render(self.records, now=self.clock())
         write_status(self.status_path, text)
+

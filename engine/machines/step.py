@@ -8,17 +8,23 @@ library and never reads the clock: waits are ``StartTimer`` commands that come b
 
 Maestro's rules: a step runs when all its parents FINISHED (or were DRYRUN, or soft-failed
 under Merlin's protocol); a parent in a failure state fails it (and so, transitively, the
-parent's whole subtree); a CANCELLED parent cancels it. What happens after a job ends
+parent's whole subtree); a CANCELLED parent cancels it; a SKIPPED parent skips it. A step
+with a ``when:`` condition instead judges the condition each time a parent ends
+(``engine.machines.conditions``): TRUE runs it, FALSE skips it (SKIPPED), CANCELLED
+cancels it, and it keeps waiting while undecided. What happens after a job ends
 (retry, restart, resubmission, final state) is the supervisor's policy
 (``engine.machines.policy.judge``).
 """
 
 from __future__ import annotations
 
+import re
+
 from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
+from engine.machines.conditions import Expr, Verdict, evaluate
 from engine.machines.policy import StepPolicy, judge
 from engine.messages import (
     ACTIVE_STATES,
@@ -88,13 +94,27 @@ class StepRecord(Struct, frozen=True, kw_only=True):
     cancelling: bool = False
     timing_out: bool = False
     reason: str = ""
+    condition: Expr | None = None
+    parent_steps: dict[str, tuple[str, ...]] = {}
+    dep_states: dict[str, str] = {}
 
 
 def new_record(
-    name: str, parents: int, *, dry_run: bool = False, policy: StepPolicy | None = None
+    name: str, parents: int, *, dry_run: bool = False, policy: StepPolicy | None = None,
+    condition: Expr | None = None, parent_steps: dict[str, tuple[str, ...]] | None = None,
 ) -> StepRecord:
-    """Return the initial record of a step with ``parents`` dependencies."""
-    return StepRecord(name=name, remaining=parents, dry_run=dry_run, policy=policy or StepPolicy())
+    """Return the initial record of a step with ``parents`` dependencies.
+
+    Args:
+        name: The instance name.
+        parents: How many parent instances it waits for.
+        dry_run: Write the script only.
+        policy: The supervisor's policy for it.
+        condition: Its parsed ``when:`` condition (None: Maestro's rule).
+        parent_steps: For a condition: spec step name -> its parent instance names.
+    """
+    return StepRecord(name=name, remaining=parents, dry_run=dry_run, policy=policy or StepPolicy(),
+                      condition=condition, parent_steps=parent_steps or {})
 
 
 def _publish(
@@ -132,9 +152,42 @@ def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:
     return new, [*cmds, *req]
 
 
+def _on_condition(
+    rec: StepRecord, ev: DependencyEnded, now: float
+) -> tuple[StepRecord, list[Command]]:
+    """A step with ``when:``: record the parent's state and judge the condition."""
+    assert rec.condition is not None
+    rec = replace(rec, dep_states={**rec.dep_states, ev.dependency: ev.state.value},
+                  remaining=rec.remaining - 1)
+    parents, seen = rec.parent_steps, rec.dep_states
+
+    def states(ref: str) -> list[str | None]:
+        step = funnel_step(ref) if "*" in ref else ref
+        return [seen.get(inst) for inst in parents.get(step, ())]
+
+    verdict = evaluate(rec.condition, states)
+    if verdict == Verdict.TRUE:
+        return _ready(rec, now)
+    if verdict == Verdict.FALSE:
+        return _enter(rec, S.SKIPPED, now, end_time=now, reason="condition can no longer hold")
+    if verdict == Verdict.CANCELLED:
+        return _enter(rec, S.CANCELLED, now, end_time=now, reason="condition was cancelled")
+    return rec, []
+
+
+def funnel_step(ref: str) -> str:
+    """The step a funnel pattern names (``sim_*`` and ``sim*`` are ``sim``, as in Maestro)."""
+    return re.sub(r"_\*|\*", "", ref)
+
+
 def _on_dependency(
     rec: StepRecord, ev: DependencyEnded, now: float
 ) -> tuple[StepRecord, list[Command]]:
+    if rec.condition is not None:
+        return _on_condition(rec, ev, now)
+    if ev.state == S.SKIPPED:
+        return _enter(rec, S.SKIPPED, now, end_time=now,
+                      reason=f"dependency {ev.dependency} was skipped")
     if ev.state in (S.FINISHED, S.DRYRUN) or (ev.state == S.FAILED and ev.soft):
         rec = replace(rec, remaining=rec.remaining - 1)
         return _ready(rec, now) if rec.remaining == 0 else (rec, [])
@@ -230,6 +283,8 @@ def decide(
             return _ready(rec, now) if rec.remaining == 0 else (rec, [])
         case DependencyEnded() if state == S.INITIALIZED:
             return _on_dependency(rec, event, now)
+        case DependencyEnded() if rec.condition is not None:
+            return rec, []  # decided early (e.g. 'a.completed or b.completed'): b is late
         case CancelRequested() if state == S.INITIALIZED:
             return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now)
         case CancelRequested() if state == S.WAITING:

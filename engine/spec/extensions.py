@@ -5,7 +5,8 @@ stays valid for Maestro. Step keys Maestro does not know go in ``run:``, where M
 schema rejects them, so Maestro can never misread an extended spec:
 
 * Troupe's step keys: ``group`` (a throttle group), ``restart_limit`` (restarts after a
-  timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits);
+  timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits), ``when`` (a
+  condition over the dependencies' states, ``engine.machines.conditions``);
 * Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
   ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
   (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
@@ -20,8 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import re
+
 import msgspec
 
+from engine.machines.conditions import ConditionError, references
+from engine.machines.conditions import parse as parse_condition
 from engine.machines.policy import RetryPolicy
 
 __all__ = [
@@ -32,7 +37,7 @@ __all__ = [
     "check_troupe_block",
 ]
 
-TROUPE_RUN_KEYS = ("group", "restart_limit", "retry")
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when")
 MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
@@ -135,6 +140,8 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
              f"not {run['restart_limit']!r}")  # fmt: skip
     if "retry" in run:
         _check_retry(run["retry"], f"{field}.retry", fail)
+    if "when" in run:
+        _check_when(run, field, fail)
     if "max_retries" in run and not _is_int(run["max_retries"], 0):
         fail(f"{field}.max_retries", f"must be an integer >= 0, not {run['max_retries']!r}")
     if "retry_delay" in run and not _is_num(run["retry_delay"], 0):
@@ -142,3 +149,26 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
     for key in ("shell", "task_queue"):
         if key in run and not (isinstance(run[key], str) and run[key].strip()):
             fail(f"{field}.{key}", f"must be a non-empty string, not {run[key]!r}")
+
+
+def _check_when(run: dict[str, Any], field: str, fail: Fail) -> None:
+    """A ``when:`` condition parses and mentions only the step's dependencies."""
+    text = run["when"]
+    if not isinstance(text, str) or not text.strip():
+        fail(f"{field}.when", f"must be a condition such as 'a.completed', not {text!r}")
+    try:
+        expr = parse_condition(text)
+    except ConditionError as exc:
+        fail(f"{field}.when", str(exc))
+    deps = [d for d in run.get("depends") or [] if isinstance(d, str)]
+    plain = {d for d in deps if "*" not in d}
+    funnels = {funnel_base(d) for d in deps if "*" in d}
+    for ref in sorted(references(expr)):
+        ok = ref in plain or ref in funnels or ("*" in ref and funnel_base(ref) in funnels)
+        if not ok:
+            fail(f"{field}.when", f"'{ref}' is not one of this step's dependencies "
+                 f"({', '.join(deps) or 'none'})")
+
+def funnel_base(dep: str) -> str:
+    """The step a funnel dependency names (Maestro: ``re.sub(r"_\\*|\\*", "", dep)``)."""
+    return re.sub(r"_\*|\*", "", dep)

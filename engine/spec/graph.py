@@ -55,6 +55,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
         group: Throttle group (Troupe's ``run.group``), "" for none.
         restart_limit: Per-step restart limit after timeouts (``run.restart_limit``).
         retry: Per-step retry policy fields (``run.retry``).
+        when: The step's condition over its dependencies' states ("" = Maestro's rule).
         max_retries, retry_delay, shell, task_queue: Merlin's step keys.
     """
 
@@ -71,6 +72,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     group: str = ""
     restart_limit: int | None = None
     retry: dict[str, float] | None = None
+    when: str = ""
     max_retries: int | None = None
     retry_delay: float | None = None
     shell: str = ""

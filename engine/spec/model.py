@@ -78,6 +78,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     group: str | None = None
     restart_limit: int | None = None
     retry: dict[str, float] | None = None
+    when: str | None = None
     # Merlin's keys, accepted when the spec has a ``merlin:`` block.
     max_retries: int | None = None
     retry_delay: float | None = None

@@ -1,0 +1,65 @@
+"""when: conditions through the real CLI: a quorum aggregator runs despite a failed
+instance, an unsatisfiable condition SKIPs its step, and a bad condition is one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.status import read_status
+from tests.conftest import enginectl
+from tests.ledger import ledger_cmd, read_ledger
+
+
+def states(study: Path) -> dict[str, str]:
+    return {r["Step Name"]: r["State"] for r in read_status(study / "status.csv")}
+
+
+def test_one_failing_instance_does_not_stop_a_quorum_aggregator(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    sim = ledger_cmd(ledger, '[ "$(X)" != 3 ]').replace("\n", "\n        ")
+    spec = tmp_path / "q.yaml"
+    spec.write_text(
+        "description: {name: quorum, description: q}\nstudy:\n"
+        f"  - name: sim\n    description: one of them fails\n    run:\n      cmd: |\n        {sim}\n"
+        "  - name: agg\n    description: quorum\n    run:\n"
+        "      cmd: echo agg > agg.txt\n      depends: [sim_*]\n"
+        "      when: fraction(sim_*.completed) >= 0.8\n"
+        "global.parameters:\n  X: {values: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], label: X.%%}\n"
+    )
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study), "--throttle", "0")
+    assert 2 == result.returncode, result.stderr  # a failed instance still fails the study
+    got = states(study)
+    assert "FAILED" == got["sim_X.3"]
+    assert 9 == sum(1 for k, v in got.items() if k.startswith("sim") and v == "FINISHED")
+    assert "FINISHED" == got["agg"]
+    assert (study / "agg" / "agg.txt").exists()
+    assert 10 == len([e for e in read_ledger(ledger) if e.end is not None])
+
+
+def test_unsatisfiable_condition_skips_and_the_study_finishes(tmp_path: Path) -> None:
+    spec = tmp_path / "k.yaml"
+    spec.write_text(
+        "description: {name: skip, description: s}\nstudy:\n"
+        "  - {name: a, description: a, run: {cmd: 'true'}}\n"
+        "  - {name: cleanup, description: only on failure, run: {cmd: 'touch ran', depends: [a], when: a.failed}}\n"
+        "  - {name: after, description: after cleanup, run: {cmd: 'touch ran', depends: [cleanup]}}\n"
+    )
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study))
+    assert 0 == result.returncode, result.stderr
+    assert {"a": "FINISHED", "cleanup": "SKIPPED", "after": "SKIPPED"} == states(study)
+    assert not (study / "cleanup" / "ran").exists()
+
+
+def test_condition_naming_a_non_dependency_is_rejected_in_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "b.yaml"
+    spec.write_text(
+        "description: {name: bad, description: b}\nstudy:\n"
+        "  - {name: a, description: a, run: {cmd: 'true'}}\n"
+        "  - {name: b, description: b, run: {cmd: 'true', depends: [a], when: 'c.completed'}}\n"
+    )
+    result = enginectl("validate", str(spec))
+    assert 1 == result.returncode
+    assert [f"error: {spec}: study[1].run.when: 'c' is not one of this step's dependencies (a)"] \
+        == result.stderr.strip().splitlines()
