@@ -159,6 +159,7 @@ class _Node:
                "max_retries": run.max_retries, "retry_delay": run.retry_delay,
                "shell": run.shell, "task_queue": run.task_queue}  # fmt: skip
         self.extensions = {k: v for k, v in ext.items() if v is not None}
+        self.group_by: tuple[str, ...] = tuple(run.group_by or ())
         other = [step.run.pre, step.run.post, *self.depends, *self.resources.values()]
         self.texts = [self.name, self.description, self.cmd, self.restart, *other]
 
@@ -197,6 +198,16 @@ class _Expander:
         used = node.used_params(self.keys)
         for parent in normals:
             used |= self.used[parent]
+        for j, key in enumerate(node.group_by):
+            if key not in self.keys:
+                self.fail(f"{field}.group_by[{j}]", f"'{key}' is not a parameter")
+            if not funnels:
+                self.fail(f"{field}.group_by", "needs a funnel dependency (depends: [X_*])")
+            for funnel in funnels:
+                if key not in self.used[funnel]:
+                    self.fail(f"{field}.group_by[{j}]", f"funnel parent '{funnel}' does not "
+                              f"use parameter '{key}', so it cannot be grouped by it")
+            used.add(key)  # one instance per value: Maestro's dedup of combinations
         refs = []
         for ref in dict.fromkeys(_WS_REF.findall(f"{node.cmd} {node.restart}")):
             if ref not in self.used:
@@ -257,7 +268,13 @@ class _Expander:
         for dep in node.depends:
             target = funnel_target(dep)
             if "*" in dep:
-                parents.extend(self.instances[target])
+                members = self.instances[target]
+                if node.group_by and combo is not None:  # only the matching group
+                    want = {k: str(combo.values[k]) for k in node.group_by}
+                    members = [m for m in members
+                               if all(dict(self.out[m].params).get(k) == v
+                                      for k, v in want.items())]
+                parents.extend(members)
             elif self.used[target]:
                 assert combo is not None
                 parents.append(f"{target}_{combo.param_string(self.used[target])}")

@@ -6,7 +6,9 @@ schema rejects them, so Maestro can never misread an extended spec:
 
 * Troupe's step keys: ``group`` (a throttle group), ``restart_limit`` (restarts after a
   timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits), ``when`` (a
-  condition over the dependencies' states, ``engine.machines.conditions``);
+  condition over the dependencies' states, ``engine.machines.conditions``), ``group_by``
+  (parameters that split a funnel: one instance per value, waiting only for the matching
+  parent instances);
 * Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
   ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
   (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
@@ -37,7 +39,7 @@ __all__ = [
     "check_troupe_block",
 ]
 
-TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when")
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by")
 MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
@@ -142,6 +144,10 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
         _check_retry(run["retry"], f"{field}.retry", fail)
     if "when" in run:
         _check_when(run, field, fail)
+    if "group_by" in run:
+        keys = run["group_by"]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            fail(f"{field}.group_by", f"must be a list of parameter names, not {keys!r}")
     if "max_retries" in run and not _is_int(run["max_retries"], 0):
         fail(f"{field}.max_retries", f"must be an integer >= 0, not {run['max_retries']!r}")
     if "retry_delay" in run and not _is_num(run["retry_delay"], 0):

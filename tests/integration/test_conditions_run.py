@@ -63,3 +63,45 @@ def test_condition_naming_a_non_dependency_is_rejected_in_one_line(tmp_path: Pat
     assert 1 == result.returncode
     assert [f"error: {spec}: study[1].run.when: 'c' is not one of this step's dependencies (a)"] \
         == result.stderr.strip().splitlines()
+
+
+def test_group_by_gives_one_aggregator_per_group_that_starts_when_its_group_is_done(
+    tmp_path: Path,
+) -> None:
+    """The SIZE=20 simulations wait for the SIZE=10 aggregator's output: the study can
+    only finish if that aggregator started before the other group was done."""
+    flag = tmp_path / "agg10.done"
+    spec = tmp_path / "g.yaml"
+    spec.write_text(
+        "description: {name: grouped, description: g}\nstudy:\n"
+        "  - name: sim\n    description: s\n    run:\n      cmd: |\n"
+        f"        if [ $(SIZE) = 20 ]; then for t in $(seq 300); do [ -e {flag} ] && break; sleep 0.02; done; [ -e {flag} ]; fi\n"
+        "        echo $(SEED) > seed.txt\n"
+        "  - name: agg\n    description: a\n    run:\n      cmd: |\n"
+        "        cat $(sim.workspace)/*SIZE.$(SIZE)/seed.txt | sort > seeds.txt\n"
+        f"        touch {tmp_path}/agg$(SIZE).done\n"
+        "      depends: [sim_*]\n      group_by: [SIZE]\n"
+        "global.parameters:\n  SIZE: {values: [10, 10, 20, 20], label: SIZE.%%}\n"
+        "  SEED: {values: [1, 2, 3, 4], label: SEED.%%}\n"
+    )
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study), "--throttle", "0")
+    assert 0 == result.returncode, result.stderr
+    got = states(study)
+    assert {"agg_SIZE.10", "agg_SIZE.20"} == {k for k in got if k.startswith("agg")}
+    assert "1\n2\n" == (study / "agg" / "SIZE.10" / "seeds.txt").read_text()
+    assert "3\n4\n" == (study / "agg" / "SIZE.20" / "seeds.txt").read_text()
+
+
+def test_group_by_a_parameter_the_funnel_does_not_use_is_rejected(tmp_path: Path) -> None:
+    spec = tmp_path / "b.yaml"
+    spec.write_text(
+        "description: {name: bad, description: b}\nstudy:\n"
+        "  - {name: sim, description: s, run: {cmd: 'echo $(SEED)'}}\n"
+        "  - {name: agg, description: a, run: {cmd: 'true', depends: [sim_*], group_by: [SIZE]}}\n"
+        "global.parameters:\n  SIZE: {values: [1, 2], label: SIZE.%%}\n"
+        "  SEED: {values: [1, 2], label: SEED.%%}\n"
+    )
+    result = enginectl("validate", str(spec))
+    assert 1 == result.returncode
+    assert "study[1].run.group_by[0]: funnel parent 'sim' does not use parameter 'SIZE'" in result.stderr
