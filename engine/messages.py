@@ -423,6 +423,7 @@ class StepEnded(Event, tag="step_ended"):
 
     step: str
     state: StepState
+    benign: bool = False  # a CANCELLED that is part of the plan (a lost race)
 
 
 class SubmissionsPaused(Event, tag="submissions_paused"):

@@ -31,6 +31,7 @@ from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.actors.persist import Persister
+from engine.actors.race import Races
 from engine.actors.recovery import Recovered, condition_args
 from engine.machines.policy import StepPolicy
 from engine.store import StepEntry, Store
@@ -146,6 +147,8 @@ class StudyRuntime:
             self.records = recovered.records
             self.supervisor = msgspec.structs.replace(self.supervisor,
                                                       running=dict(recovered.running))
+        self.races = Races(graph, {g: c.get("check", "") for g, c in
+                                   (graph.troupe.get("races") or {}).items()})
         self.store = store
         self.persister = Persister(store) if store is not None else None
         self.worker = worker
@@ -197,6 +200,10 @@ class StudyRuntime:
         for name in matched:
             self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
         return len(matched)
+
+    def _cancel_exact(self, names: list[str], reason: str) -> None:
+        for name in names:
+            self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
 
     def set_throttle(self, limit: int, scope: str = "global") -> None:
         """Change a throttle while the study runs (0 = unlimited)."""
@@ -287,6 +294,9 @@ class StudyRuntime:
             if msg.step not in children:
                 continue  # not one of ours (e.g. another engine on the same subject)
             self._terminal_seen.add(msg.step)
+            if msg.state == StepState.FINISHED and msg.step in self.races.group:
+                assert self._tg is not None
+                self._tg.start_soon(self.races.finished, msg.step, self._cancel_exact)
             for child in children[msg.step]:
                 send((child, DependencyEnded(
                     event_id=new_event_id(), cause_id=msg.event_id,
@@ -294,6 +304,7 @@ class StudyRuntime:
                 )))
             send((_SUPERVISOR, StepEnded(
                 event_id=new_event_id(), cause_id=msg.event_id, step=msg.step, state=msg.state,
+                benign=msg.state == StepState.CANCELLED and msg.reason.startswith("race lost"),
             )))
 
     async def _dispatch(self, target: str, event: Event) -> None:
@@ -416,7 +427,7 @@ class StudyRuntime:
 
     async def _run_job(self, name: str, attempt: int, restart: bool) -> None:
         """One job's life: store the intent, submit, report the start, wait, report the exit."""
-        inst = self.graph.by_name[name]
+        inst = self.races.substitute(self.graph.by_name[name])
         send = self._send.send_nowait
         if self.persister is not None:
             await self.persister.wait_intent(name, attempt)

@@ -56,13 +56,15 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     cancelled: bool = False
     ended: bool = False
     paused: bool = False
+    benign: int = 0
 
 
-def study_outcome(counts: dict[str, int], *, cancelled: bool) -> StudyState:
-    """Return the final state of a study whose steps ended with ``counts`` per state."""
+def study_outcome(counts: dict[str, int], *, cancelled: bool, benign: int = 0) -> StudyState:
+    """Return the final state of a study whose steps ended with ``counts`` per state;
+    ``benign`` CANCELLED steps (lost races) do not make it CANCELLED."""
     if any(counts.get(s, 0) for s in FAILURE_STATES):
         return StudyState.FAILURE
-    if cancelled or counts.get(StepState.CANCELLED, 0):
+    if cancelled or counts.get(StepState.CANCELLED, 0) > benign:
         return StudyState.CANCELLED
     return StudyState.FINISHED
 
@@ -160,14 +162,14 @@ def decide(
             return _fill(replace(st, paused=paused))
         case StudyCancelRequested():
             return replace(st, cancelled=True), []
-        case StepEnded(state=state):
+        case StepEnded(state=state, benign=benign):
             if st.ended or st.done >= st.total:
                 raise InvalidTransition("supervisor", "ended", event)
             counts = {**st.counts, state.value: st.counts.get(state.value, 0) + 1}
-            st = replace(st, done=st.done + 1, counts=counts)
+            st = replace(st, done=st.done + 1, counts=counts, benign=st.benign + benign)
             if st.done < st.total:
                 return st, []
-            outcome = study_outcome(counts, cancelled=st.cancelled)
+            outcome = study_outcome(counts, cancelled=st.cancelled, benign=st.benign)
             return replace(st, ended=True), [StudyFinished(state=outcome, counts=counts)]
         case _:
             raise InvalidTransition("supervisor", "any", event)

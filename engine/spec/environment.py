@@ -144,12 +144,16 @@ def dependency_path(env: StudyEnvironment, path: str, cwd: str) -> str:
 def unresolved_tokens(text: str) -> list[str]:
     """Return the ``$(NAME)`` tokens left in ``text``, in order, without duplicates.
 
-    ``$(LAUNCHER)`` (and its bracketed forms) is not reported: scheduler adapters expand it.
+    ``$(LAUNCHER)`` (and its bracketed forms) is not reported: scheduler adapters expand it;
+    nor is ``$(race.<group>)``, which the runtime replaces with a race winner's workspace.
     Shell forms that are not names, such as ``$(date +%s)`` or ``$((1+2))``, are ignored.
     """
     out: list[str] = []
     for match in _TOKEN.finditer(text):
         token = match.group(0)
-        if match.group(1) not in _LEFT_FOR_ADAPTERS and token not in out:
+        name = match.group(1)
+        if name.startswith("race."):
+            continue  # $(race.<group>): the winner's workspace, known only at run time
+        if name not in _LEFT_FOR_ADAPTERS and token not in out:
             out.append(token)
     return out

@@ -8,7 +8,8 @@ schema rejects them, so Maestro can never misread an extended spec:
   timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits), ``when`` (a
   condition over the dependencies' states, ``engine.machines.conditions``), ``group_by``
   (parameters that split a funnel: one instance per value, waiting only for the matching
-  parent instances);
+  parent instances), ``race`` (a race group: the first member to finish wins and the
+  others are cancelled; ``$(race.<group>)`` is the winner's workspace);
 * Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
   ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
   (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
@@ -39,12 +40,12 @@ __all__ = [
     "check_troupe_block",
 ]
 
-TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by")
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race")
 MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
-                "hw_limit")  # fmt: skip
+                "hw_limit", "races")  # fmt: skip
 
 Fail = Callable[[str, str], NoReturn]
 
@@ -61,6 +62,8 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
         retry: The retry policy (its ``max_attempts`` is overridden by ``attempts``).
         kill_grace: Seconds between SIGTERM and SIGKILL when a local step is stopped.
         hw_limit: Resubmissions after a hardware failure.
+        races: Per race group, ``{check: CMD}``: a finished racer wins only if CMD exits 0
+            in its workspace (default: exit code 0 alone wins).
     """
 
     throttle: int | None = None
@@ -71,6 +74,7 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetryPolicy | None = None
     kill_grace: float | None = None
     hw_limit: int | None = None
+    races: dict[str, dict[str, str]] = {}
 
 
 def _is_int(v: Any, low: int) -> bool:
@@ -126,6 +130,13 @@ def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
             _check_limits(value, field, fail)
         if key == "retry":
             _check_retry(value, field, fail)
+        if key == "races":
+            if not isinstance(value, dict):
+                fail(field, "must map race group names to {check: CMD}")
+            for name, cfg in value.items():
+                if not isinstance(cfg, dict) or set(cfg) - {"check"} or not all(
+                        isinstance(v, str) and v for v in cfg.values()):
+                    fail(f"{field}.{name}", "must be {check: CMD} (a non-empty command)")
     return msgspec.convert(block, TroupeSettings)
 
 
@@ -144,6 +155,8 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
         _check_retry(run["retry"], f"{field}.retry", fail)
     if "when" in run:
         _check_when(run, field, fail)
+    if "race" in run and not (isinstance(run["race"], str) and run["race"].strip()):
+        fail(f"{field}.race", f"must be a race group name, not {run['race']!r}")
     if "group_by" in run:
         keys = run["group_by"]
         if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):

@@ -56,6 +56,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
         restart_limit: Per-step restart limit after timeouts (``run.restart_limit``).
         retry: Per-step retry policy fields (``run.retry``).
         when: The step's condition over its dependencies' states ("" = Maestro's rule).
+        race: The race group it belongs to ("" for none).
         max_retries, retry_delay, shell, task_queue: Merlin's step keys.
     """
 
@@ -73,6 +74,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     restart_limit: int | None = None
     retry: dict[str, float] | None = None
     when: str = ""
+    race: str = ""
     max_retries: int | None = None
     retry_delay: float | None = None
     shell: str = ""

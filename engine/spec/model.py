@@ -80,6 +80,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     retry: dict[str, float] | None = None
     when: str | None = None
     group_by: tuple[str, ...] | None = None
+    race: str | None = None
     # Merlin's keys, accepted when the spec has a ``merlin:`` block.
     max_retries: int | None = None
     retry_delay: float | None = None

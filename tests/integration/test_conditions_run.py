@@ -105,3 +105,37 @@ def test_group_by_a_parameter_the_funnel_does_not_use_is_rejected(tmp_path: Path
     result = enginectl("validate", str(spec))
     assert 1 == result.returncode
     assert "study[1].run.group_by[0]: funnel parent 'sim' does not use parameter 'SIZE'" in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_race_of_four_first_finisher_wins_the_rest_are_cancelled_and_gone(tmp_path: Path) -> None:
+    spec = tmp_path / "r.yaml"
+    spec.write_text(
+        "description: {name: race, description: r}\nstudy:\n"
+        "  - name: solver\n    description: four solvers race\n    run:\n      cmd: |\n"
+        "        echo $$ > pid\n"
+        "        if [ $(ALGO) = quick ]; then while [ $(ls ../*/pid 2>/dev/null | wc -l) -lt 4 ]; do sleep 0.02; done; echo $(ALGO) > answer.txt; exit 0; fi\n"
+        "        sleep 300\n"
+        "      race: solve\n"
+        "  - name: report\n    description: uses the winner\n    run:\n"
+        "      cmd: cat $(race.solve)/answer.txt > report.txt\n"
+        "      depends: [solver_*]\n      when: any(solver_*.completed)\n"
+        "global.parameters:\n  ALGO: {values: [slow1, quick, slow2, slow3], label: ALGO.%%}\n"
+    )
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study), "--throttle", "0", "--kill-grace", "1")
+    assert 0 == result.returncode, result.stderr
+    got = states(study)
+    assert "FINISHED" == got["solver_ALGO.quick"]
+    assert {"CANCELLED"} == {v for k, v in got.items() if k.startswith("solver_ALGO.slow")}
+    assert "quick\n" == (study / "report" / "report.txt").read_text()
+    for name in ("slow1", "slow2", "slow3"):
+        pid = int((study / "solver" / f"ALGO.{name}" / "pid").read_text())
+        assert not _alive(pid)
