@@ -102,6 +102,9 @@ def main(verbose: int) -> None:
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
 @click.option("--local", "run_local", is_flag=True,
               help="Run steps that ask for nodes/procs here too, with $(LAUNCHER) removed.")
+@click.option("--reuse", type=click.Path(exists=True, file_okay=False),
+              help="Reuse the FINISHED steps of this earlier study whose cache keys match.")
+@click.option("--no-cache", is_flag=True, help="Neither record nor reuse cache keys.")
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=None,
               help="Seconds between SIGTERM and SIGKILL when a step is stopped (default 10).")
 @_pgen_opt
@@ -110,8 +113,8 @@ def main(verbose: int) -> None:
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
         attempts: int | None, nats_url: str | None,
         user: str | None, password: str | None, token: str | None, creds: str | None,
-        tls_ca: str | None, run_local: bool, kill_grace: float | None, pgen: str | None,
-        pargs: tuple[str, ...]) -> None:
+        tls_ca: str | None, run_local: bool, reuse: str | None, no_cache: bool,
+        kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
     from engine.runner import RunOptions, default_progress_stream, run_study
 
@@ -124,6 +127,7 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
         credentials=Credentials(user=user, password=password, token=token,
                                 creds_file=creds, tls_ca=tls_ca),
         kill_grace=kill_grace, progress=default_progress_stream(), pgen=pgen,
+        reuse=reuse, use_cache=not no_cache,
     )
     state = anyio.run(run_study, graph, opts)
     click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)
@@ -136,21 +140,33 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
 @_pgen_opt
 @_pargs_opt
 @click.option("--explain", is_flag=True,
-              help="Also show each step's condition, funnels, throttle group and policies.")
+              help="Also show each step's condition, funnels, race, throttle scopes and policies.")
+@click.option("--reuse", type=click.Path(exists=True, file_okay=False),
+              help="With --explain: say which steps this earlier study would provide (CACHED).")
 @_friendly_errors
 def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...],
-             explain: bool) -> None:
+             explain: bool, reuse: str | None) -> None:
     """Check SPEC and print its expanded steps, workspaces and dependencies."""
     graph = _load(spec, out, pgen, pargs)
     root = Path(graph.study_dir)
     click.echo(f"{graph.name}: {len(graph.steps)} steps, study directory {root}")
     by_name = graph.by_name
+    cached: set[str] | None = None
+    if explain and reuse:
+        from engine.cache import cache_keys, load_previous
+
+        keys, previous = cache_keys(graph), load_previous(reuse)
+        cached = {n for n, k in keys.items() if n in previous and previous[n][0] == k}
     lines = []
     for inst in graph.steps:
         ws = os.path.relpath(inst.workspace, root)
         lines.append(f"  {inst.name}\n    workspace: {ws}\n    depends:   {_deps_text(inst, by_name)}")
         if explain:
             lines.append(_explain(inst, graph))
+            if inst.race:
+                lines.append(f"    race:      {inst.race}")
+            if cached is not None:
+                lines.append(f"    cached:    {'yes' if inst.name in cached else 'no'}")
     click.echo("\n".join(lines))
 
 

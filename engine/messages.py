@@ -98,6 +98,7 @@ class StepState(enum.StrEnum):
     CANCELLED = "CANCELLED"
     DRYRUN = "DRYRUN"
     SKIPPED = "SKIPPED"  # its when: condition can no longer become true
+    CACHED = "CACHED"  # reused from an earlier study (--reuse): same cache key, FINISHED
 
 
 class StudyState(enum.StrEnum):
@@ -124,6 +125,7 @@ TERMINAL_STATES = frozenset(
         StepState.CANCELLED,
         StepState.DRYRUN,
         StepState.SKIPPED,
+        StepState.CACHED,
     }
 )
 """States a step never leaves in this run."""

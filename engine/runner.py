@@ -22,12 +22,14 @@ import structlog
 
 from engine import subjects
 from engine.actors.study import StudyRuntime
+from engine.actors.recovery import Recovered, recover_records
 from engine.backends import make_backends
+from engine.cache import cache_keys, load_previous, reuse_workspaces, write_cache
 from engine.bus import Credentials, open_bus
 from engine.errors import ConfigError
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
-from engine.messages import StudyState
+from engine.messages import StepState, StudyState
 from engine.natsserver import open_embedded_server
 from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec.graph import StudyGraph
@@ -59,6 +61,9 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
             spec's ``troupe.kill_grace``, else 10).
         progress: Where to draw live progress (a TTY), or None for none.
         pgen: The custom parameter generator file, copied into the study directory.
+        reuse: An earlier study directory whose FINISHED steps with the same cache key
+            are reused (state CACHED, workspace copied).
+        use_cache: Record cache keys (and honour ``reuse``); False for ``--no-cache``.
     """
 
     throttle: int | None = None
@@ -71,6 +76,8 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     kill_grace: float | None = None
     progress: TextIO | None = None
     pgen: str | None = None
+    reuse: str | None = None
+    use_cache: bool = True
 
 
 def make_study_id(name: str, now: dt.datetime) -> str:
@@ -125,9 +132,12 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             bus = await stack.enter_async_context(open_bus(url, opts.credentials))
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
+            keys = cache_keys(graph) if opts.use_cache else {}
+            recovered = _reuse(graph, keys, opts, policies) if opts.reuse and keys else None
             runtime = StudyRuntime(
                 graph, study_id=study_id, bus=bus, adapter=adapter, limits=limits,
                 policies=policies, dry_run=opts.dry_run, status_path=root / "status.csv",
+                recovered=recovered,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signals, runtime)
@@ -139,8 +149,26 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 tg.cancel_scope.cancel()
             if opts.progress is not None:
                 _draw(runtime, opts.progress, final=True)
+            if keys and not opts.dry_run:
+                write_cache(graph, keys, runtime.records)
         log.info("study_completed", state=state.value)
     return state
+
+
+def _reuse(graph: StudyGraph, keys: dict[str, str], opts: RunOptions,
+           policies: dict) -> Recovered:  # type: ignore[type-arg]
+    """Records for a run that reuses an earlier study: matching steps start CACHED."""
+    assert opts.reuse is not None
+    cached = reuse_workspaces(graph, keys, load_previous(opts.reuse))
+    rec = recover_records(graph, {}, policies, {})
+    for name in cached:
+        rec.records[name] = msgspec.structs.replace(rec.records[name], state=StepState.CACHED,
+                                                    remaining=0)
+        rec.terminal.append(name)
+        rec.cached.append(name)
+    structlog.get_logger("troupe.run").info("steps_reused", cached=len(cached),
+                                            total=len(graph.steps))
+    return rec
 
 
 async def _cancel_on_signals(runtime: StudyRuntime) -> None:

@@ -53,6 +53,7 @@ class Recovered(msgspec.Struct, kw_only=True):
     lost: dict[str, int] = {}
     running: dict[str, int] = {}
     soft: set[str] = set()
+    cached: list[str] = []
 
 
 def _restored(rec: StepRecord, e: StepEntry) -> StepRecord:

@@ -398,6 +398,14 @@ class StudyRuntime:
                     send((child, DependencyEnded(event_id=new_event_id(), dependency=name,
                                                  state=state, soft=name in rec.soft)))
             send((_SUPERVISOR, StepEnded(event_id=new_event_id(), step=name, state=state)))
+        for name in rec.cached:
+            cached = StepStateChanged(
+                event_id=new_event_id(), study_id=self.study_id, step=name, attempt=0,
+                state=StepState.CACHED, previous=StepState.INITIALIZED, time=now, final=True,
+                reason="reused from an earlier study with the same cache key",
+            )
+            await self.bus.publish_event(subjects.step_event(self.study_id, name, "cached"),
+                                         cached)
         for name, attempt in rec.lost.items():
             lost = StepStateChanged(
                 event_id=new_event_id(), study_id=self.study_id, step=name, attempt=attempt,

@@ -188,7 +188,7 @@ def _on_dependency(
     if ev.state == S.SKIPPED:
         return _enter(rec, S.SKIPPED, now, end_time=now,
                       reason=f"dependency {ev.dependency} was skipped")
-    if ev.state in (S.FINISHED, S.DRYRUN) or (ev.state == S.FAILED and ev.soft):
+    if ev.state in (S.FINISHED, S.DRYRUN, S.CACHED) or (ev.state == S.FAILED and ev.soft):
         rec = replace(rec, remaining=rec.remaining - 1)
         return _ready(rec, now) if rec.remaining == 0 else (rec, [])
     if ev.state == S.CANCELLED:

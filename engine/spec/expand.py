@@ -155,7 +155,7 @@ class _Node:
                 self.resources[key] = env.apply(value) if isinstance(value, str) else value
         run = step.run
         ext = {"group": run.group, "restart_limit": run.restart_limit, "retry": run.retry,
-               "when": run.when, "race": run.race,
+               "when": run.when, "race": run.race, "inputs": run.inputs,
                "max_retries": run.max_retries, "retry_delay": run.retry_delay,
                "shell": run.shell, "task_queue": run.task_queue}  # fmt: skip
         self.extensions = {k: v for k, v in ext.items() if v is not None}

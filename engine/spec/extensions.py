@@ -9,7 +9,8 @@ schema rejects them, so Maestro can never misread an extended spec:
   condition over the dependencies' states, ``engine.machines.conditions``), ``group_by``
   (parameters that split a funnel: one instance per value, waiting only for the matching
   parent instances), ``race`` (a race group: the first member to finish wins and the
-  others are cancelled; ``$(race.<group>)`` is the winner's workspace);
+  others are cancelled; ``$(race.<group>)`` is the winner's workspace), ``inputs``
+  (files, relative to the spec's directory, whose content enters the step's cache key);
 * Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
   ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
   (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
@@ -40,7 +41,7 @@ __all__ = [
     "check_troupe_block",
 ]
 
-TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race")
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race", "inputs")
 MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
@@ -157,6 +158,10 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
         _check_when(run, field, fail)
     if "race" in run and not (isinstance(run["race"], str) and run["race"].strip()):
         fail(f"{field}.race", f"must be a race group name, not {run['race']!r}")
+    if "inputs" in run:
+        files = run["inputs"]
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            fail(f"{field}.inputs", f"must be a list of file paths, not {files!r}")
     if "group_by" in run:
         keys = run["group_by"]
         if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):

@@ -139,3 +139,41 @@ def test_race_of_four_first_finisher_wins_the_rest_are_cancelled_and_gone(tmp_pa
     for name in ("slow1", "slow2", "slow3"):
         pid = int((study / "solver" / f"ALGO.{name}" / "pid").read_text())
         assert not _alive(pid)
+
+
+def _memo_spec(path: Path, ledger: Path, b_cmd: str) -> Path:
+    def step(name: str, body: str, deps: str = "") -> str:
+        cmd = ledger_cmd(ledger, body).replace("\n", "\n        ")
+        extra = f"      depends: [{deps}]\n" if deps else ""
+        return f"  - name: {name}\n    description: {name}\n    run:\n      cmd: |\n        {cmd}\n{extra}"
+
+    path.write_text(
+        "description: {name: memo, description: m}\nstudy:\n"
+        + step("a", "echo a > out.txt")
+        + step("b", b_cmd, "a")
+        + step("c", "cat $(b.workspace)/out.txt > out.txt", "b")
+        + step("d", "echo d > out.txt")
+    )
+    return path
+
+
+def test_rerun_with_reuse_runs_only_the_edited_step_and_its_descendants(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    first = tmp_path / "first"
+    spec = _memo_spec(tmp_path / "m.yaml", ledger, "echo b1 > out.txt")
+    assert 0 == enginectl("run", str(spec), "-o", str(first)).returncode
+    assert {"a", "b", "c", "d"} == {e.step for e in read_ledger(ledger)}
+    ledger.unlink()
+    _memo_spec(spec, ledger, "echo b2 > out.txt")  # fix one step
+    second = tmp_path / "second"
+    result = enginectl("run", str(spec), "-o", str(second), "--reuse", str(first))
+    assert 0 == result.returncode, result.stderr
+    assert {"b", "c"} == {e.step for e in read_ledger(ledger)}, "only b and its descendant ran"
+    assert {"a": "CACHED", "b": "FINISHED", "c": "FINISHED", "d": "CACHED"} == states(second)
+    assert "a\n" == (second / "a" / "out.txt").read_text(), "the cached workspace is reproduced"
+    assert "b2\n" == (second / "c" / "out.txt").read_text()
+    ledger.unlink()
+    third = tmp_path / "third"
+    assert 0 == enginectl("run", str(spec), "-o", str(third), "--reuse", str(first),
+                          "--no-cache").returncode
+    assert {"a", "b", "c", "d"} == {e.step for e in read_ledger(ledger)}, "--no-cache reuses nothing"
