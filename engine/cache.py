@@ -44,7 +44,7 @@ def cache_keys(graph: StudyGraph) -> dict[str, str]:
     root = graph.study_dir
     spec_dir = os.path.dirname(graph.spec_path)
     variables = sorted((k, _relative(v, root)) for k, v in graph.variables.items()
-                       if k != "OUTPUT_PATH")
+                       if k not in ("OUTPUT_PATH", "SPECROOT"))  # in cmd if used
     keys: dict[str, str] = {}
     for inst in graph.steps:
         h = hashlib.sha256()
