@@ -8,6 +8,9 @@ into a new directory can reuse the old one's results. ``<study>/meta/cache.json`
 each step that ended FINISHED (or CACHED) to its key. ``enginectl run SPEC --reuse DIR``
 marks every step whose key matches one there CACHED and copies its workspace over, so after
 a fix to one step, a re-run runs that step and its descendants and nothing else.
+A cache directory configured as ``troupe: {cache: DIR}`` works the same without
+``--reuse``: every run reuses what ``DIR/index.json`` knows (key -> a FINISHED
+workspace) and adds its own FINISHED steps to it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from engine.machines.step import StepRecord
 from engine.messages import StepState
 from engine.spec.graph import StudyGraph
 
-__all__ = ["cache_keys", "load_previous", "reuse_workspaces", "write_cache"]
+__all__ = [
+    "cache_keys",
+    "load_cache_dir",
+    "load_previous",
+    "reuse_workspaces",
+    "update_cache_dir",
+    "write_cache",
+]
 
 _DONE = {StepState.FINISHED.value, StepState.CACHED.value}
 
@@ -116,3 +126,30 @@ def reuse_workspaces(graph: StudyGraph, keys: Mapping[str, str],
             shutil.copytree(prev[1], inst.workspace, dirs_exist_ok=True, symlinks=True)
         cached.append(inst.name)
     return cached
+
+
+def load_cache_dir(cache_dir: str) -> dict[str, tuple[str, str]]:
+    """``key -> (key, workspace)`` from a cache directory's index (empty if none yet),
+    shaped like ``load_previous`` but keyed by cache key."""
+    try:
+        data = json.loads((Path(cache_dir) / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: (k, ws) for k, ws in data.get("keys", {}).items()}
+
+
+def update_cache_dir(cache_dir: str, keys: Mapping[str, str], graph: StudyGraph,
+                     records: Mapping[str, StepRecord]) -> None:
+    """Add this study's FINISHED steps to a cache directory's index."""
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads((root / "index.json").read_text())
+    except (OSError, ValueError):
+        data = {"version": 1, "keys": {}}
+    for name, rec in records.items():
+        if rec.state == StepState.FINISHED:
+            data["keys"][keys[name]] = graph.by_name[name].workspace
+    tmp = root / ".index.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, root / "index.json")

@@ -46,7 +46,7 @@ MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
-                "hw_limit", "races")  # fmt: skip
+                "hw_limit", "races", "cache")  # fmt: skip
 
 Fail = Callable[[str, str], NoReturn]
 
@@ -63,6 +63,7 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
         retry: The retry policy (its ``max_attempts`` is overridden by ``attempts``).
         kill_grace: Seconds between SIGTERM and SIGKILL when a local step is stopped.
         hw_limit: Resubmissions after a hardware failure.
+        cache: A cache directory shared by runs of this spec (memoized steps).
         races: Per race group, ``{check: CMD}``: a finished racer wins only if CMD exits 0
             in its workspace (default: exit code 0 alone wins).
     """
@@ -76,6 +77,7 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
     kill_grace: float | None = None
     hw_limit: int | None = None
     races: dict[str, dict[str, str]] = {}
+    cache: str = ""
 
 
 def _is_int(v: Any, low: int) -> bool:
@@ -131,6 +133,8 @@ def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
             _check_limits(value, field, fail)
         if key == "retry":
             _check_retry(value, field, fail)
+        if key == "cache" and not (isinstance(value, str) and value):
+            fail(field, f"must be a directory path, not {value!r}")
         if key == "races":
             if not isinstance(value, dict):
                 fail(field, "must map race group names to {check: CMD}")

@@ -177,3 +177,14 @@ def test_rerun_with_reuse_runs_only_the_edited_step_and_its_descendants(tmp_path
     assert 0 == enginectl("run", str(spec), "-o", str(third), "--reuse", str(first),
                           "--no-cache").returncode
     assert {"a", "b", "c", "d"} == {e.step for e in read_ledger(ledger)}, "--no-cache reuses nothing"
+
+
+def test_a_cache_directory_in_troupe_memoizes_across_runs_without_reuse(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    spec = _memo_spec(tmp_path / "m.yaml", ledger, "echo b1 > out.txt")
+    spec.write_text(spec.read_text() + "troupe: {cache: cache}\n")
+    assert 0 == enginectl("run", str(spec), "-o", str(tmp_path / "one")).returncode
+    ledger.unlink()
+    assert 0 == enginectl("run", str(spec), "-o", str(tmp_path / "two")).returncode
+    assert not ledger.exists(), "nothing ran again"
+    assert {"CACHED"} == set(states(tmp_path / "two").values())
