@@ -188,20 +188,20 @@ class LocalAdapter:
         """Wait for the process to exit (exit code negative: the killing signal)."""
         key = (handle.step, handle.attempt)
         job = self._jobs[key]
-        try:
-            if job.popen is not None:
-                code: int | None = await _wait_child(job.popen)
-            else:
-                await _wait_pid(job.pid)
-                result = _read_exit(job.exit_path)
-                code = result.exit_code if result is not None else None
-        finally:
-            self._jobs.pop(key, None)
-            job.exited.set()
-            if key in self._cancelled:
-                # Whatever the cancelled step started in its group dies with it.
-                self._cancelled.discard(key)
-                _killpg(job.pid, signal.SIGKILL)
+        # If this wait is itself cancelled (the engine stops), the job stays known, so
+        # that cancel() can still stop it.
+        if job.popen is not None:
+            code: int | None = await _wait_child(job.popen)
+        else:
+            await _wait_pid(job.pid)
+            result = _read_exit(job.exit_path)
+            code = result.exit_code if result is not None else None
+        self._jobs.pop(key, None)
+        job.exited.set()
+        if key in self._cancelled:
+            # Whatever the cancelled step started in its group dies with it.
+            self._cancelled.discard(key)
+            _killpg(job.pid, signal.SIGKILL)
         if code is None:
             return JobResult(outcome=JobOutcome.LOST, detail="adopted process left no exit status")
         outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
@@ -216,8 +216,13 @@ class LocalAdapter:
         self._cancelled.add(key)
         _killpg(job.pid, signal.SIGTERM)
         with anyio.move_on_after(self.kill_grace):
-            await job.exited.wait()  # set by wait() once the process is gone
+            if job.popen is not None and job.exited.is_set() is False:
+                # Nobody may be waiting any more (the engine is stopping): reap it here.
+                await _wait_child(job.popen)
+            else:
+                await job.exited.wait()  # set by wait() once the process is gone
         _killpg(job.pid, signal.SIGKILL)
+        self._jobs.pop(key, None)
 
     def kill_all_now(self) -> None:
         """SIGKILL every live process group (a second Ctrl-C)."""

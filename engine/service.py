@@ -326,21 +326,25 @@ class EngineService:
             if rt.persister is not None:
                 with anyio.move_on_after(10):
                     await rt.persister.flush()
+            # Take what is still running before the runtime's tasks (which own the
+            # handles) are cancelled.
+            active = [(n, r) for n, r in rt.records.items() if r.state in ACTIVE_STATES]
+            handles = dict(rt._handles)
             hosted.scope.cancel()
             await hosted.done.wait()
-            for name, rec in rt.records.items():
-                if rec.state not in ACTIVE_STATES:
-                    continue
-                handle = rt._handles.get((name, rec.attempt))
-                if handle is not None:
-                    await hosted.adapter.cancel(handle)
-                await self.store.put_step(StepEntry(
+            for name, rec in active:
+                # Recorded first: should this engine die while stopping the job, the next
+                # one still runs the step again rather than trusting what the job wrote.
+                await self._retrying(lambda name=name, rec=rec: self.store.put_step(StepEntry(
                     study_id=study_id, step=name, state=rec.state.value, attempt=rec.attempt,
                     job_id=rec.job_id, submit_time=rec.submit_time, start_time=rec.start_time,
                     restarts=rec.restarts, retries=rec.retries, merlin_retries=rec.merlin_retries,
                     hw_failures=rec.hw_failures, use_restart=rec.use_restart,
                     reason="interrupted by the engine's shutdown", intent_attempt=rec.attempt,
-                    worker=self.worker, interrupted=True))
+                    worker=self.worker, interrupted=True)), limit=30)
+                handle = handles.get((name, rec.attempt))
+                if handle is not None:
+                    await hosted.adapter.cancel(handle)
         self._log.info("engine_stopped")
 
 

@@ -123,6 +123,9 @@ def test_graceful_stop_exits_zero_and_the_next_engine_finishes_the_study(tmp_pat
                            "--throttle", "0").stdout.strip()
         wait_for_path(tmp_path / "s" / "other" / ".troupe.1.exit")
         assert 0 == eng.terminate()
+        for x in (1, 2):  # the interrupted jobs were stopped, not left running
+            pid = int((tmp_path / "s" / "sim" / f"X.{x}" / ".troupe.1.pid").read_text())
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
         gate.touch()
         eng.start()
         assert 0 == eng.ctl("watch", study_id).returncode
