@@ -111,10 +111,19 @@ async def _with_bus(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]])
 
 
 async def _ask(bus: Bus, verb: str, msg: BusMessage) -> AnyBusMessage:
-    try:
-        return await bus.request(subjects.api(verb), msg, timeout=_TIMEOUT)
-    except BusError as exc:
-        raise BusError(f"the engine did not answer ({exc}); is 'enginectl serve' running?") from exc
+    """Send an API request; while nobody serves it (an engine reconnecting to its NATS
+    server after an outage), ask again for up to the client's deadline."""
+    deadline = anyio.current_time() + _TIMEOUT
+    while True:
+        left = deadline - anyio.current_time()
+        try:
+            return await bus.request(subjects.api(verb), msg, timeout=max(left, 0.1))
+        except BusError as exc:
+            if "nobody serves" in str(exc) and left > 0.3:
+                await anyio.sleep(0.2)
+                continue
+            raise BusError(f"the engine did not answer ({exc}); is 'enginectl serve' "
+                           "running?") from exc
 
 
 def _run(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]]) -> None:

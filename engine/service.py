@@ -213,6 +213,9 @@ class EngineService:
                 stored = {e.step: e for e in await self.store.list_steps(req.study_id)}
                 steps = tuple(_summary_of_entry(stored[n]) for n in _order(entry, stored))
                 counts = _count(stored.values())
+            if hosted is not None and hosted.runtime.outcome is not None:
+                # Ended a moment ago (its StudyEnded is out) but not yet stored as such.
+                entry = StudyEntry(**{**_fields(entry), "state": hosted.runtime.outcome.value})
             return StatusReply(event_id=rid, ok=True, studies=(_study(entry, counts),), steps=steps)
         out = []
         for entry in await self.store.list_studies(state=req.state, name=req.name):
