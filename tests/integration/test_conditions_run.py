@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.status import read_status
-from tests.conftest import enginectl
+from tests.conftest import enginectl, alive
 from tests.ledger import ledger_cmd, read_ledger
 
 
@@ -107,12 +107,6 @@ def test_group_by_a_parameter_the_funnel_does_not_use_is_rejected(tmp_path: Path
     assert "study[1].run.group_by[0]: funnel parent 'sim' does not use parameter 'SIZE'" in result.stderr
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_race_of_four_first_finisher_wins_the_rest_are_cancelled_and_gone(tmp_path: Path) -> None:
@@ -138,7 +132,7 @@ def test_race_of_four_first_finisher_wins_the_rest_are_cancelled_and_gone(tmp_pa
     assert "quick\n" == (study / "report" / "report.txt").read_text()
     for name in ("slow1", "slow2", "slow3"):
         pid = int((study / "solver" / f"ALGO.{name}" / "pid").read_text())
-        assert not _alive(pid)
+        assert not alive(pid)
 
 
 def _memo_spec(path: Path, ledger: Path, b_cmd: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from engine.messages import BUS_DECODER, StepState, StepStateChanged, StudyEnded
 from engine.status import HEADER, read_status
-from tests.conftest import ENGINECTL, REPO, enginectl
+from tests.conftest import ENGINECTL, REPO, enginectl, alive
 
 def write_spec(path: Path, body: str) -> Path:
     path.write_text(body)
@@ -165,12 +165,6 @@ study:
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -197,7 +191,7 @@ async def test_signal_during_run_cancels_cleanly_with_no_survivors(
     assert {"long": "CANCELLED", "after": "CANCELLED"} == states(study)
     for name in ("child.pid", "self.pid"):
         pid = int((tmp_path / name).read_text())
-        assert not _alive(pid), f"{name} {pid} survived"
+        assert not alive(pid), f"{name} {pid} survived"
 
 
 def test_unknown_step_reference_is_one_line_exit_1_no_traceback(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from engine.messages import (
     new_event_id,
 )
 from engine.status import read_status
-from tests.conftest import ENGINECTL, enginectl
+from tests.conftest import ENGINECTL, enginectl, alive
 from tests.ledger import ledger_cmd, max_overlap, read_ledger
 
 
@@ -68,12 +68,6 @@ def test_group_throttle_limits_only_its_members(tmp_path: Path) -> None:
     assert 1 == max_overlap([e for e in read_ledger(ledger) if e.end is not None])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_walltime_times_out_restarts_rlimit_times_and_leaves_no_process(
@@ -109,7 +103,7 @@ async def test_walltime_times_out_restarts_rlimit_times_and_leaves_no_process(
     assert [1, 2, 3] == [e.attempt for e in starts if e.end is None]
     pids = {e.pid for e in starts} | {int(p) for p in (tmp_path / "children").read_text().split()}
     assert 6 == len(pids), "three scripts, each with one child"
-    assert [] == [p for p in pids if _alive(p)]
+    assert [] == [p for p in pids if alive(p)]
 
 
 def test_failed_step_is_retried_with_attempts_until_it_succeeds(tmp_path: Path) -> None:
@@ -180,7 +174,7 @@ def test_merlin_hard_fail_stops_the_whole_study(code: str, tmp_path: Path) -> No
                        timeout=60)
     assert 2 == result.returncode, result.stderr
     assert {"long": "CANCELLED", "boom": "FAILED", "later": "CANCELLED"} == states(tmp_path / "s")
-    assert not _alive(int((tmp_path / "child").read_text()))
+    assert not alive(int((tmp_path / "child").read_text()))
 
 
 def test_merlin_shell_key_sets_the_shebang(tmp_path: Path) -> None:
