@@ -108,8 +108,9 @@ def _step_key(study_id: str, step: str) -> str:
 class Store:
     """The engine's durable state. Create with ``await Store.open(bus)``."""
 
-    def __init__(self, buckets: dict[str, KeyValue]) -> None:
+    def __init__(self, buckets: dict[str, KeyValue], js: object) -> None:
         self._kv = buckets
+        self._js = js
         self._enc = msgspec.json.Encoder()
 
     @classmethod
@@ -121,7 +122,7 @@ class Store:
             cfg = KeyValueConfig(bucket=name, history=5, storage=StorageType.FILE,
                                  replicas=replicas)
             buckets[name] = await js.create_key_value(cfg)
-        return cls(buckets)
+        return cls(buckets, js)
 
     # ------------------------------------------------------------------ helpers
 
@@ -135,21 +136,28 @@ class Store:
         return msgspec.json.decode(entry.value, type=typ), entry.revision
 
     async def _scan(self, bucket: str, pattern: str, typ: type) -> list[object]:
-        """Every current value whose key matches ``pattern`` (a NATS wildcard)."""
-        out = []
-        watcher = await self._kv[bucket].watch(pattern, ignore_deletes=True)
-        try:
-            while True:
-                with anyio.fail_after(10):
-                    entry = await watcher.updates(timeout=5.0)
-                if entry is None:
-                    break
-                if entry.value:
-                    out.append(msgspec.json.decode(entry.value, type=typ))
-        finally:
-            with anyio.CancelScope(shield=True):
-                await watcher.stop()
-        return out
+        """Every current value whose key matches ``pattern`` (a NATS wildcard).
+
+        The keys come from the bucket stream's per-subject state (complete, unlike a
+        watcher's end-of-data marker), and each value is then read by key, so a deleted
+        or purged key is never returned.
+        """
+        info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{pattern}")
+        prefix = len(f"$KV.{bucket}.")
+        keys = [subject[prefix:] for subject in (info.state.subjects or {})]
+        found: dict[str, object] = {}
+        limit = anyio.Semaphore(64)
+
+        async def one(key: str) -> None:
+            async with limit:
+                got = await self._get(bucket, key, typ)
+            if got is not None:
+                found[key] = got[0]
+
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(one, key)
+        return [found[k] for k in sorted(found)]
 
     async def _delete_keys(self, bucket: str, keys: Iterable[str]) -> None:
         for key in keys:
