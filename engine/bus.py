@@ -165,6 +165,24 @@ class Bus:
         self.durable = True
         return True
 
+    async def replay_raw(self, subject: str, *, timeout: float = 2.0) -> list[bytes]:
+        """Every stored message on ``subject`` (a wildcard is fine), in order, undecoded."""
+        out: list[bytes] = []
+        sub = await self._js.subscribe(subject, ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    break
+                out.append(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+        return out
+
     async def replay(
         self, subject: str, *, timeout: float = 2.0
     ) -> list[AnyBusMessage]:

@@ -165,6 +165,11 @@ def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...
             lines.append(_explain(inst, graph))
             if inst.race:
                 lines.append(f"    race:      {inst.race}")
+            if inst.group:
+                lines.append(f"    group:     {inst.group} (throttle group)")
+            if inst.group_by:
+                values = ", ".join(f"{k}={v}" for k, v in inst.params if k in inst.group_by)
+                lines.append(f"    group_by:  {', '.join(inst.group_by)} (this instance: {values})")
             if cached is not None:
                 lines.append(f"    cached:    {'yes' if inst.name in cached else 'no'}")
     click.echo("\n".join(lines))

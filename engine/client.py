@@ -28,6 +28,8 @@ from engine.messages import (
     BusMessage,
     CancelSteps,
     ControlReply,
+    EventsReply,
+    EventsRequest,
     RestartRequest,
     StatusReply,
     StatusRequest,
@@ -315,8 +317,12 @@ def events(study_id: str, **kwargs: Any) -> None:
     opts = _conn_opts(kwargs)
 
     async def body(bus: Bus) -> int:
-        for msg in await bus.replay(subjects.study_events(study_id), timeout=2.0):
-            click.echo(msgspec.json.encode(msg).decode())
+        reply = await _ask(bus, "events", EventsRequest(event_id=new_event_id(),
+                                                        study_id=study_id))
+        if not isinstance(reply, EventsReply) or not reply.ok:
+            raise ConfigError(getattr(reply, "error", "") or "events failed")
+        for raw in reply.events:
+            click.echo(bytes(raw).decode())
         return 0
 
     _run(opts, body)

@@ -17,6 +17,8 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "EventsReply",
+    "EventsRequest",
     "SubmissionsPaused",
     "RestartRequest",
     "StudySummary",
@@ -321,9 +323,24 @@ class RestartRequest(BusMessage, tag="restart_request"):
     study_id: str
 
 
+class EventsRequest(BusMessage, tag="events_request"):
+    """API: replay a study's stored events, oldest first."""
+
+    study_id: str
+
+
+class EventsReply(BusMessage, tag="events_reply"):
+    """API answer: the study's events, each one JSON message as stored in the stream."""
+
+    ok: bool
+    events: tuple[msgspec.Raw, ...] = ()
+    error: str = ""
+
+
 AnyBusMessage = (
     StepStateChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
+    | EventsRequest | EventsReply
 )
 
 ENCODER = msgspec.json.Encoder()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from adapters.base import Adapter
@@ -36,6 +37,8 @@ from engine.messages import (
     BusMessage,
     CancelSteps,
     ControlReply,
+    EventsReply,
+    EventsRequest,
     RestartRequest,
     SetThrottle,
     StatusReply,
@@ -105,7 +108,7 @@ class EngineService:
             self._tg = tg
             tg.start_soon(self.bus.redeliver)
             tg.start_soon(self._heartbeat, started)
-            for verb in ("submit", "status", "cancel", "restart", "throttle"):
+            for verb in ("submit", "status", "cancel", "restart", "throttle", "events"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies(state="RUNNING"):
                 await self._launch(entry, resume=True)
@@ -158,6 +161,12 @@ class EngineService:
                 return ControlReply(event_id=rid, ok=True, detail=f"throttle {scope} = {limit}")
             case RestartRequest(study_id=sid):
                 return await self._restart(sid)
+            case EventsRequest(study_id=sid):
+                if await self.store.get_study(sid) is None:
+                    return EventsReply(event_id=rid, ok=False, error=f"unknown study {sid}")
+                raw = await self.bus.replay_raw(subjects.study_events(sid), timeout=1.0)
+                return EventsReply(event_id=rid, ok=True,
+                                   events=tuple(msgspec.Raw(r) for r in raw))
             case _:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")

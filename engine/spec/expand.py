@@ -156,6 +156,7 @@ class _Node:
         run = step.run
         ext = {"group": run.group, "restart_limit": run.restart_limit, "retry": run.retry,
                "when": run.when, "race": run.race, "inputs": run.inputs,
+               "group_by": run.group_by,
                "max_retries": run.max_retries, "retry_delay": run.retry_delay,
                "shell": run.shell, "task_queue": run.task_queue}  # fmt: skip
         self.extensions = {k: v for k, v in ext.items() if v is not None}

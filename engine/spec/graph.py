@@ -75,6 +75,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     retry: dict[str, float] | None = None
     when: str = ""
     race: str = ""
+    group_by: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     max_retries: int | None = None
     retry_delay: float | None = None
