@@ -91,6 +91,10 @@ class FluxAdapter:
                                    reconcile_interval=reconcile_interval, lost_after=lost_after)
         self._exit_files: dict[str, Path] = {}
 
+    def report(self, exit_file: str, exit_code: int) -> bool:
+        """Take a job's pushed exit status (``engine.notify``) as if its file were read."""
+        return self._watcher.report(exit_file, exit_code)
+
     @property
     def watcher(self) -> JobWatcher:
         """The shared completion watcher."""

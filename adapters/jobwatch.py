@@ -135,6 +135,21 @@ class JobWatcher:
         """Job ids currently being waited for."""
         return [w.job_id for w in self._watches.values() if not w.done]
 
+    def report(self, exit_file: str, exit_code: int) -> bool:
+        """A job's trailer told us (over NATS) what it wrote to ``exit_file``: take it as
+        read and wake the watcher at once.
+
+        Returns:
+            Whether a watched job has that exit file.
+        """
+        for w in self._watches.values():
+            if w.exit_file is not None and str(w.exit_file) == exit_file and w.rc is None:
+                w.rc = exit_code
+                w.rc_seen = anyio.current_time()
+                self._kick.set()  # wakes the leader's sleep; no forced backend query
+                return True
+        return False
+
     def kick(self) -> None:
         """Make the next tick query the backend now (e.g. right after a cancel)."""
         self._kicked = True

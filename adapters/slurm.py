@@ -129,6 +129,10 @@ class SlurmAdapter:
         self._exit_files: dict[str, Path] = {}
         self._sacct_ok = True  # False once sacct says accounting is disabled
 
+    def report(self, exit_file: str, exit_code: int) -> bool:
+        """Take a job's pushed exit status (``engine.notify``) as if its file were read."""
+        return self._watcher.report(exit_file, exit_code)
+
     @property
     def watcher(self) -> JobWatcher:
         """The shared completion watcher (its ``queries`` count is useful in tests)."""

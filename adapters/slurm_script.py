@@ -184,7 +184,10 @@ def wrap_with_trailer(cmd: str, exit_file: str) -> str:
 
     The subshell keeps ``exit N`` inside the command from skipping the trailer; the
     status is written to ``<file>.tmp`` and renamed, so a reader never sees a partial
-    file. A shell killed by a signal writes nothing (Slurm's records then decide).
+    file. A shell killed by a signal writes nothing (Slurm's records then decide). If the
+    job's environment has ``TROUPE_NOTIFY`` (set by the engine), the trailer also runs it
+    with the exit file's path and the status, which publishes them on NATS
+    (``engine.notify``); failing to reach the server changes nothing.
 
     Args:
         cmd: The command text.
@@ -202,6 +205,9 @@ def wrap_with_trailer(cmd: str, exit_file: str) -> str:
         f"__troupe_exit={exit_file}\n"
         "printf '%s\\n' \"$__troupe_rc\" > \"$__troupe_exit.tmp\" && "
         "mv -f \"$__troupe_exit.tmp\" \"$__troupe_exit\"\n"
+        "# troupe: and tell the engine over NATS, if this node can reach it (best effort)\n"
+        'if [ -n "${TROUPE_NOTIFY:-}" ]; then $TROUPE_NOTIFY "$__troupe_exit" "$__troupe_rc" '
+        ">/dev/null 2>&1 || true; fi\n"
         'exit "$__troupe_rc"'
     )
 

@@ -8,17 +8,19 @@ runs everything locally with ``$(LAUNCHER)`` removed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from adapters.base import Adapter, JobHandle, JobRequest, JobResult
 from adapters.flux import FluxAdapter
 from adapters.local import LocalAdapter
 from adapters.slurm import SlurmAdapter
+from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
 from engine.store import StepEntry
 
-__all__ = ["Backends", "make_backends"]
+__all__ = ["Backends", "make_backends", "notify_env"]
 
 
 class Backends:
@@ -52,8 +54,20 @@ class Backends:
         return found
 
 
+def notify_env(url: str, study_id: str, user: str | None = None,
+               password: str | None = None) -> dict[str, str]:
+    """The job environment that makes a scheduler job's trailer report over NATS."""
+    env = {"TROUPE_NOTIFY": f"{sys.executable} -m engine.notify {url} "
+                            f"{subjects.job_reports(study_id)}"}
+    if user:
+        env["TROUPE_NOTIFY_USER"] = user
+        env["TROUPE_NOTIFY_PASSWORD"] = password or ""
+    return env
+
+
 def make_backends(
     graph: StudyGraph, *, study_id: str, run_local: bool = False, kill_grace: float = 10.0,
+    notify: dict[str, str] | None = None,
 ) -> Backends:
     """Build the adapters for ``graph``.
 
@@ -66,8 +80,9 @@ def make_backends(
     btype = str(graph.batch.get("type") or "local")
     if run_local or btype == "local":
         return Backends(local, local)
+    job_env = {**env, **(notify or {})}
     if btype == "slurm":
-        return Backends(SlurmAdapter(graph.batch, shell=shell, env=env, local=local), local)
+        return Backends(SlurmAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
     if btype == "flux":
-        return Backends(FluxAdapter(graph.batch, shell=shell, env=env, local=local), local)
+        return Backends(FluxAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
     raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")

@@ -79,7 +79,8 @@ async def serve_forever(
         if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
         store = await Store.open(bus)
-        service = EngineService(bus, store, drain_timeout=drain_timeout)
+        service = EngineService(bus, store, drain_timeout=drain_timeout,
+                                notify_user=creds.user, notify_password=creds.password)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "JobReported",
     "EventsReply",
     "EventsRequest",
     "SubmissionsPaused",
@@ -323,6 +324,13 @@ class RestartRequest(BusMessage, tag="restart_request"):
     study_id: str
 
 
+class JobReported(BusMessage, tag="job_reported"):
+    """A scheduler job's trailer reports its exit status (``engine.notify``)."""
+
+    exit_file: str
+    exit_code: int
+
+
 class EventsRequest(BusMessage, tag="events_request"):
     """API: replay a study's stored events, oldest first."""
 
@@ -340,7 +348,7 @@ class EventsReply(BusMessage, tag="events_reply"):
 AnyBusMessage = (
     StepStateChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply
+    | EventsRequest | EventsReply | JobReported
 )
 
 ENCODER = msgspec.json.Encoder()

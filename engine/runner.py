@@ -23,7 +23,7 @@ import structlog
 from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.actors.recovery import Recovered, recover_records
-from engine.backends import make_backends
+from engine.backends import make_backends, notify_env
 from engine.cache import (
     cache_keys,
     load_cache_dir,
@@ -128,8 +128,6 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         kill_grace = opts.kill_grace
         if kill_grace is None:
             kill_grace = troupe_settings(graph).kill_grace
-        adapter = make_backends(graph, study_id=study_id, run_local=opts.run_local,
-                                kill_grace=10.0 if kill_grace is None else kill_grace).adapter
         async with AsyncExitStack() as stack:
             if opts.nats_url:
                 url = opts.nats_url
@@ -137,6 +135,12 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 server = await stack.enter_async_context(open_embedded_server(root / "meta" / "nats"))
                 url = server.url
             bus = await stack.enter_async_context(open_bus(url, opts.credentials))
+            creds = opts.credentials or Credentials()
+            adapter = make_backends(
+                graph, study_id=study_id, run_local=opts.run_local,
+                kill_grace=10.0 if kill_grace is None else kill_grace,
+                notify=notify_env(url, study_id, creds.user, creds.password),
+            ).adapter
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             keys = cache_keys(graph) if opts.use_cache else {}

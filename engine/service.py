@@ -27,7 +27,7 @@ from adapters.base import Adapter
 from engine import subjects
 from engine.actors.recovery import recover_records
 from engine.actors.study import StudyRuntime
-from engine.backends import make_backends
+from engine.backends import make_backends, notify_env
 from engine.bus import Bus
 from engine.errors import EngineError
 from engine.layout import acquire_dependencies, prepare_study_dir
@@ -78,10 +78,14 @@ class EngineService:
         bus: A connected bus with JetStream.
         store: The durable state.
         drain_timeout: Seconds running steps get to finish on a graceful stop.
+        notify_user, notify_password: Credentials scheduler jobs use to report their exit
+            status over NATS (``engine.notify``).
     """
 
-    def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0) -> None:
+    def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0,
+                 notify_user: str | None = None, notify_password: str | None = None) -> None:
         self.bus = bus
+        self._notify_creds = (notify_user, notify_password)
         self.store = store
         self.drain_timeout = drain_timeout
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
@@ -252,8 +256,10 @@ class EngineService:
         run_local = bool(opts.get("run_local"))
         policies = step_policies(graph, cli, run_local=run_local)
         cfg = troupe_settings(graph)
-        backends = make_backends(graph, study_id=entry.study_id, run_local=run_local,
-                                 kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0)
+        backends = make_backends(
+            graph, study_id=entry.study_id, run_local=run_local,
+            kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0,
+            notify=notify_env(self.bus.url, entry.study_id, *self._notify_creds))
         adapter = backends.adapter
         recovered = None
         if resume:

@@ -23,6 +23,7 @@ __all__ = [
     "control",
     "decode_token",
     "encode_token",
+    "job_reports",
     "kv_key",
     "step_event",
     "step_events",
@@ -118,3 +119,8 @@ def kv_key(name: str) -> str:
     """Encode a name for a JetStream KV key (``[-/_=.A-Za-z0-9]``): ``encode_token`` with
     ``=`` as the escape character instead of ``~``."""
     return encode_token(name).replace("~", "=")
+
+
+def job_reports(study_id: str) -> str:
+    """Where a study's scheduler jobs report their exit status (``engine.notify``)."""
+    return f"{PREFIX}.jobs.{encode_token(study_id)}"

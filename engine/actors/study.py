@@ -48,6 +48,7 @@ from engine.messages import (
     Event,
     GrantSlot,
     JobExited,
+    JobReported,
     JobStarted,
     PublishState,
     ReleaseSlot,
@@ -224,6 +225,8 @@ class StudyRuntime:
             async with self.bus.subscribe(subjects.step_events(self.study_id)) as events:
                 tg.start_soon(self._route, events)
                 await tg.start(self._serve_control)
+                if hasattr(self.adapter, "report"):
+                    await tg.start(self._listen_reports)
                 if self.status_path is not None:
                     tg.start_soon(self._status_writer)
                 await self.bus.publish(
@@ -470,6 +473,16 @@ class StudyRuntime:
         self._send.send_nowait((_SUPERVISOR, StudyCancelRequested(event_id=new_event_id())))
         for name in self._order:
             self._send.send_nowait((name, CancelRequested(event_id=new_event_id(), reason=reason)))
+
+    async def _listen_reports(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hand the exit statuses that scheduler jobs push over NATS to the adapter."""
+        async with self.bus.subscribe(subjects.job_reports(self.study_id)) as reports:
+            task_status.started()
+            async for msg in reports:
+                if isinstance(msg, JobReported):
+                    self.adapter.report(msg.exit_file, msg.exit_code)  # type: ignore[attr-defined]
 
     async def _serve_control(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
