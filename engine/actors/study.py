@@ -28,6 +28,7 @@ import structlog
 from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
 from engine import subjects
 from engine.bus import Bus
+from engine.errors import BusError
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.actors.persist import Persister
@@ -309,6 +310,11 @@ class StudyRuntime:
                 event_id=new_event_id(), cause_id=msg.event_id, step=msg.step, state=msg.state,
                 benign=msg.state == StepState.CANCELLED and msg.reason.startswith("race lost"),
             )))
+        if self.outcome is None:
+            # The subscription ended: the connection is closed for good. Without the bus
+            # no completion reaches anyone; say so instead of waiting forever.
+            raise BusError("lost the connection to the NATS server while the study ran",
+                           self.bus.url)
 
     async def _dispatch(self, target: str, event: Event) -> None:
         """Feed ``event`` to its actor and carry out the commands, depth first."""
