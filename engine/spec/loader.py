@@ -69,6 +69,9 @@ def load_spec(
     return validate_spec(file, parse_spec(file, text))
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_spec(file: str, text: str) -> Any:
     """Parse YAML text with ``yaml.safe_load`` (anchors and ``<<:`` merges work; tags do not).
 
@@ -76,7 +79,9 @@ def parse_spec(file: str, text: str) -> Any:
         SpecError: Malformed YAML (with line and column) or a Python/unknown tag.
     """
     try:
-        return yaml.safe_load(text)
+        # safe_load's semantics, with libyaml's C parser when PyYAML has it (10x faster on
+        # big sweeps): CSafeLoader builds plain data only, exactly like SafeLoader.
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.constructor.ConstructorError as exc:
         where = _where(exc)
         tag = re.search(r"tag '([^']*)'", str(exc.problem))
