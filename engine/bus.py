@@ -183,26 +183,6 @@ class Bus:
                 await sub.unsubscribe()
         return out
 
-    async def replay(
-        self, subject: str, *, timeout: float = 2.0
-    ) -> list[AnyBusMessage]:
-        """Return every stored message on ``subject`` (a wildcard is fine), in order."""
-        out: list[AnyBusMessage] = []
-        sub = await self._js.subscribe(subject, ordered_consumer=True)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except nats.errors.TimeoutError:
-                    break
-                out.append(BUS_DECODER.decode(msg.data))
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
-        return out
-
     @asynccontextmanager
     async def subscribe(self, subject: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
         """Subscribe to ``subject`` and yield an async iterator of decoded messages.
