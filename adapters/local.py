@@ -6,12 +6,13 @@ with cwd = workspace, in a new session (its own process group), and stdout/stder
 to ``<name>.<pid>.out`` / ``<name>.<pid>.err`` in the workspace, as Maestro names them.
 The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
 ``TROUPE_STEP``, ``TROUPE_ATTEMPT`` and ``TROUPE_WORKSPACE``.
-The script runs under a small ``/bin/sh`` wrapper (the group leader, whose pid is the
-job id) that writes the script's exit status to ``.troupe.<attempt>.exit`` in the
-workspace; ``.troupe.<attempt>.pid``, created exclusively by the wrapper, holds its pid.
-After an
-engine restart, ``adopt`` uses them to re-attach to a step that is still running, or to
-learn how it ended. Completion is pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
+Under ``enginectl serve`` (``adoptable``) the script runs under a small ``/bin/sh``
+wrapper (the group leader, whose pid is the job id) that claims the attempt by creating
+``.troupe.<attempt>.pid`` exclusively and writes the script's exit status to
+``.troupe.<attempt>.exit``; after an engine restart, ``adopt`` uses them to re-attach to
+a step that is still running, or to learn how it ended. Under ``enginectl run``, which
+nothing resumes, the script is executed directly (one process per step). Completion is
+pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
 once its leader is gone so that no process of the step survives it.
 """
@@ -37,15 +38,16 @@ if TYPE_CHECKING:
 __all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_SCRIPT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 # The wrapper claims the attempt by creating its pid file exclusively (``set -C``: the
 # redirection uses O_EXCL), runs the script, and records its exit status. A restarted
 # engine that finds no pid file creates it itself, so a wrapper that had not yet started
 # can never run the script after the engine gave the attempt up (it exits 199 instead).
-# Only shell builtins: no extra exec per step.
+# It then sends its output to Maestro's ``<name>.<pid>.out``/``.err`` (its own pid: the job
+# id), so those files cost the engine nothing. Only shell builtins: no extra exec per step.
 _WRAPPER = (
     'set -C; { echo "$$" > "$3"; } 2>/dev/null || exit 199; set +C; '
-    '"$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
+    'exec >"$4.$$.out" 2>"$4.$$.err"; "$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
 )
 _SUPERSEDED = "superseded\n"
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
@@ -73,6 +75,10 @@ class LocalAdapter:
             command runs directly here (``enginectl run --local``). Otherwise they stay
             literal, as in Maestro's local adapter.
         env: Extra environment variables for every step.
+        adoptable: Run each script under the claiming wrapper, so that an engine that
+            restarts can adopt the attempt or learn how it ended (``enginectl serve``).
+            Without it (``enginectl run``, which nothing resumes) the script is the
+            process: one process per step, as in the floor.
     """
 
     name = "local"
@@ -80,8 +86,10 @@ class LocalAdapter:
     def __init__(
         self, *, shell: str = "/bin/bash", kill_grace: float = 10.0,
         strip_launcher: bool = False, env: dict[str, str] | None = None,
+        adoptable: bool = True,
     ) -> None:
         self.shell = shell
+        self.adoptable = adoptable
         self.strip_launcher = strip_launcher
         self.kill_grace = kill_grace
         self._env = {**os.environ, **(env or {})}
@@ -91,18 +99,20 @@ class LocalAdapter:
 
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.sh`` (and ``.restart.sh`` if the step has one)."""
-        ws = Path(step.workspace)
-        ws.mkdir(parents=True, exist_ok=True)
+        ws = step.workspace
+        try:
+            os.mkdir(ws)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(ws, exist_ok=True)
         path = script_path(step)
         shell = step.shell or self.shell  # Merlin's per-step shell wins
         cmd = _LAUNCHER.sub("", step.cmd) if self.strip_launcher else step.cmd
-        path.write_text(f"#!{shell}\n\n{cmd}\n")
-        path.chmod(_EXEC)
+        _write_exec(path, f"#!{shell}\n\n{cmd}\n")
         if step.restart:
-            rpath = script_path(step, restart=True)
             restart = _LAUNCHER.sub("", step.restart) if self.strip_launcher else step.restart
-            rpath.write_text(f"#!{shell}\n\n{restart}\n")
-            rpath.chmod(_EXEC)
+            _write_exec(script_path(step, restart=True), f"#!{shell}\n\n{restart}\n")
         return path
 
     async def submit(self, request: JobRequest) -> JobHandle:
@@ -124,31 +134,43 @@ class LocalAdapter:
         script = self.write_script(step)
         if restart and step.restart:
             script = script_path(step, restart=True)
-        ws = Path(step.workspace)
-        stem = output_stem(step)
-        out_tmp = ws / f"{stem}.out.starting"
-        err_tmp = ws / f"{stem}.err.starting"
-        exit_path = ws / f".troupe.{attempt}.exit"
-        exit_path.unlink(missing_ok=True)
-        out = os.open(out_tmp, _OUT_FLAGS, 0o644)
+        ws = step.workspace
+        env = {**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
+               "TROUPE_WORKSPACE": ws}
+        exit_path = Path(ws) / f".troupe.{attempt}.exit"
+        if not self.adoptable:
+            return self._spawn_direct(step, str(script), env, exit_path)
         try:
-            err = os.open(err_tmp, _OUT_FLAGS, 0o644)
+            os.unlink(exit_path)
+        except FileNotFoundError:
+            pass
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path),
+             f"{ws}/.troupe.{attempt}.pid", output_stem(step)],
+            cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
+        )
+        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
+
+    def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
+                      exit_path: Path) -> _Job:
+        """Execute the script itself, its output in files renamed after its pid."""
+        ws = step.workspace
+        base = f"{ws}/{output_stem(step)}"
+        out = os.open(f"{base}.out.starting", _SCRIPT_FLAGS, 0o644)
+        try:
+            err = os.open(f"{base}.err.starting", _SCRIPT_FLAGS, 0o644)
             try:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path),
-                     str(ws / f".troupe.{attempt}.pid")],
-                    cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
-                         "TROUPE_WORKSPACE": str(ws)},
-                    start_new_session=True, close_fds=True,
+                    [script], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    env=env, start_new_session=True, close_fds=True,
                 )
             finally:
                 os.close(err)
         finally:
             os.close(out)
         # The child holds the descriptors; renaming gives the files Maestro's names.
-        os.replace(out_tmp, ws / f"{stem}.{proc.pid}.out")
-        os.replace(err_tmp, ws / f"{stem}.{proc.pid}.err")
+        os.replace(f"{base}.out.starting", f"{base}.{proc.pid}.out")
+        os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
 
     def adopt(self, step: StepInstance, attempt: int) -> JobHandle | JobResult | None:
@@ -247,6 +269,16 @@ class _Job:
         self.exit_path = exit_path
         self.popen = popen  # None for a process adopted after an engine restart
         self.exited = anyio.Event()
+
+
+def _write_exec(path: Path, text: str) -> None:
+    """Write an executable script in four system calls (create, write, chmod, close)."""
+    fd = os.open(path, _SCRIPT_FLAGS, 0o755)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, _EXEC)
+    finally:
+        os.close(fd)
 
 
 def _cmdline(pid: int) -> str:

@@ -67,16 +67,18 @@ def notify_env(url: str, study_id: str, user: str | None = None,
 
 def make_backends(
     graph: StudyGraph, *, study_id: str, run_local: bool = False, kill_grace: float = 10.0,
-    notify: dict[str, str] | None = None,
+    notify: dict[str, str] | None = None, adoptable: bool = True,
 ) -> Backends:
-    """Build the adapters for ``graph``.
+    """Build the adapters for ``graph`` (``adoptable``: local steps can be adopted by a
+    restarted engine; see ``LocalAdapter``).
 
     Raises:
         ConfigError: an unknown ``batch.type``.
     """
     shell = str(graph.batch.get("shell") or "/bin/bash")
     env = {"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": graph.study_dir}
-    local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env)
+    local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env,
+                         adoptable=adoptable)
     btype = str(graph.batch.get("type") or "local")
     if run_local or btype == "local":
         return Backends(local, local)

@@ -9,6 +9,7 @@ JetStream stores one connection's messages in order, proves every earlier event 
 
 from __future__ import annotations
 
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,8 +50,11 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 class Bus:
     """A connected NATS client speaking Troupe's messages."""
 
-    def __init__(self, nc: Client, url: str) -> None:
+    def __init__(self, nc: Client, url: str, on_closed: list[Callable[[], None]] | None = None
+                 ) -> None:
         self._nc = nc
+        # Called once the connection is closed for good (nats-py's closed_cb).
+        self._on_closed = on_closed if on_closed is not None else []
         self._js = nc.jetstream()
         self.url = url
         self.durable = False  # True once ensure_stream found JetStream
@@ -184,27 +188,43 @@ class Bus:
         return out
 
     @asynccontextmanager
-    async def subscribe(self, subject: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
-        """Subscribe to ``subject`` and yield an async iterator of decoded messages.
+    async def subscribe(self, *subjects: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
+        """Subscribe to every subject in ``subjects`` and yield one async iterator of the
+        decoded messages of all of them (each subject's in order).
 
-        The subscription is removed (shielded) when the context exits.
+        The subscriptions are removed (shielded) when the context exits.
         """
-        sub = await self._nc.subscribe(subject, pending_msgs_limit=10_000_000,
-                                       pending_bytes_limit=1 << 30)
+        send, recv = anyio.create_memory_object_stream[bytes](math.inf)
+
+        async def deliver(msg: Msg) -> None:
+            send.send_nowait(msg.data)
+
+        subs = []
 
         async def messages() -> AsyncIterator[AnyBusMessage]:
-            async for msg in sub.messages:
-                yield BUS_DECODER.decode(msg.data)
+            async for data in recv:
+                yield BUS_DECODER.decode(data)
 
+        def closed() -> None:
+            send.close()  # the connection is closed for good: end the iteration
+
+        self._on_closed.append(closed)
         try:
+            for subject in subjects:
+                subs.append(await self._nc.subscribe(
+                    subject, cb=deliver, pending_msgs_limit=10_000_000,
+                    pending_bytes_limit=1 << 30))
             await self._nc.flush()
             yield messages()
         finally:
+            self._on_closed.remove(closed)
+            send.close()
             with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except NatsError:
-                    pass  # connection already closed: the subscription is gone with it
+                for sub in subs:
+                    try:
+                        await sub.unsubscribe()
+                    except NatsError:
+                        pass  # connection already closed: the subscription is gone with it
 
     async def request(
         self, subject: str, message: BusMessage, *, timeout: float = 5.0
@@ -304,6 +324,13 @@ async def open_bus(
         kwargs["tls"] = ssl.create_default_context(cafile=creds.tls_ca)
     seen: list[Exception] = []
     failed = anyio.Event()
+    on_closed: list[Callable[[], None]] = []
+
+    async def closed_cb() -> None:
+        for callback in list(on_closed):
+            callback()
+
+    kwargs["closed_cb"] = closed_cb
 
     async def record_error(exc: Exception) -> None:
         seen.append(exc)
@@ -334,7 +361,7 @@ async def open_bus(
         raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
     kwargs["error_cb"] = _quiet_error_cb
     try:
-        yield Bus(nc, url)
+        yield Bus(nc, url, on_closed)
     finally:
         with anyio.CancelScope(shield=True):
             try:

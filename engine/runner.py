@@ -140,6 +140,7 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 graph, study_id=study_id, run_local=opts.run_local,
                 kill_grace=10.0 if kill_grace is None else kill_grace,
                 notify=notify_env(url, study_id, creds.user, creds.password),
+                adoptable=False,  # nothing resumes a `run`: no wrapper process per step
             ).adapter
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")

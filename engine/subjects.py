@@ -14,6 +14,7 @@ digits (``say_hi_NAME.Pam`` -> ``say_hi_NAME~2ePam``). The encoding is reversibl
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 __all__ = [
     "EVENTS_STREAM",
@@ -25,6 +26,7 @@ __all__ = [
     "encode_token",
     "job_reports",
     "kv_key",
+    "step_endings",
     "step_event",
     "step_events",
     "study_event",
@@ -89,6 +91,13 @@ def study_events(study_id: str) -> str:
 def step_events(study_id: str) -> str:
     """Wildcard for every step event of one study."""
     return f"{PREFIX}.events.{encode_token(study_id)}.step.>"
+
+
+def step_endings(study_id: str, states: Iterable[str]) -> list[str]:
+    """One wildcard per state in ``states``: every step's events entering that state
+    (``...step.*.<state>``). The runtime listens to the terminal states only."""
+    study = encode_token(study_id)
+    return [f"{PREFIX}.events.{study}.step.*.{state.lower()}" for state in sorted(states)]
 
 
 def step_event(study_id: str, step: str, state: str) -> str:

@@ -48,8 +48,10 @@ class FakeBus:
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Record ``message`` and hand it to every matching subscriber."""
         self.published.append((subject, message))
+        sent: set[int] = set()
         for pattern, send in list(self._subs):
-            if subject_matches(pattern, subject):
+            if id(send) not in sent and subject_matches(pattern, subject):
+                sent.add(id(send))
                 send.send_nowait(message)  # type: ignore[arg-type]
 
     async def publish_event(self, subject: str, message: BusMessage) -> None:
@@ -72,15 +74,17 @@ class FakeBus:
         """Nothing is buffered."""
 
     @asynccontextmanager
-    async def subscribe(self, subject: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
-        """Yield an iterator over the messages published on ``subject`` from now on."""
+    async def subscribe(self, *subjects: str) -> AsyncIterator[AsyncIterator[AnyBusMessage]]:
+        """Yield an iterator over the messages published on any of ``subjects`` from now
+        on."""
         send, recv = anyio.create_memory_object_stream[AnyBusMessage](math.inf)
-        entry = (subject, send)
-        self._subs.append(entry)
+        entries = [(subject, send) for subject in subjects]
+        self._subs.extend(entries)
         try:
             yield recv
         finally:
-            self._subs.remove(entry)
+            for entry in entries:
+                self._subs.remove(entry)
             send.close()  # ends the iteration of whoever still reads it
 
     async def request(self, subject: str, message: BusMessage, *, timeout: float = 5.0):  # type: ignore[no-untyped-def]

@@ -223,7 +223,8 @@ class StudyRuntime:
         """
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            async with self.bus.subscribe(subjects.step_events(self.study_id)) as events:
+            async with self.bus.subscribe(
+                    *subjects.step_endings(self.study_id, TERMINAL_STATES)) as events:
                 tg.start_soon(self._route, events)
                 await tg.start(self._serve_control)
                 if hasattr(self.adapter, "report"):
