@@ -2,18 +2,21 @@
 
 ``open_bus(url, ...)`` connects (with optional user/password, token, creds file or TLS)
 and yields a ``Bus``. Messages are ``engine.messages`` Structs encoded as JSON. Events are
-published with core NATS (no round trip per event); the JetStream stream captures them on
-the server, and ``Bus.persist`` publishes one message with an acknowledgement, which, as
-JetStream stores one connection's messages in order, proves every earlier event stored.
+published without a round trip each; the JetStream stream captures them on the server, and
+one event at a time travels with an acknowledgement (a *fence*), which, as JetStream stores
+one connection's messages in order, proves every earlier event stored
+(``Bus.publish_event``). ``Bus.persist`` publishes one message and waits for its ack.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import msgspec
@@ -58,8 +61,11 @@ class Bus:
         self._js = nc.jetstream()
         self.url = url
         self.durable = False  # True once ensure_stream found JetStream
-        # Events not yet acknowledged by JetStream: id -> (subject, payload, future, sent).
-        self._pending: dict[str, tuple[str, bytes, object, float]] = {}
+        # Events not yet proven stored, in publish order: id -> (subject, payload).
+        self._pending: dict[str, tuple[str, bytes]] = {}
+        # The one event in flight with an acknowledgement: (id, future, sent, epoch).
+        self._fence: tuple[str, asyncio.Future[Any] | None, float, int] | None = None
+        self._resend = False
         self._log_error = ""
 
     @property
@@ -69,52 +75,113 @@ class Bus:
 
     async def publish_event(self, subject: str, message: BusMessage) -> None:
         """Publish an event so that it reaches the stream exactly once, whatever happens
-        to the connection: it is published asynchronously with its ``event_id`` as
-        JetStream's message id, and ``redeliver`` publishes it again (deduplicated by the
-        server) until it is acknowledged. Without JetStream this is ``publish``.
+        to the connection, without a round trip per event.
+
+        Every event carries its ``event_id`` as JetStream's message id (the server drops
+        a copy it has stored already). At most one event at a time is published with an
+        acknowledgement (the *fence*); the others go out as plain NATS messages. As the
+        server stores one connection's messages in order, the fence's acknowledgement
+        proves every event published before it stored. Events not yet proven stored are
+        kept, and published again (in order, then a new fence) when a fence fails, times
+        out, or the connection was re-established. Without JetStream this is ``publish``.
         """
         if not self.durable:
             await self.publish(subject, message)
             return
         payload = ENCODER.encode(message)
-        await self._send_durable(message.event_id, subject, payload)
+        self._pending[message.event_id] = (subject, payload)
+        self._check_fence(ack_timeout=3.0)
+        if self._resend:
+            await self._resend_pending()
+        elif self._fence is None:
+            await self._send_fence(message.event_id, subject, payload)
+        else:
+            await self._send_plain(message.event_id, subject, payload)
 
-    async def _send_durable(self, msg_id: str, subject: str, payload: bytes) -> None:
+    def _check_fence(self, ack_timeout: float) -> None:
+        """Trim what the fence proved stored; ask for a re-send if it failed."""
+        fence = self._fence
+        if fence is None:
+            return
+        msg_id, fut, sent, epoch = fence
+        if epoch != self._epoch():
+            self._fence, self._resend = None, True  # sent before a reconnect: unknown
+        elif fut is None:
+            self._fence, self._resend = None, True  # could not even be sent
+        elif not fut.done():
+            if time.monotonic() - sent > ack_timeout:
+                fut.cancel()  # frees nats-py's slot; the re-send replaces it
+                self._fence, self._resend = None, True
+        elif fut.cancelled() or fut.exception() is not None:
+            self._fence, self._resend = None, True
+        else:
+            self._fence = None
+            for key in list(self._pending):  # insertion order: publish order
+                del self._pending[key]
+                if key == msg_id:
+                    break
+
+    def _epoch(self) -> int:
+        return int(self._nc.stats.get("reconnects", 0))
+
+    async def _send_plain(self, msg_id: str, subject: str, payload: bytes) -> None:
+        try:
+            await self._nc.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        except NatsError as exc:
+            self._log_error, self._resend = str(exc), True
+
+    async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
             fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except (NatsError, JetStreamError) as exc:
-            fut = None  # retried by redeliver()
+            fut = None  # _check_fence asks for a re-send
             self._log_error = str(exc)
-        self._pending[msg_id] = (subject, payload, fut, time.monotonic())
+        self._fence = (msg_id, fut, time.monotonic(), self._epoch())
+
+    async def _resend_pending(self) -> None:
+        """Publish every event not proven stored again, in order, the last as a fence."""
+        if not self._nc.is_connected:
+            return  # nats-py is reconnecting: try again later
+        self._resend = False
+        items = list(self._pending.items())
+        for msg_id, (subject, payload) in items[:-1]:
+            await self._send_plain(msg_id, subject, payload)
+        if items:
+            msg_id, (subject, payload) = items[-1]
+            await self._send_fence(msg_id, subject, payload)
 
     async def redeliver(self, *, interval: float = 0.5, ack_timeout: float = 3.0) -> None:
-        """Run forever: drop acknowledged events, publish unacknowledged ones again."""
+        """Run forever: check the fence, publish what is not proven stored again."""
         while True:
             await anyio.sleep(interval)
             await self._redeliver_once(ack_timeout)
 
     async def _redeliver_once(self, ack_timeout: float) -> None:
-        now = time.monotonic()
-        for msg_id, (subject, payload, fut, sent) in list(self._pending.items()):
-            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
-                del self._pending[msg_id]
-            elif fut is None or fut.done() or now - sent > ack_timeout:
-                if fut is not None and not fut.done():
-                    fut.cancel()  # frees nats-py's slot; the copy below replaces it
-                if self._nc.is_connected:
-                    await self._send_durable(msg_id, subject, payload)
+        self._check_fence(ack_timeout)
+        if self._resend:
+            await self._resend_pending()
+        elif self._fence is None and self._pending:
+            # The newest event went out plain: publish it again as a fence (a duplicate
+            # for the server, but its acknowledgement proves everything before it).
+            msg_id, (subject, payload) = next(reversed(self._pending.items()))
+            await self._send_fence(msg_id, subject, payload)
 
     async def wait_persisted(self, timeout: float = 30.0) -> None:
-        """Wait until every event published with ``publish_event`` is acknowledged.
+        """Wait until every event published with ``publish_event`` is stored.
 
         Raises:
-            BusError: some are still unacknowledged after ``timeout`` seconds.
+            BusError: some are still not acknowledged after ``timeout`` seconds.
         """
         with anyio.move_on_after(timeout):
             while self._pending:
                 await self._redeliver_once(ack_timeout=1.0)
                 if self._pending:
-                    await anyio.sleep(0.01)
+                    fence = self._fence
+                    if fence is not None and fence[1] is not None:
+                        with anyio.move_on_after(0.05):
+                            await _settled(fence[1])
+                    else:
+                        await anyio.sleep(0.01)
         if self._pending:
             raise BusError(f"{len(self._pending)} events not acknowledged by JetStream", self.url)
 
@@ -283,6 +350,11 @@ class Bus:
             await self._nc.flush(timeout=timeout)
         except NatsError as exc:
             raise BusError(f"flush failed: {exc}", self.url) from exc
+
+
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, whatever its outcome (without consuming it)."""
+    await asyncio.wait([fut])
 
 
 async def _quiet_error_cb(exc: Exception) -> None:

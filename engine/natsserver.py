@@ -4,7 +4,8 @@
 binary on a free loopback port chosen by the server itself (``listen: 127.0.0.1:-1`` plus
 a ports file, so there is no race for the port), with JetStream on, its store under
 ``store_dir/jetstream``, ``sync_interval: always`` (every write is fsynced before it is
-acknowledged) and capped memory and disk. It stops the server with SIGTERM (SIGKILL
+acknowledged; ``sync_always=False`` leaves nats-server's periodic fsync, for a one-shot
+``enginectl run`` that nothing resumes) and capped memory and disk. It stops the server with SIGTERM (SIGKILL
 after a grace period) when the context exits, whatever happened inside.
 """
 
@@ -62,7 +63,7 @@ def find_server_binary() -> str:
 
 
 def _config(store_dir: Path, max_memory: str, max_file: str,
-            auth: tuple[str, str] | None = None, port: int = -1) -> str:
+            auth: tuple[str, str] | None = None, port: int = -1, sync_always: bool = True) -> str:
     js = json.dumps(str(store_dir))
     users = ""
     if auth is not None:
@@ -72,7 +73,8 @@ def _config(store_dir: Path, max_memory: str, max_file: str,
         users + f"listen: 127.0.0.1:{port}\n"
         "max_payload: 8MB\n"
         f"jetstream {{\n  store_dir: {js}\n  max_memory_store: {max_memory}\n"
-        f"  max_file_store: {max_file}\n  sync_interval: always\n}}\n"
+        f"  max_file_store: {max_file}\n" + ("  sync_interval: always\n" if sync_always else "")
+        + "}\n"
     )
 
 
@@ -125,6 +127,7 @@ async def open_embedded_server(
     max_file: str = "2GB",
     auth: tuple[str, str] | None = None,
     port: int = -1,
+    sync_always: bool = True,
 ) -> AsyncIterator[EmbeddedServer]:
     """Start an embedded nats-server with JetStream and yield it once it accepts clients.
 
@@ -135,6 +138,7 @@ async def open_embedded_server(
         auth: (user, password) every client must present; None leaves the server open
             (the one-shot default, reachable only from this machine's loopback).
         port: Port to listen on (-1: one the server picks).
+        sync_always: fsync every JetStream write before acknowledging it.
 
     Yields:
         The running server.
@@ -145,7 +149,7 @@ async def open_embedded_server(
     root = Path(store_dir)
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "nats-server.conf"
-    conf.write_text(_config(root / "js", max_memory, max_file, auth, port))
+    conf.write_text(_config(root / "js", max_memory, max_file, auth, port, sync_always))
     conf.chmod(0o600)  # it may hold a password
     for stale in root.glob("nats-server_*.ports"):
         stale.unlink(missing_ok=True)

@@ -132,7 +132,10 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             if opts.nats_url:
                 url = opts.nats_url
             else:
-                server = await stack.enter_async_context(open_embedded_server(root / "meta" / "nats"))
+                # Nothing resumes a `run`: its events survive a crash of any process (the
+                # page cache), but are not fsynced one by one as under `serve`.
+                server = await stack.enter_async_context(
+                    open_embedded_server(root / "meta" / "nats", sync_always=False))
                 url = server.url
             bus = await stack.enter_async_context(open_bus(url, opts.credentials))
             creds = opts.credentials or Credentials()
