@@ -5,7 +5,7 @@ and yields a ``Bus``. Messages are ``engine.messages`` Structs encoded as JSON. 
 published without a round trip each; the JetStream stream captures them on the server, and
 one event at a time travels with an acknowledgement (a *fence*), which, as JetStream stores
 one connection's messages in order, proves every earlier event stored
-(``Bus.publish_event``). ``Bus.persist`` publishes one message and waits for its ack.
+(``Bus.publish_event``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class Bus:
         """The JetStream context (for ``engine.store``)."""
         return self._js
 
-    async def publish_event(self, subject: str, message: BusMessage) -> None:
+    async def publish_event(self, subject: str, message: BusMessage, *,
+                            fence: bool = False) -> None:
         """Publish an event so that it reaches the stream exactly once, whatever happens
         to the connection, without a round trip per event.
 
@@ -93,7 +94,7 @@ class Bus:
         self._check_fence(ack_timeout=3.0)
         if self._resend:
             await self._resend_pending()
-        elif self._fence is None:
+        elif self._fence is None or fence:
             await self._send_fence(message.event_id, subject, payload)
         else:
             await self._send_plain(message.event_id, subject, payload)
@@ -160,14 +161,10 @@ class Bus:
         self._check_fence(ack_timeout)
         if self._resend:
             await self._resend_pending()
-        elif self._fence is None and self._pending:
-            # The newest event went out plain: publish it again as a fence (a duplicate
-            # for the server, but its acknowledgement proves everything before it).
-            msg_id, (subject, payload) = next(reversed(self._pending.items()))
-            await self._send_fence(msg_id, subject, payload)
 
     async def wait_persisted(self, timeout: float = 30.0) -> None:
-        """Wait until every event published with ``publish_event`` is stored.
+        """Wait until every event published with ``publish_event`` is stored: until the
+        fence of the last one (``fence=True``) is acknowledged.
 
         Raises:
             BusError: some are still not acknowledged after ``timeout`` seconds.
@@ -175,13 +172,14 @@ class Bus:
         with anyio.move_on_after(timeout):
             while self._pending:
                 await self._redeliver_once(ack_timeout=1.0)
-                if self._pending:
-                    fence = self._fence
-                    if fence is not None and fence[1] is not None:
-                        with anyio.move_on_after(0.05):
-                            await _settled(fence[1])
-                    else:
-                        await anyio.sleep(0.01)
+                fence = self._fence
+                if fence is not None and fence[1] is not None:
+                    with anyio.move_on_after(0.25):
+                        await _settled(fence[1])
+                elif self._pending:
+                    await anyio.sleep(0.01)
+                if self._pending and self._fence is None and not self._resend:
+                    self._resend = True  # events after the last fence: prove them stored
         if self._pending:
             raise BusError(f"{len(self._pending)} events not acknowledged by JetStream", self.url)
 
@@ -195,21 +193,6 @@ class Bus:
             await self._nc.publish(subject, ENCODER.encode(message))
         except NatsError as exc:
             raise BusError(f"publish to {subject} failed: {exc}", self.url) from exc
-
-    async def persist(self, subject: str, message: BusMessage, *, timeout: float = 10.0) -> int:
-        """Publish ``message`` and wait until JetStream has stored it.
-
-        Returns:
-            The stream sequence number of the message.
-
-        Raises:
-            BusError: no stream captures ``subject`` or the server did not acknowledge.
-        """
-        try:
-            ack = await self._js.publish(subject, ENCODER.encode(message), timeout=timeout)
-        except (NatsError, JetStreamError) as exc:
-            raise BusError(f"persisting to {subject} failed: {exc}", self.url) from exc
-        return ack.seq
 
     async def ensure_stream(self, name: str, subjects: list[str]) -> bool:
         """Create (or reuse) a file-backed stream capturing ``subjects``.

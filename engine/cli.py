@@ -21,6 +21,7 @@ import anyio
 import click
 
 from engine import __version__
+from engine import log as _log  # noqa: F401  # first: it imports structlog without rich
 from engine.bus import Credentials
 from engine.errors import EngineError
 

@@ -14,7 +14,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import structlog
+
+def _import_structlog_without_rich():  # type: ignore[no-untyped-def]
+    """Import structlog while ``rich`` is hidden: structlog loads rich (when installed) for
+    pretty console tracebacks, which Troupe never renders, and that is about 30 ms of
+    every command's start. The hiding ends with the import: anything imported later
+    (a ``--pgen`` module, say) sees rich as usual."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # import rich -> ImportError
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+    return structlog
+
+
+structlog = _import_structlog_without_rich()
 
 __all__ = ["configure_logging", "study_log_file"]
 

@@ -1,7 +1,7 @@
 """Fakes shipped with the engine for tests: an in-memory bus with NATS subject matching.
 
 ``FakeBus`` has the ``Bus`` interface that ``StudyRuntime`` uses (``publish``,
-``persist``, ``subscribe``, ``serve``, ``request``, ``flush``, ``ensure_stream``,
+``publish_event``, ``wait_persisted``, ``subscribe``, ``serve``, ``request``, ``flush``, ``ensure_stream``,
 ``durable``) and delivers
 messages to subscribers through anyio memory object streams, matching subjects with NATS
 wildcard rules (``*`` one token, ``>`` the rest). Everything published is kept in
@@ -54,17 +54,13 @@ class FakeBus:
                 sent.add(id(send))
                 send.send_nowait(message)  # type: ignore[arg-type]
 
-    async def publish_event(self, subject: str, message: BusMessage) -> None:
+    async def publish_event(self, subject: str, message: BusMessage, *,
+                            fence: bool = False) -> None:
         """Like ``publish`` (the fake never loses a message)."""
         await self.publish(subject, message)
 
     async def wait_persisted(self, timeout: float = 30.0) -> None:
         """Everything is 'persisted' at once."""
-
-    async def persist(self, subject: str, message: BusMessage, *, timeout: float = 10.0) -> int:
-        """Like ``publish``; returns the message's sequence number."""
-        await self.publish(subject, message)
-        return len(self.published)
 
     async def ensure_stream(self, name: str, subjects: list[str]) -> bool:
         """Pretend the stream exists."""

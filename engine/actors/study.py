@@ -273,15 +273,15 @@ class StudyRuntime:
                         tg.start_soon(self.persister.run)
                         await self.persister.flush()
                         tg.cancel_scope.cancel()
-            if self.bus.durable:
-                await self.bus.wait_persisted()
             ended = StudyEnded(
                 event_id=new_event_id(), study_id=self.study_id,
                 state=self.outcome or StudyState.FAILURE, time=self.clock(), counts=self.counts,
             )
             subject = subjects.study_event(self.study_id, "ended")
             if self.bus.durable:
-                await self.bus.persist(subject, ended)
+                # Its acknowledgement proves every earlier event of the study stored.
+                await self.bus.publish_event(subject, ended, fence=True)
+                await self.bus.wait_persisted()
             else:
                 await self.bus.publish(subject, ended)
                 await self.bus.flush()

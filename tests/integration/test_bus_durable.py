@@ -5,6 +5,7 @@ Against a real nats-server."""
 
 from __future__ import annotations
 
+import anyio
 import msgspec
 import pytest
 from nats.errors import ConnectionClosedError
@@ -28,30 +29,39 @@ async def _stored_steps(bus: Bus) -> list[str]:
     return [BUS_DECODER.decode(r).step for r in raw]  # type: ignore[union-attr]
 
 
-async def _publish(bus: Bus, n: int) -> list[str]:
+async def _publish(bus: Bus, n: int, *, last_fenced: bool = False) -> list[str]:
     names = []
     for i in range(n):
         event = _event(i)
         names.append(event.step)
-        await bus.publish_event(subjects.step_event(STUDY, event.step, "finished"), event)
+        await bus.publish_event(subjects.step_event(STUDY, event.step, "finished"), event,
+                                fence=last_fenced and i == n - 1)
     return names
 
 
 async def test_every_event_is_stored_once_with_few_acknowledgements(nats_server: str) -> None:
     async with open_bus(nats_server) as bus:
         assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
-        fences = 0
-        real = bus._send_fence
+        seen: list[str] = []
+        async with bus.subscribe(subjects.step_events(STUDY)) as live:
+            fences = 0
+            real = bus._send_fence
 
-        async def counting(*args: object) -> None:
-            nonlocal fences
-            fences += 1
-            await real(*args)  # type: ignore[arg-type]
+            async def counting(*args: object) -> None:
+                nonlocal fences
+                fences += 1
+                await real(*args)  # type: ignore[arg-type]
 
-        bus._send_fence = counting  # type: ignore[method-assign]
-        names = await _publish(bus, 400)
-        await bus.wait_persisted(timeout=20)
+            bus._send_fence = counting  # type: ignore[method-assign]
+            names = await _publish(bus, 400, last_fenced=True)
+            await bus.wait_persisted(timeout=20)
+            with anyio.fail_after(10):
+                async for event in live:
+                    seen.append(event.step)  # type: ignore[union-attr]
+                    if len(seen) == len(names):
+                        break
         assert names == await _stored_steps(bus)
+        assert names == seen, "a live subscriber sees every event once, in order"
         assert 1 <= fences < 400, "events went out without a round trip each"
 
 
