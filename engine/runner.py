@@ -10,6 +10,7 @@ second signal SIGKILLs whatever is still running.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import signal
 import sys
@@ -157,6 +158,9 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 policies=policies, dry_run=opts.dry_run, status_path=root / "status.csv",
                 recovered=recovered,
             )
+            # One-shot process: what exists now (the graph, the records, the modules) lives
+            # to the end, so the cyclic collector need not walk it again and again.
+            gc.freeze()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signals, runtime)
                 if bus.durable:
