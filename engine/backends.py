@@ -40,8 +40,10 @@ class Backends:
         for name, e in entries.items():
             if e.final or e.interrupted or not e.intent_attempt:
                 continue
-            if e.state not in ("PENDING", "RUNNING"):
-                continue
+            if e.state not in ("PENDING", "RUNNING") and not (
+                e.state == "WAITING" and e.intent_attempt > e.attempt
+            ):
+                continue  # (a WAITING entry names the attempt it is about to make)
             inst = graph.by_name.get(name)
             if inst is None:
                 continue

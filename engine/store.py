@@ -218,8 +218,13 @@ class Store:
         return await self._kv["troupe_steps"].put(_step_key(entry.study_id, entry.step),
                                                   self._enc.encode(entry))
 
-    async def finish_step(self, entry: StepEntry) -> bool:
+    async def finish_step(self, entry: StepEntry, *, last: int | None = None) -> bool:
         """Store a step's final state with compare-and-swap.
+
+        Args:
+            entry: The final entry.
+            last: The revision the caller last wrote for this step, if it knows it: the
+                swap is then tried against it first, without reading the entry.
 
         Returns:
             False if the stored entry was already final for this or a later attempt
@@ -227,6 +232,13 @@ class Store:
         """
         key = _step_key(entry.study_id, entry.step)
         kv = self._kv["troupe_steps"]
+        if last is not None:
+            try:
+                # Our own non-final write is the latest: nobody finished the step since.
+                await kv.update(key, self._enc.encode(entry), last=last)
+                return True
+            except KeyWrongLastSequenceError:
+                pass  # someone wrote in between: read it, below
         for _ in range(20):
             got = await self._get("troupe_steps", key, StepEntry)
             if got is None:

@@ -23,13 +23,14 @@ __all__ = ["Persister"]
 class Persister:
     """Coalescing, ordered writer of ``StepEntry`` values."""
 
-    def __init__(self, store: Store, *, concurrency: int = 64) -> None:
+    def __init__(self, store: Store, *, concurrency: int = 256) -> None:
         self._store = store
         self._dirty: dict[str, StepEntry] = {}
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._stored_attempt: dict[str, int] = {}
+        self._revision: dict[str, int] = {}  # the revision of our last non-final write
         self._waiters: dict[tuple[str, int], anyio.Event] = {}
         self._limit = anyio.Semaphore(concurrency)
         self._log = structlog.get_logger("troupe.persist")
@@ -77,9 +78,10 @@ class Persister:
             while True:
                 try:
                     if entry.final:
-                        await self._store.finish_step(entry)
+                        await self._store.finish_step(entry,
+                                                      last=self._revision.pop(entry.step, None))
                     else:
-                        await self._store.put_step(entry)
+                        self._revision[entry.step] = await self._store.put_step(entry)
                     break
                 except Exception as exc:  # noqa: BLE001 - the bus may be reconnecting
                     self._log.warning("step_write_retried", step=entry.step, error=str(exc))

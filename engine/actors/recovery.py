@@ -3,11 +3,12 @@
 For each step instance:
   * a final entry is kept as it is (with ``rerun_failed``, only FINISHED, DRYRUN and soft
     fails are kept; everything else runs again, keeping its attempt count);
-  * an entry with an attempt in flight (PENDING or RUNNING) is looked up through the
-    adapter: still running → re-adopted (RUNNING, holding its slots); ended while the
-    engine was away → its recorded exit is fed in as if it had just happened; gone
-    without a trace → that attempt is recorded as lost and the step runs again as a new
-    attempt;
+  * an entry with an attempt in flight (PENDING or RUNNING, or WAITING with the intent
+    of its next attempt stored) is looked up through the adapter: still running →
+    re-adopted (RUNNING, holding its slots); ended while the engine was away → its
+    recorded exit is fed in as if it had just happened; gone without a trace → that
+    attempt is recorded as lost (not for WAITING: it had most likely not started) and
+    the step runs again as a new attempt;
   * anything else starts over from INITIALIZED (its dependencies are re-checked).
 
 The terminal steps are then replayed as facts (``DependencyEnded`` to their children,
@@ -115,7 +116,8 @@ def recover_records(
             if e.soft:
                 out.soft.add(inst.name)
             continue
-        if state in (S.PENDING, S.RUNNING) and e.intent_attempt and not e.final:
+        waiting = state == S.WAITING and e.intent_attempt > e.attempt
+        if (state in (S.PENDING, S.RUNNING) or waiting) and e.intent_attempt and not e.final:
             # An attempt stopped by a graceful shutdown runs again, whatever it wrote.
             job = None if e.interrupted else found.get(inst.name)
             if isinstance(job, JobHandle | JobResult):
@@ -130,7 +132,10 @@ def recover_records(
                     out.ended[inst.name] = job
                 out.records[inst.name] = rec
                 continue
-            out.lost[inst.name] = e.intent_attempt
+            if not waiting:
+                out.lost[inst.name] = e.intent_attempt
+            # (A WAITING step's attempt most likely never started; the lookup fenced it
+            # off, so its number is used up either way.)
             rec = msgspec.structs.replace(rec, attempt=e.intent_attempt)
         # Start over: wait for the parents again (their facts are replayed).
         out.records[inst.name] = msgspec.structs.replace(

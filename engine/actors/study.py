@@ -390,6 +390,9 @@ class StudyRuntime:
 
     def _entry(self, cmd: PublishState) -> StepEntry:
         rec = self.records[cmd.step]
+        # A WAITING step already names the attempt it will make: its intent is stored
+        # while it waits for a slot, so the slot is not held up by that write later.
+        intent = rec.attempt + 1 if rec.state == StepState.WAITING else rec.attempt
         return StepEntry(
             study_id=self.study_id, step=cmd.step, state=rec.state.value, attempt=rec.attempt,
             job_id=rec.job_id, exit_code=rec.exit_code, submit_time=rec.submit_time,
@@ -397,7 +400,7 @@ class StudyRuntime:
             retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
             use_restart=rec.use_restart, reason=rec.reason,
             final=cmd.final and rec.state in TERMINAL_STATES, soft=cmd.soft,
-            intent_attempt=rec.attempt, intent_key=f"{self.study_id}/{cmd.step}/{rec.attempt}",
+            intent_attempt=intent, intent_key=f"{self.study_id}/{cmd.step}/{intent}",
             worker=self.worker,
         )
 

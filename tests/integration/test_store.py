@@ -57,3 +57,19 @@ async def test_final_entry_is_compare_and_swap_and_applying_it_twice_is_a_no_op(
         stale = StepEntry(study_id="s", step="x", state="FAILED", attempt=1, final=True)
         assert await store.finish_step(stale) is False, "an older attempt cannot overwrite it"
         assert "FINISHED" == (await store.get_step("s", "x")).state
+
+
+async def test_final_entry_swapped_against_the_revision_the_writer_knows(
+    nats_server: str,
+) -> None:
+    async with open_bus(nats_server) as bus:
+        await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        store = await Store.open(bus)
+        rev = await store.put_step(StepEntry(study_id="s", step="y", state="RUNNING", attempt=1))
+        done = StepEntry(study_id="s", step="y", state="FINISHED", attempt=1, final=True)
+        assert await store.finish_step(done, last=rev) is True
+        # A stale revision (the entry moved on, here: it is final already) is not trusted:
+        # the entry is read, and the final one stays.
+        failed = StepEntry(study_id="s", step="y", state="FAILED", attempt=1, final=True)
+        assert await store.finish_step(failed, last=rev) is False
+        assert "FINISHED" == (await store.get_step("s", "y")).state
