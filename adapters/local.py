@@ -96,6 +96,14 @@ class LocalAdapter:
         # Invariant: a key is present exactly while its process may still be alive.
         self._jobs: dict[tuple[str, int], _Job] = {}
         self._cancelled: set[tuple[str, int]] = set()
+        self._prepared: dict[str, tuple[str, ...]] = {}  # step -> what prepare() wrote
+
+    def prepare(self, step: StepInstance) -> None:
+        """Write the step's workspace and scripts ahead of its submission (the engine
+        does it for the next step of a chain while its parent runs), so that submitting
+        it only starts the process. A later change of the command is written again."""
+        self.write_script(step)
+        self._prepared[step.name] = _script_key(step)
 
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.sh`` (and ``.restart.sh`` if the step has one)."""
@@ -131,7 +139,10 @@ class LocalAdapter:
         return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
     def _spawn(self, step: StepInstance, attempt: int, *, restart: bool) -> _Job:
-        script = self.write_script(step)
+        if self._prepared.pop(step.name, None) == _script_key(step):
+            script = script_path(step)
+        else:
+            script = self.write_script(step)
         if restart and step.restart:
             script = script_path(step, restart=True)
         ws = step.workspace
@@ -269,6 +280,10 @@ class _Job:
         self.exit_path = exit_path
         self.popen = popen  # None for a process adopted after an engine restart
         self.exited = anyio.Event()
+
+
+def _script_key(step: StepInstance) -> tuple[str, ...]:
+    return (step.workspace, step.cmd, step.restart, step.shell)
 
 
 def _write_exec(path: Path, text: str) -> None:

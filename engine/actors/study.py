@@ -84,6 +84,7 @@ from engine.status import StatusTable, write_status
 
 __all__ = ["StudyRuntime"]
 
+_PREPARE_AHEAD = 4  # children prepared ahead per started step, at most
 _SUPERVISOR = ""  # inbox target of supervisor events (no step has an empty name)
 
 
@@ -469,11 +470,29 @@ class StudyRuntime:
         key = (name, attempt)
         self._handles[key] = handle
         send((name, JobStarted(event_id=new_event_id(), job_id=handle.job_id, time=self.clock())))
+        self._prepare_next(name)
         if key in self._cancel_pending:
             self._cancel_pending.discard(key)
             assert self._tg is not None
             self._tg.start_soon(self.adapter.cancel, handle)
         await self._wait_job(name, handle)
+
+    def _prepare_next(self, name: str) -> None:
+        """While ``name`` runs, write the files of the few children it alone holds back
+        (a chain's next step), so that their submission only starts a process."""
+        prepare = getattr(self.adapter, "prepare", None)
+        if prepare is None:
+            return
+        children = self.graph.children[name]
+        if len(children) > _PREPARE_AHEAD:
+            return  # a fan-out: preparing them all would hold up this step's own end
+        for child in children:
+            rec, inst = self.records[child], self.graph.by_name[child]
+            if rec.state == StepState.INITIALIZED and rec.remaining == 1 and not inst.when:
+                try:
+                    prepare(self.races.substitute(inst))
+                except OSError:
+                    pass  # its submission writes them (and reports the error)
 
     async def _timer(self, name: str, timer: str, attempt: int, delay: float) -> None:
         await anyio.sleep(delay)
