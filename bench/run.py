@@ -23,7 +23,10 @@ Columns (each timed as the whole command, interpreter start included):
   ``enginectl serve --state-dir S`` started once for all runs (its RSS is the serve tree);
 - floor: ``bench/floor.py`` (asyncio, /bin/sh -c, dependency order, concurrency = CPUs);
 - maestro-s0: ``maestro run -fg -y -s 0`` (Maestro's default throttle, i.e. unlimited);
+- maestro-s60: the same with Maestro's default 60 s poll, measured once, on W1-200 and
+  W4-200 only (every dependency level costs up to a poll);
 - parsl-threads: Parsl ``bash_app``s on a ThreadPoolExecutor(max_threads = CPUs);
+- parsl-htex: the same on a HighThroughputExecutor (LocalProvider, one block, CPUs workers);
 - snakemake: ``snakemake --cores 2`` (shell.executable /bin/sh);
 - dask: dask.distributed LocalCluster(n_workers = CPUs, threads_per_worker = 1), one
   ``subprocess.run(['/bin/sh', '-c', cmd])`` task per step, dependencies as futures.
@@ -144,8 +147,16 @@ def step(cmd, inputs=()):
     return cmd
 
 dag = json.load(open(sys.argv[1]))
-parsl.load(Config(executors=[ThreadPoolExecutor(max_threads=os.cpu_count() or 1)],
-                  run_dir=sys.argv[2]))
+if sys.argv[3] == "htex":
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+    executor = HighThroughputExecutor(
+        label="htex", address="127.0.0.1", cores_per_worker=1,
+        max_workers_per_node=os.cpu_count() or 1,
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+else:
+    executor = ThreadPoolExecutor(max_threads=os.cpu_count() or 1)
+parsl.load(Config(executors=[executor], run_dir=sys.argv[2]))
 futs = {}
 for name, cmd, deps in dag:
     futs[name] = step(cmd, inputs=[futs[d] for d in deps])
@@ -332,7 +343,7 @@ def run_column(col: str, w: Workload, run_dir: Path, ctx: dict, timeout: float) 
     out = run_dir / "out"
     out.mkdir()
     log = run_dir / "log.txt"
-    if col in ("troupe-run", "troupe-submit", "maestro-s0"):
+    if col in ("troupe-run", "troupe-submit", "maestro-s0", "maestro-s60"):
         spec = run_dir / "spec.yaml"
         spec.write_text(w.spec(out))
         study = run_dir / "study"
@@ -345,17 +356,19 @@ def run_column(col: str, w: Workload, run_dir: Path, ctx: dict, timeout: float) 
             res = timed(argv, timeout=timeout, log=log, rss_root=ctx["serve"].proc.pid)
             res["max_rss"] = None  # wait4 would only see the client
         else:
-            argv = [MAESTRO, "run", "-fg", "-y", "-s", "0", "-o", str(study), str(spec)]
+            sleep = col.removeprefix("maestro-s")  # maestro-s0, maestro-s60 (its default)
+            argv = [MAESTRO, "run", "-fg", "-y", "-s", sleep, "-o", str(study), str(spec)]
             res = timed(argv, timeout=timeout, log=log)
     else:
         dag = run_dir / "dag.json"
         dag.write_text(json.dumps(w.dag(out)))
         if col == "floor":
             argv = [PY, str(BENCH / "floor.py"), str(dag)]
-        elif col == "parsl-threads":
+        elif col in ("parsl-threads", "parsl-htex"):
             script = run_dir / "wf.py"
             script.write_text(PARSL)
-            argv = [ctx["py"]["parsl"], str(script), str(dag), str(run_dir / "runinfo")]
+            argv = [ctx["py"]["parsl"], str(script), str(dag), str(run_dir / "runinfo"),
+                    col.removeprefix("parsl-")]
         elif col == "dask":
             script = run_dir / "wf.py"
             script.write_text(DASK)
@@ -367,7 +380,9 @@ def run_column(col: str, w: Workload, run_dir: Path, ctx: dict, timeout: float) 
             argv = [sm, "--cores", "2", "-s", str(sf), "-d", str(run_dir / "smk")]
         else:
             raise ValueError(col)
-        res = timed(argv, cwd=run_dir, timeout=timeout, log=log)
+        # The peer's own scripts (Parsl's interchange and worker pool) are found on PATH.
+        env = {**os.environ, "PATH": f"{Path(argv[0]).parent}{os.pathsep}{os.environ['PATH']}"}
+        res = timed(argv, cwd=run_dir, timeout=timeout, log=log, env=env)
     if res["rc"] != 0:
         res["error"] = f"exit {res['rc']} (log {log})"
     else:
@@ -375,9 +390,14 @@ def run_column(col: str, w: Workload, run_dir: Path, ctx: dict, timeout: float) 
     return res
 
 
-ALL_COLUMNS = ["troupe-run", "troupe-submit", "floor", "maestro-s0", "parsl-threads",
-               "snakemake", "dask"]
-PEER_OF = {"parsl-threads": "parsl", "snakemake": "snakemake", "dask": "dask"}
+ALL_COLUMNS = ["troupe-run", "troupe-submit", "floor", "maestro-s0", "maestro-s60",
+               "parsl-threads", "parsl-htex", "snakemake", "dask"]
+PEER_OF = {"parsl-threads": "parsl", "parsl-htex": "parsl", "snakemake": "snakemake",
+           "dask": "dask"}
+# Columns too slow to repeat: measured once (no warm-up), on these workloads only.
+# Maestro's default 60 s poll makes each dependency level cost up to a minute (W2-100
+# would take over an hour and a half).
+ONCE_ONLY = {"maestro-s60": {"W1-200", "W4-200"}}
 
 
 def versions(ctx: dict) -> dict:
@@ -594,7 +614,13 @@ def main() -> None:
                     r = per[c]
                     if r["note"] or r["error"]:
                         continue
-                    res = run_column(c, w, work / w.key / f"{c}-{rnd}", ctx, args.timeout)
+                    once = c in ONCE_ONLY
+                    if once and (rnd != 1 or w.key not in ONCE_ONLY[c]):
+                        if w.key not in ONCE_ONLY[c]:
+                            r["note"] = "not run (too slow)"
+                        continue
+                    res = run_column(c, w, work / w.key / f"{c}-{rnd}", ctx,
+                                     max(args.timeout, 900) if once else args.timeout)
                     tag = "warm-up" if rnd == 0 else f"run {rnd}"
                     print(f"{w.key:8} {c:14} {tag:8} {res['wall']:7.2f} s "
                           f"tree {mb(res['tree_rss']):>5} MB  "
