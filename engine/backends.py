@@ -12,9 +12,7 @@ import sys
 from collections.abc import Mapping
 
 from adapters.base import Adapter, JobHandle, JobRequest, JobResult
-from adapters.flux import FluxAdapter
 from adapters.local import LocalAdapter
-from adapters.slurm import SlurmAdapter
 from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
@@ -85,8 +83,14 @@ def make_backends(
     if run_local or btype == "local":
         return Backends(local, local)
     job_env = {**env, **(notify or {})}
+    # The scheduler adapters are imported only when a study needs one (a local study's
+    # start does not pay for them).
     if btype == "slurm":
+        from adapters.slurm import SlurmAdapter
+
         return Backends(SlurmAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
     if btype == "flux":
+        from adapters.flux import FluxAdapter
+
         return Backends(FluxAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
     raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")
