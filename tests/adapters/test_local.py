@@ -57,3 +57,24 @@ async def test_a_prepared_script_is_used_as_written_and_a_changed_one_rewritten(
     assert JobOutcome.COMPLETED == (await adapter.wait(handle)).outcome
     assert "#!/bin/sh\n\necho second\n" == path.read_text()
     assert "second\n" == (Path(step.workspace) / f"s.{handle.job_id}.out").read_text()
+
+
+async def test_a_waiting_entry_with_an_intent_is_looked_up_and_fenced_off(tmp_path: Path) -> None:
+    from engine.backends import make_backends
+    from engine.spec.graph import StudyGraph
+    from engine.store import StepEntry
+
+    step = _step(tmp_path, "true")
+    graph = StudyGraph(name="t", description="t", spec_path=str(tmp_path / "t.yaml"),
+                       study_dir=str(tmp_path), steps=(step,))
+    backends = make_backends(graph, study_id="sid")
+    entries = {
+        "s": StepEntry(study_id="sid", step="s", state="WAITING", attempt=0, intent_attempt=1),
+    }
+    os.makedirs(step.workspace)
+    assert {"s": None} == await backends.lookup_inflight(graph, "sid", entries)
+    # The attempt can never start now: the claim is taken.
+    assert "superseded" in (Path(step.workspace) / ".troupe.1.pid").read_text()
+    plain = {"s": StepEntry(study_id="sid", step="s", state="WAITING", attempt=1,
+                            intent_attempt=1)}
+    assert {} == await backends.lookup_inflight(graph, "sid", plain), "no intent: not looked up"
