@@ -35,6 +35,18 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first engine (else OS) error inside nested exception groups, else ``exc``."""
+    if isinstance(exc, BaseExceptionGroup):
+        for kind in (EngineError, OSError):
+            sub: BaseException | None = exc.subgroup(kind)
+            while isinstance(sub, BaseExceptionGroup):
+                sub = sub.exceptions[0]
+            if sub is not None:
+                return sub
+    return exc
+
+
 def _friendly_errors(func: F) -> F:
     """Turn engine errors into one line + exit 1; internal errors likewise, unless
     ``TROUPE_DEBUG`` is set."""
@@ -50,6 +62,11 @@ def _friendly_errors(func: F) -> F:
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - last line of defence for the user
+            leaf = _first_leaf(exc)  # a task group wraps what its tasks raised
+            if isinstance(leaf, EngineError):
+                _fail(str(leaf))
+            if isinstance(leaf, OSError):
+                _fail(f"{leaf.filename or ''}: {leaf.strerror or leaf}".lstrip(": "))
             if os.environ.get("TROUPE_DEBUG"):
                 traceback.print_exc()
             _fail(f"internal error: {type(exc).__name__}: {exc} (set TROUPE_DEBUG=1 for details)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.natsserver import find_server_binary
-from tests.conftest import wait_for_path
+from tests.conftest import ENGINECTL, wait_for_path
 from tests.engine_proc import Engine
 
 
@@ -96,3 +96,29 @@ def test_study_survives_two_nats_server_restarts(tmp_path: Path, server: Server)
         eng.stop()
 
 
+
+
+def test_run_ends_with_one_line_when_the_server_is_gone_for_good(
+    tmp_path: Path, server: Server
+) -> None:
+    steps = "\n".join(f"  - {{name: s{i}, description: d, run: {{cmd: 'sleep 0.5'}}}}"
+                      for i in range(6))
+    spec = tmp_path / "long.yaml"
+    spec.write_text("description: {name: gone, description: the bus goes away}\nstudy:\n"
+                    + steps + "\n")
+    proc = subprocess.Popen(
+        [*ENGINECTL, "run", str(spec), "-o", str(tmp_path / "study"), "--nats-url", server.url,
+         "--throttle", "1", "--kill-grace", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_path(tmp_path / "study" / "s0", timeout=30)  # the study is under way
+        server.kill()  # and never comes back
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode not in (0, None)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert 1 == len(lines), err
+    assert "NATS" in lines[0] and "Traceback" not in err
