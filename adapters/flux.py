@@ -22,24 +22,22 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shlex
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from adapters.base import (
-    CancelError, JobHandle, JobRequest, JobResult, StatusError, SubmitError, map_exceptions,
+    CancelError, JobHandle, JobRequest, StatusError, SubmitError, map_exceptions,
 )  # fmt: skip
 from adapters.flux_script import (
     f58_encode, flux_script, parse_flux_jobs, parse_jobid, submit_options,
 )  # fmt: skip
-from adapters.jobwatch import JobState, JobWatcher
+from adapters.jobwatch import JobState
+from adapters.scheduler import SchedulerAdapter, text
 from adapters.slurm_script import is_scheduled
 from engine.spec.naming import make_safe_path
 
@@ -52,7 +50,7 @@ __all__ = ["FluxAdapter"]
 _EXEC = 0o755
 
 
-class FluxAdapter:
+class FluxAdapter(SchedulerAdapter):
     """Runs scheduled steps as Flux jobs (and the others locally).
 
     Args:
@@ -69,6 +67,8 @@ class FluxAdapter:
     """
 
     name = "flux"
+    _cancel_poll = 0.1
+    _command_env = {"FLUX_F58_FORCE_ASCII": "1"}  # job ids printed as ASCII F58
 
     def __init__(
         self, batch: Mapping[str, Any] | None = None, *, shell: str = "/bin/bash",
@@ -77,28 +77,16 @@ class FluxAdapter:
         cancel_timeout: float = 30.0, lost_after: float = 120.0, use_bindings: bool = True,
         local: Adapter | None = None,
     ) -> None:  # fmt: skip
+        super().__init__(
+            shell=shell, env=env, local=local, command_timeout=command_timeout,
+            cancel_timeout=cancel_timeout,
+            watch={"watch_interval": watch_interval, "reconcile_interval": reconcile_interval,
+                   "lost_after": lost_after},
+        )
         self.batch = dict(batch or {})
-        self.shell = shell
-        self.env = dict(env or {})
         if self.batch.get("flux_uri"):
             self.env.setdefault("FLUX_URI", str(self.batch["flux_uri"]))
-        self.command_timeout = command_timeout
-        self.cancel_timeout = cancel_timeout
         self.use_bindings = use_bindings and importlib.util.find_spec("flux") is not None
-        self._local = local
-        self._log = structlog.get_logger("troupe.flux")
-        self._watcher = JobWatcher(self._query, backend=self.name, watch_interval=watch_interval,
-                                   reconcile_interval=reconcile_interval, lost_after=lost_after)
-        self._exit_files: dict[str, Path] = {}
-
-    def report(self, exit_file: str, exit_code: int) -> bool:
-        """Take a job's pushed exit status (``engine.notify``) as if its file were read."""
-        return self._watcher.report(exit_file, exit_code)
-
-    @property
-    def watcher(self) -> JobWatcher:
-        """The shared completion watcher."""
-        return self._watcher
 
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.flux.sh`` (and ``.restart.flux.sh``), without the trailer.
@@ -137,7 +125,7 @@ class FluxAdapter:
             script = self._write(step, restart=request.restart, exit_file=exit_file)
         args = [*submit_options(step, self.batch, key=request.key), str(script)]
         try:
-            proc = await self._run(["submit", *args])
+            proc = await self._run("flux", ["submit", *args], timeout=self.command_timeout)
         except OSError as exc:
             raise SubmitError(f"cannot run flux: {exc}", step.name) from exc
         except TimeoutError as exc:
@@ -150,10 +138,10 @@ class FluxAdapter:
             job = found
         else:
             if proc.returncode != 0:
-                msg = _text(proc.stderr).strip() or f"flux submit exited {proc.returncode}"
+                msg = text(proc.stderr).strip() or f"flux submit exited {proc.returncode}"
                 raise SubmitError(msg, step.name, retryable=False)
             with map_exceptions({ValueError: SubmitError}, step.name):
-                job = parse_jobid(_text(proc.stdout).splitlines()[-1])
+                job = parse_jobid(text(proc.stdout).splitlines()[-1])
         job_id = f58_encode(job)
         self._exit_files[job_id] = exit_file
         self._log.info("job_submitted", step=step.name, attempt=request.attempt, job_id=job_id)
@@ -176,108 +164,42 @@ class FluxAdapter:
         return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
 
     async def _find_id(self, key: str) -> int | None:
-        proc = await self._checked(["jobs", "-a", f"--name={key}", "--json"], StatusError)
+        proc = await self._flux(["jobs", "-a", f"--name={key}", "--json"], StatusError)
         with map_exceptions({ValueError: StatusError, KeyError: StatusError}):
-            data = json.loads(_text(proc.stdout) or '{"jobs": []}')
+            data = json.loads(text(proc.stdout) or '{"jobs": []}')
             ids = [int(j["id"]) for j in data.get("jobs", []) if j.get("name") == key]
         return max(ids) if ids else None
 
-    async def wait(self, handle: JobHandle) -> JobResult:
-        """Wait for the job to end (the trailer's exit file, or ``flux jobs``).
-
-        Raises:
-            StatusError: flux could not be queried for ``lost_after`` s.
-        """
-        if handle.backend != self.name:
-            return await self._local_adapter().wait(handle)
-        result = await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
-        self._exit_files.pop(handle.job_id, None)  # kept if wait is cancelled: it may resume
-        return result
-
-    async def cancel(self, handle: JobHandle) -> None:
-        """Cancel the job and wait until it is INACTIVE (shielded). Ended jobs: no-op.
-
-        Raises:
-            CancelError: flux refused, or the job is still active ``cancel_timeout`` s later.
-        """
-        if handle.backend != self.name:
-            await self._local_adapter().cancel(handle)
-            return
+    async def _cancel_job(self, handle: JobHandle) -> None:
         with map_exceptions({ValueError: CancelError}, handle.step):
             job = parse_jobid(handle.job_id)
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(self.cancel_timeout):
-                    await self._cancel(job, handle.step)
-                    while True:
-                        with map_exceptions({StatusError: CancelError}, handle.step):
-                            state = (await self._query([handle.job_id])).get(handle.job_id)
-                        if state is None or state.outcome is not None:
-                            break
-                        await anyio.sleep(0.1)
-            except TimeoutError as exc:
-                raise CancelError(f"job {handle.job_id} still active after "
-                                  f"{self.cancel_timeout:g} s", handle.step) from exc
-        self._watcher.kick()
-
-    async def _cancel(self, job: int, step: str) -> None:
         if self.use_bindings:
             await anyio.to_thread.run_sync(_cancel_with_bindings, job, self.env.get("FLUX_URI"))
             return
-        proc = await self._checked(["cancel", str(job)], CancelError, step, allow_fail=True)
-        err = _text(proc.stderr).strip()
+        proc = await self._flux(["cancel", str(job)], CancelError, handle.step, allow_fail=True)
+        err = text(proc.stderr).strip()
         if proc.returncode != 0 and not err.endswith("job is inactive"):
-            raise CancelError(f"flux cancel failed: {err or proc.returncode}", step)
+            raise CancelError(f"flux cancel failed: {err or proc.returncode}", handle.step)
 
     async def _query(self, ids: Sequence[str]) -> dict[str, JobState]:
         by_int = {parse_jobid(i): i for i in ids}
-        proc = await self._checked(["jobs", "--json", *map(str, by_int)], StatusError,
-                                   allow_fail=True)  # fmt: skip
-        out = _text(proc.stdout)
+        proc = await self._flux(["jobs", "--json", *map(str, by_int)], StatusError,
+                                allow_fail=True)
+        out = text(proc.stdout)
         if proc.returncode != 0 and not out.strip():
-            if "unknown" in _text(proc.stderr):
+            if "unknown" in text(proc.stderr):
                 return {}  # none of the ids exists (any more)
-            raise StatusError(f"flux jobs failed: {_text(proc.stderr).strip()}")
+            raise StatusError(f"flux jobs failed: {text(proc.stderr).strip()}")
         with map_exceptions({ValueError: StatusError, KeyError: StatusError}):
             states = parse_flux_jobs(out)
         return {by_int[n]: s for n, s in states.items() if n in by_int}
 
-    async def _checked(
+    async def _flux(
         self, args: list[str], error: type[StatusError] | type[CancelError], step: str = "",
         *, allow_fail: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-        try:
-            proc = await self._run(args)
-        except TimeoutError as exc:
-            raise error(f"flux {args[0]} did not answer within {self.command_timeout:g} s",
-                        step) from exc  # fmt: skip
-        except OSError as exc:
-            raise error(f"cannot run flux: {exc}", step) from exc
-        if proc.returncode != 0 and not allow_fail:
-            raise error(f"flux {args[0]} failed: {_text(proc.stderr).strip()}", step)
-        return proc
-
-    async def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
-        """Run ``flux ARGS`` (found on PATH now); TimeoutError/OSError propagate."""
-        env = {**os.environ, **self.env, "FLUX_F58_FORCE_ASCII": "1"}
-        exe = shutil.which("flux", path=env.get("PATH"))
-        if exe is None:
-            raise FileNotFoundError("flux not found on PATH")
-        with anyio.fail_after(self.command_timeout):
-            return await anyio.run_process([exe, *args], check=False, env=env)
-
-    def _local_adapter(self) -> Adapter:
-        if self._local is None:
-            from adapters.local import LocalAdapter
-
-            self._local = LocalAdapter(shell=self.shell, env=self.env)
-        return self._local
-
-    def kill_all_now(self) -> None:
-        """Kill the local steps at once (Flux jobs are stopped by ``cancel``)."""
-        kill = getattr(self._local, "kill_all_now", None)
-        if kill is not None:
-            kill()
+        return await self._checked("flux", args, error, step, label=f"flux {args[0]}",
+                                   allow_fail=allow_fail)
 
 
 def _exit_file(step: StepInstance, key: str) -> Path:
@@ -295,7 +217,3 @@ def _cancel_with_bindings(job: int, uri: str | None) -> None:
     except OSError as exc:
         if "inactive" not in str(exc):
             raise CancelError(f"flux.job.cancel({job}): {exc}") from exc
-
-
-def _text(data: bytes | None) -> str:
-    return (data or b"").decode("utf-8", "replace")

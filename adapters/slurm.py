@@ -26,21 +26,18 @@ command is looked up on ``PATH`` when it is run, so tests can put stubs first.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import structlog
 
 from adapters.base import (
-    CancelError, JobHandle, JobOutcome, JobRequest, JobResult, StatusError, SubmitError,
+    CancelError, JobHandle, JobOutcome, JobRequest, StatusError, SubmitError,
     map_exceptions,
 )  # fmt: skip
-from adapters.jobwatch import JobState, JobWatcher
+from adapters.jobwatch import JobState
+from adapters.scheduler import SchedulerAdapter, text
 from adapters.launcher import LauncherError
 from adapters.slurm_parse import (
     SACCT_FIELDS, SQUEUE_FORMAT, SbatchFailure, SlurmJob, SlurmParseError,
@@ -72,7 +69,7 @@ class _Sbatch(NamedTuple):
     ambiguous: bool  # a job may exist although sbatch did not say so
 
 
-class SlurmAdapter:
+class SlurmAdapter(SchedulerAdapter):
     """Runs scheduled steps as Slurm batch jobs (and the others locally).
 
     Args:
@@ -108,35 +105,20 @@ class SlurmAdapter:
         backpressure_timeout: float | None = None, cancel_timeout: float = 60.0,
         lost_after: float = 120.0, confirm_grace: float = 10.0, local: Adapter | None = None,
     ) -> None:  # fmt: skip
+        super().__init__(
+            shell=shell, env=env, local=local, command_timeout=command_timeout,
+            cancel_timeout=cancel_timeout,
+            watch={"watch_interval": watch_interval, "reconcile_interval": reconcile_interval,
+                   "lost_after": lost_after, "confirm_grace": confirm_grace},
+        )
         self.batch = dict(batch or {})
-        self.shell = shell
-        self.env = dict(env or {})
-        self.command_timeout = command_timeout
         self.submit_timeout = submit_timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.backpressure_interval = backpressure_interval
         self.backpressure_timeout = backpressure_timeout
-        self.cancel_timeout = cancel_timeout
-        self._local = local
-        self._log = structlog.get_logger("troupe.slurm")
-        self._watcher = JobWatcher(
-            self._query, backend=self.name, watch_interval=watch_interval,
-            reconcile_interval=reconcile_interval, lost_after=lost_after,
-            confirm_grace=confirm_grace,
-        )  # fmt: skip
-        self._exit_files: dict[str, Path] = {}
         self._sacct_ok = True  # False once sacct says accounting is disabled
-
-    def report(self, exit_file: str, exit_code: int) -> bool:
-        """Take a job's pushed exit status (``engine.notify``) as if its file were read."""
-        return self._watcher.report(exit_file, exit_code)
-
-    @property
-    def watcher(self) -> JobWatcher:
-        """The shared completion watcher (its ``queries`` count is useful in tests)."""
-        return self._watcher
 
     # --- scripts ------------------------------------------------------------------
 
@@ -276,7 +258,7 @@ class SlurmAdapter:
                            f"sbatch did not answer within {self.submit_timeout:g} s", True)
         except OSError as exc:
             return _Sbatch(None, SbatchFailure.PERMANENT, f"cannot run sbatch: {exc}", False)
-        out, err = _text(proc.stdout), _text(proc.stderr)
+        out, err = text(proc.stdout), text(proc.stderr)
         if proc.returncode == 0:
             try:
                 return _Sbatch(parse_sbatch(out), None, "", False)
@@ -324,53 +306,10 @@ class SlurmAdapter:
             self._log.error("duplicate_jobs_for_key", key=key, jobs=[r.job_id for r in matches])
         return max(matches, key=lambda r: _id_order(r.job_id)) if matches else None
 
-    # --- wait and cancel ----------------------------------------------------------
+    # --- cancel --------------------------------------------------------------------
 
-    async def wait(self, handle: JobHandle) -> JobResult:
-        """Wait for the job to end (exit file pushed by the trailer, or Slurm's records).
-
-        Raises:
-            StatusError: Slurm could not be queried for ``lost_after`` s.
-        """
-        if handle.backend != self.name:
-            return await self._local_adapter().wait(handle)
-        result = await self._watcher.wait(handle.job_id, self._exit_files.get(handle.job_id))
-        self._exit_files.pop(handle.job_id, None)  # kept if wait is cancelled: it may resume
-        return result
-
-    async def cancel(self, handle: JobHandle) -> None:
-        """``scancel`` the job and wait until Slurm reports it ended (shielded).
-
-        Raises:
-            CancelError: scancel failed, or the job still runs ``cancel_timeout`` s later.
-        """
-        if handle.backend != self.name:
-            await self._local_adapter().cancel(handle)
-            return
-        job_id = handle.job_id
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(self.cancel_timeout):
-                    await self._checked("scancel", [job_id], CancelError, handle.step)
-                    while True:
-                        with map_exceptions({StatusError: CancelError}, handle.step):
-                            state = (await self._query([job_id])).get(job_id)
-                        if state is None or state.outcome is not None:
-                            break
-                        await anyio.sleep(0.2)
-            except TimeoutError as exc:
-                raise CancelError(
-                    f"job {job_id} still running {self.cancel_timeout:g} s after scancel",
-                    handle.step,
-                ) from exc
-        self._log.info("job_cancelled", step=handle.step, job_id=job_id)
-        self._watcher.kick()
-
-    def kill_all_now(self) -> None:
-        """Kill the local steps at once (Slurm jobs are stopped by ``cancel``)."""
-        kill = getattr(self._local, "kill_all_now", None)
-        if kill is not None:
-            kill()
+    async def _cancel_job(self, handle: JobHandle) -> None:
+        await self._checked("scancel", [handle.job_id], CancelError, handle.step)
 
     # --- queries --------------------------------------------------------------------
 
@@ -402,63 +341,25 @@ class SlurmAdapter:
         proc = await self._checked("squeue", ["-h", "-t", "all", "-o", SQUEUE_FORMAT, *args],
                                    StatusError, allow_fail=True)  # fmt: skip
         if proc.returncode != 0:
-            err = _text(proc.stderr)
+            err = text(proc.stderr)
             if "Invalid job id specified" in err:
                 return {}  # every id asked for is gone from slurmctld's memory
             raise StatusError(f"squeue failed: {err.strip() or proc.returncode}")
         with map_exceptions({SlurmParseError: StatusError}):
-            return parse_squeue(_text(proc.stdout))
+            return parse_squeue(text(proc.stdout))
 
     async def _sacct(self, args: list[str]) -> dict[str, SlurmJob]:
         proc = await self._checked("sacct", ["-X", "-P", "-n", "-o", SACCT_FIELDS, *args],
                                    StatusError, allow_fail=True)  # fmt: skip
         if proc.returncode != 0:
-            err = _text(proc.stderr)
+            err = text(proc.stderr)
             if "accounting storage is disabled" in err:
                 self._sacct_ok = False
                 self._log.info("sacct_unavailable", detail=err.strip())
                 return {}
             raise StatusError(f"sacct failed: {err.strip() or proc.returncode}")
         with map_exceptions({SlurmParseError: StatusError}):
-            return parse_sacct(_text(proc.stdout))
-
-    async def _checked(
-        self, name: str, args: list[str], error: type[StatusError] | type[CancelError],
-        step: str = "", *, allow_fail: bool = False,
-    ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-        try:
-            proc = await self._run(name, args, timeout=self.command_timeout)
-        except TimeoutError as exc:
-            raise error(f"{name} did not answer within {self.command_timeout:g} s", step) from exc
-        except OSError as exc:
-            raise error(f"cannot run {name}: {exc}", step) from exc
-        if proc.returncode != 0 and not allow_fail:
-            detail = _text(proc.stderr).strip() or f"exit status {proc.returncode}"
-            raise error(f"{name} failed: {detail}", step)
-        return proc
-
-    async def _run(
-        self, name: str, args: list[str], *, timeout: float, cwd: str | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-        """Run a Slurm command found on PATH now; TimeoutError/OSError propagate."""
-        env = {**os.environ, **self.env}
-        exe = shutil.which(name, path=env.get("PATH"))
-        if exe is None:
-            raise FileNotFoundError(f"{name} not found on PATH")
-        with anyio.fail_after(timeout):
-            return await anyio.run_process([exe, *args], check=False, env=env, cwd=cwd)
-
-    def _local_adapter(self) -> Adapter:
-        if self._local is None:
-            from adapters.local import LocalAdapter
-
-            self._local = LocalAdapter(shell=self.shell, env=self.env)
-        return self._local
-
-
-def _text(data: bytes | None) -> str:
-    return (data or b"").decode("utf-8", "replace")
-
+            return parse_sacct(text(proc.stdout))
 
 def _id_order(job_id: str) -> tuple[int, ...]:
     return tuple(int(p) for p in job_id.replace("_", ".").split(".") if p.isdigit())
