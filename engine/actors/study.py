@@ -84,6 +84,12 @@ from engine.status import StatusTable, write_status
 
 __all__ = ["StudyRuntime"]
 
+
+def _lost_race(state: StepState, reason: str) -> bool:
+    """A race member cancelled because another won: not a cancellation of the study."""
+    return state == StepState.CANCELLED and reason.startswith("race lost")
+
+
 _PREPARE_AHEAD = 4  # children prepared ahead per started step, at most
 _SUPERVISOR = ""  # inbox target of supervisor events (no step has an empty name)
 
@@ -312,7 +318,7 @@ class StudyRuntime:
                 )))
             send((_SUPERVISOR, StepEnded(
                 event_id=new_event_id(), cause_id=msg.event_id, step=msg.step, state=msg.state,
-                benign=msg.state == StepState.CANCELLED and msg.reason.startswith("race lost"),
+                benign=_lost_race(msg.state, msg.reason),
             )))
         if self.outcome is None:
             # The subscription ended: the connection is closed for good. Without the bus
@@ -416,7 +422,8 @@ class StudyRuntime:
                 if self.records[child].state == StepState.INITIALIZED:  # still waiting
                     send((child, DependencyEnded(event_id=new_event_id(), dependency=name,
                                                  state=state, soft=name in rec.soft)))
-            send((_SUPERVISOR, StepEnded(event_id=new_event_id(), step=name, state=state)))
+            send((_SUPERVISOR, StepEnded(event_id=new_event_id(), step=name, state=state,
+                                         benign=_lost_race(state, self.records[name].reason))))
         for name in rec.cached:
             cached = StepStateChanged(
                 event_id=new_event_id(), study_id=self.study_id, step=name, attempt=0,
@@ -432,6 +439,13 @@ class StudyRuntime:
                 retryable=True, reason="the attempt was lost with the engine; running it again",
             )
             await self.bus.publish_event(subjects.step_event(self.study_id, name, "failed"), lost)
+        # Decide the races again from what ended (the winner is not stored): the first
+        # FINISHED member to pass the check, in order of end; losers already cancelled
+        # stay so, one the old engine had not cancelled yet is cancelled now.
+        finished = [n for n in rec.terminal if n in self.races.group
+                    and self.records[n].state == StepState.FINISHED]
+        for name in sorted(finished, key=lambda n: self.records[n].end_time or 0.0):
+            await self.races.finished(name, self._cancel_exact)
         assert self._tg is not None
         for name, handle in rec.adopted.items():
             self._handles[(name, handle.attempt)] = handle

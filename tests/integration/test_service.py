@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,40 @@ def test_every_client_command_fails_fast_when_no_engine_answers(nats_server: str
         assert time.monotonic() - started < 5.0 + 1.0  # interpreter start included
         assert 1 == result.returncode, args
         assert "enginectl serve" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_race_winner_is_known_to_steps_submitted_after_an_engine_restart(
+    engine: Engine, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    spec = tmp_path / "race.yaml"
+    spec.write_text(
+        "description: {name: racer, description: r}\nstudy:\n"
+        "  - name: solver\n    description: two solvers race\n    run:\n      cmd: |\n"
+        "        if [ $(ALGO) = quick ]; then echo quick > answer.txt; exit 0; fi\n"
+        "        sleep 300\n"
+        "      race: solve\n"
+        "  - name: gate\n    description: holds the report back\n    run:\n"
+        f"      cmd: while [ ! -f {go} ]; do sleep 0.05; done\n"
+        "  - name: report\n    description: uses the winner\n    run:\n"
+        "      cmd: cat $(race.solve)/answer.txt > report.txt\n"
+        "      depends: [gate]\n"
+        "global.parameters:\n  ALGO: {values: [quick, slow], label: ALGO.%%}\n"
+    )
+    study = tmp_path / "study"
+    sub = engine.ctl("submit", str(spec), "-o", str(study), "--throttle", "0")
+    assert 0 == sub.returncode, sub.stderr
+    study_id = sub.stdout.strip()
+    deadline = time.monotonic() + 60
+    while True:  # the race is decided: the slow solver was cancelled
+        steps = {s["step"]: s["state"] for s in engine.status(study_id)["steps"]}
+        if steps.get("solver_ALGO.slow") == "CANCELLED":
+            break
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.1)
+    engine.kill()
+    engine.start()
+    go.touch()
+    watched = engine.ctl("watch", study_id, timeout=120)
+    assert 0 == watched.returncode, watched.stderr
+    assert "quick\n" == (study / "report" / "report.txt").read_text()
