@@ -21,6 +21,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -29,7 +30,12 @@ from engine.machines.step import StepRecord
 from engine.messages import StepState
 from engine.spec.graph import StudyGraph
 
+if TYPE_CHECKING:
+    from engine.actors.recovery import Recovered
+
 __all__ = [
+    "cache_dir_of",
+    "reuse_records",
     "cache_keys",
     "load_cache_dir",
     "load_previous",
@@ -153,3 +159,34 @@ def update_cache_dir(cache_dir: str, keys: Mapping[str, str], graph: StudyGraph,
     tmp = root / ".index.json.tmp"
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, root / "index.json")
+
+
+def cache_dir_of(graph: StudyGraph) -> str:
+    """``troupe.cache`` made absolute against the spec's directory ("" if unset)."""
+    from engine.settings import troupe_settings
+
+    cache = troupe_settings(graph).cache
+    return os.path.join(os.path.dirname(graph.spec_path), cache) if cache else ""
+
+
+def reuse_records(graph: StudyGraph, keys: Mapping[str, str], policies: Mapping,  # type: ignore[type-arg]
+                  *, reuse_dir: str = "", cache_dir: str = "") -> Recovered:
+    """Records for a study that reuses earlier results: the steps whose cache key matches
+    a FINISHED step of ``reuse_dir`` (an earlier study) or of the ``cache_dir`` index
+    start CACHED, their workspaces reproduced."""
+    from engine.actors.recovery import recover_records
+
+    previous: dict[str, tuple[str, str]] = {}
+    if cache_dir:
+        by_key = load_cache_dir(cache_dir)
+        previous = {n: by_key[k] for n, k in keys.items() if k in by_key}
+    if reuse_dir:
+        previous |= load_previous(reuse_dir)
+    cached = reuse_workspaces(graph, keys, previous)
+    rec = recover_records(graph, {}, policies, {})
+    for name in cached:
+        rec.records[name] = msgspec.structs.replace(rec.records[name], state=StepState.CACHED,
+                                                    remaining=0)
+        rec.terminal.append(name)
+        rec.cached.append(name)
+    return rec

@@ -190,6 +190,9 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
 @click.option("--local", "run_local", is_flag=True, help="Run scheduler steps here.")
 @click.option("-p", "--pgen", type=click.Path(exists=True, dir_okay=False))
 @click.option("--pargs", multiple=True, metavar="KEY:VALUE")
+@click.option("--reuse", type=click.Path(exists=True, file_okay=False),
+              help="Reuse the FINISHED steps of this earlier study whose cache keys match.")
+@click.option("--no-cache", is_flag=True, help="Neither record nor reuse cache keys.")
 @connection_options
 def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> None:
     """Submit SPEC to the running engine; print the study id."""
@@ -204,6 +207,8 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
         throttle=kwargs["throttle"], rlimit=kwargs["rlimit"], attempts=kwargs["attempts"],
         run_local=kwargs["run_local"], pgen=os.path.abspath(kwargs["pgen"]) if kwargs["pgen"] else "",
         pargs=tuple(kwargs["pargs"]),
+        reuse=os.path.abspath(kwargs["reuse"]) if kwargs["reuse"] else "",
+        use_cache=not kwargs["no_cache"],
     )
 
     async def body(bus: Bus) -> int:

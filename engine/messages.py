@@ -247,6 +247,9 @@ class SubmitRequest(BusMessage, tag="submit_request"):
         cwd: The client's working directory (a relative OUTPUT_PATH or ``-o`` is resolved
             against it, as ``run`` does).
         out_dir: ``-o DIR``, or "" for ``<OUTPUT_PATH>/<name>_<timestamp>``.
+        reuse: An earlier study directory whose FINISHED steps with the same cache key
+            are reused (CACHED), as ``run --reuse``; "" for none.
+        use_cache: False (``--no-cache``): neither record nor reuse cache keys.
     """
 
     spec_text: str
@@ -260,6 +263,8 @@ class SubmitRequest(BusMessage, tag="submit_request"):
     run_local: bool = False
     pgen: str = ""
     pargs: tuple[str, ...] = ()
+    reuse: str = ""
+    use_cache: bool = True
 
 
 class SubmitReply(BusMessage, tag="submit_reply"):

@@ -23,21 +23,13 @@ import structlog
 
 from engine import subjects
 from engine.actors.study import StudyRuntime
-from engine.actors.recovery import Recovered, recover_records
 from engine.backends import make_backends, notify_env
-from engine.cache import (
-    cache_keys,
-    load_cache_dir,
-    load_previous,
-    reuse_workspaces,
-    update_cache_dir,
-    write_cache,
-)
+from engine.cache import cache_dir_of, cache_keys, reuse_records, update_cache_dir, write_cache
 from engine.bus import Credentials, open_bus
 from engine.errors import ConfigError
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
-from engine.messages import StepState, StudyState
+from engine.messages import StudyState
 from engine.natsserver import open_embedded_server
 from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec.graph import StudyGraph
@@ -149,10 +141,12 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             keys = cache_keys(graph) if opts.use_cache else {}
-            cache_dir = _cache_dir(graph)
+            cache_dir = cache_dir_of(graph)
             recovered = None
             if keys and (opts.reuse or cache_dir):
-                recovered = _reuse(graph, keys, opts, policies, cache_dir)
+                recovered = reuse_records(graph, keys, policies, reuse_dir=opts.reuse or "",
+                                          cache_dir=cache_dir)
+                log.info("steps_reused", cached=len(recovered.cached), total=len(graph.steps))
             runtime = StudyRuntime(
                 graph, study_id=study_id, bus=bus, adapter=adapter, limits=limits,
                 policies=policies, dry_run=opts.dry_run, status_path=root / "status.csv",
@@ -177,33 +171,6 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                     update_cache_dir(cache_dir, keys, graph, runtime.records)
         log.info("study_completed", state=state.value)
     return state
-
-
-def _cache_dir(graph: StudyGraph) -> str:
-    """``troupe.cache`` made absolute against the spec's directory ("" if unset)."""
-    cache = troupe_settings(graph).cache
-    return os.path.join(os.path.dirname(graph.spec_path), cache) if cache else ""
-
-
-def _reuse(graph: StudyGraph, keys: dict[str, str], opts: RunOptions,
-           policies: dict, cache_dir: str) -> Recovered:  # type: ignore[type-arg]
-    """Records for a run that reuses earlier results: matching steps start CACHED."""
-    previous: dict[str, tuple[str, str]] = {}
-    if cache_dir:
-        by_key = load_cache_dir(cache_dir)
-        previous = {n: by_key[k] for n, k in keys.items() if k in by_key}
-    if opts.reuse:
-        previous |= load_previous(opts.reuse)
-    cached = reuse_workspaces(graph, keys, previous)
-    rec = recover_records(graph, {}, policies, {})
-    for name in cached:
-        rec.records[name] = msgspec.structs.replace(rec.records[name], state=StepState.CACHED,
-                                                    remaining=0)
-        rec.terminal.append(name)
-        rec.cached.append(name)
-    structlog.get_logger("troupe.run").info("steps_reused", cached=len(cached),
-                                            total=len(graph.steps))
-    return rec
 
 
 async def _cancel_on_signals(runtime: StudyRuntime) -> None:

@@ -51,6 +51,9 @@ from engine.messages import (
     new_event_id,
 )
 from engine.runner import check_backends, make_study_id
+from engine.cache import (
+    cache_dir_of, cache_keys, load_previous, reuse_records, update_cache_dir, write_cache,
+)  # fmt: skip
 from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
@@ -60,7 +63,7 @@ from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 __all__ = ["EngineService"]
 
 _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
-                "out_dir")  # fmt: skip
+                "out_dir", "reuse", "use_cache")  # fmt: skip
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Hosted:
     adapter: Adapter
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
+    keys: dict[str, str] = field(default_factory=dict)  # cache keys, recorded at the end
 
 
 class EngineService:
@@ -185,6 +189,8 @@ class EngineService:
             opts = {k: getattr(req, k) for k in _SUBMIT_KEYS}
             check_backends(graph, dry_run=req.dry_run, run_local=req.run_local)
             step_policies(graph, _cli(opts), run_local=req.run_local)
+            if req.reuse and req.use_cache:
+                load_previous(req.reuse)  # an unusable --reuse is refused now, in one line
             prepare_study_dir(graph, pgen=req.pgen or None, spec_text=req.spec_text)
         except EngineError as exc:
             return SubmitReply(event_id=rid, ok=False, error=str(exc))
@@ -261,7 +267,12 @@ class EngineService:
             kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0,
             notify=notify_env(self.bus.url, entry.study_id, *self._notify_creds))
         adapter = backends.adapter
+        dry_run = bool(opts.get("dry_run"))
+        keys = cache_keys(graph) if opts.get("use_cache", True) and not dry_run else {}
         recovered = None
+        if fresh and keys and (opts.get("reuse") or cache_dir_of(graph)):
+            recovered = reuse_records(graph, keys, policies, reuse_dir=str(opts.get("reuse") or ""),
+                                      cache_dir=cache_dir_of(graph))
         if resume:
             stored = await self.store.get_steps(entry.study_id, (s.name for s in graph.steps))
             found = await backends.lookup_inflight(graph, entry.study_id, stored)
@@ -270,10 +281,10 @@ class EngineService:
         runtime = StudyRuntime(
             graph, study_id=entry.study_id, bus=self.bus, adapter=adapter,
             limits=throttle_limits(graph, cli), policies=policies,
-            dry_run=bool(opts.get("dry_run")), status_path=Path(graph.study_dir) / "status.csv",
+            dry_run=dry_run, status_path=Path(graph.study_dir) / "status.csv",
             store=self.store, recovered=recovered, worker=self.worker,
         )
-        hosted = _Hosted(runtime=runtime, adapter=adapter)
+        hosted = _Hosted(runtime=runtime, adapter=adapter, keys=keys)
         self.hosted[entry.study_id] = hosted
         run_id = f"{entry.study_id}.{new_event_id()}"
         await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,
@@ -299,6 +310,13 @@ class EngineService:
             hosted.done.set()
         if not state_name:
             return  # interrupted by a graceful stop: the study stays RUNNING in the store
+        if hosted.keys:  # what a later --reuse (or the troupe.cache directory) finds
+            try:
+                write_cache(rt.graph, hosted.keys, rt.records)
+                if cache_dir := cache_dir_of(rt.graph):
+                    update_cache_dir(cache_dir, hosted.keys, rt.graph, rt.records)
+            except OSError as exc:
+                self._log.warning("cache_not_written", study_id=entry.study_id, error=str(exc))
         ended = time.time()
         await self._retrying(lambda: self.store.put_study(StudyEntry(
             **{**_fields(entry), "state": state_name, "ended": ended, "counts": rt.counts})))

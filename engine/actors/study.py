@@ -33,6 +33,7 @@ from engine.errors import BusError
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.actors.persist import Persister
+from engine.actors.control import answer_control
 from engine.actors.race import Races
 from engine.actors.recovery import Recovered, condition_args
 from engine.machines.policy import StepPolicy
@@ -43,9 +44,7 @@ from engine.messages import (
     AnyBusMessage,
     CancelJob,
     CancelRequested,
-    CancelSteps,
     Command,
-    ControlReply,
     DependencyEnded,
     Event,
     GrantSlot,
@@ -59,7 +58,6 @@ from engine.messages import (
     SlotReleased,
     SlotRequested,
     SlotWithdrawn,
-    SetThrottle,
     StartTimer,
     StepEnded,
     StepState,
@@ -432,6 +430,10 @@ class StudyRuntime:
             )
             await self.bus.publish_event(subjects.step_event(self.study_id, name, "cached"),
                                          cached)
+            if self.persister is not None:  # final in the store: a restart keeps it
+                self.persister.put(self._entry(PublishState(
+                    step=name, state=StepState.CACHED, previous=StepState.INITIALIZED,
+                    attempt=0, time=now, final=True)))
         for name, attempt in rec.lost.items():
             lost = StepStateChanged(
                 event_id=new_event_id(), study_id=self.study_id, step=name, attempt=attempt,
@@ -539,29 +541,7 @@ class StudyRuntime:
         async with self.bus.serve(subjects.control(self.study_id, "*")) as requests:
             task_status.started()
             async for request, reply in requests:
-                await reply(self._control(request))
-
-    def _control(self, request: AnyBusMessage) -> ControlReply:
-        rid = new_event_id()
-        match request:
-            case CancelSteps(study_id=sid) if sid != self.study_id:
-                return ControlReply(event_id=rid, ok=False, detail=f"unknown study {sid}")
-            case CancelSteps(glob=""):
-                self.cancel(reason=request.reason)
-                return ControlReply(event_id=rid, ok=True, detail="study cancelled",
-                                    matched=len(self._order))
-            case CancelSteps(glob=glob):
-                n = self.cancel_steps(glob, reason=request.reason)
-                detail = f"{n} steps match {glob!r}" if n else f"no step matches {glob!r}"
-                return ControlReply(event_id=rid, ok=n > 0, detail=detail, matched=n)
-            case SetThrottle(study_id=sid) if sid != self.study_id:
-                return ControlReply(event_id=rid, ok=False, detail=f"unknown study {sid}")
-            case SetThrottle(limit=limit, scope=scope) if limit >= 0:
-                self.set_throttle(limit, scope)
-                return ControlReply(event_id=rid, ok=True, detail=f"throttle {scope} = {limit}")
-            case _:
-                return ControlReply(event_id=rid, ok=False,
-                                    detail=f"unsupported request {type(request).__name__}")
+                await reply(answer_control(self, request))
 
     async def _cancel_job(self, name: str, attempt: int) -> None:
         handle = self._handles.get((name, attempt))

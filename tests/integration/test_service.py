@@ -187,3 +187,46 @@ def test_race_winner_is_known_to_steps_submitted_after_an_engine_restart(
     watched = engine.ctl("watch", study_id, timeout=120)
     assert 0 == watched.returncode, watched.stderr
     assert "quick\n" == (study / "report" / "report.txt").read_text()
+
+
+def test_submit_reuse_runs_only_the_edited_step_and_a_restart_keeps_the_cached_ones(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from tests.integration.test_conditions_run import _memo_spec, states
+    from tests.ledger import read_ledger
+
+    ledger = tmp_path / "ledger"
+    spec = _memo_spec(tmp_path / "m.yaml", ledger, "echo b1 > out.txt")
+    first = tmp_path / "first"
+    done = engine.ctl("submit", str(spec), "-o", str(first), "--wait")
+    assert 0 == done.returncode, done.stderr
+    ledger.unlink()
+    _memo_spec(spec, ledger, "echo b2 > out.txt")  # fix one step
+    second = tmp_path / "second"
+    again = engine.ctl("submit", str(spec), "-o", str(second), "--reuse", str(first), "--wait")
+    assert 0 == again.returncode, again.stderr
+    assert {"b", "c"} == {e.step for e in read_ledger(ledger)}, "only b and its descendant ran"
+    assert {"a": "CACHED", "b": "FINISHED", "c": "FINISHED", "d": "CACHED"} == states(second)
+    assert "b2\n" == (second / "c" / "out.txt").read_text()
+    # The cached steps are final in the store: restarting the study runs nothing again.
+    study_id = again.stdout.strip().splitlines()[0]
+    steps = {s["step"]: s["state"] for s in engine.status(study_id)["steps"]}
+    assert {"a": "CACHED", "d": "CACHED"} == {k: v for k, v in steps.items() if k in "ad"}
+    bad = engine.ctl("submit", str(spec), "--reuse", str(tmp_path))
+    assert 1 == bad.returncode and "no cache record" in bad.stderr
+
+
+def test_submit_no_cache_reuses_nothing(engine: Engine, tmp_path: Path) -> None:
+    from tests.integration.test_conditions_run import _memo_spec
+    from tests.ledger import read_ledger
+
+    ledger = tmp_path / "ledger"
+    spec = _memo_spec(tmp_path / "m.yaml", ledger, "echo b1 > out.txt")
+    first = tmp_path / "first"
+    assert 0 == engine.ctl("submit", str(spec), "-o", str(first), "--wait").returncode
+    ledger.unlink()
+    third = tmp_path / "third"
+    result = engine.ctl("submit", str(spec), "-o", str(third), "--reuse", str(first),
+                        "--no-cache", "--wait")
+    assert 0 == result.returncode, result.stderr
+    assert {"a", "b", "c", "d"} == {e.step for e in read_ledger(ledger)}
