@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cache_dir_of",
+    "record_cache",
     "reuse_records",
     "cache_keys",
     "load_cache_dir",
@@ -170,12 +171,16 @@ def cache_dir_of(graph: StudyGraph) -> str:
 
 
 def reuse_records(graph: StudyGraph, keys: Mapping[str, str], policies: Mapping,  # type: ignore[type-arg]
-                  *, reuse_dir: str = "", cache_dir: str = "") -> Recovered:
+                  *, reuse_dir: str = "") -> Recovered | None:
     """Records for a study that reuses earlier results: the steps whose cache key matches
-    a FINISHED step of ``reuse_dir`` (an earlier study) or of the ``cache_dir`` index
-    start CACHED, their workspaces reproduced."""
+    a FINISHED step of ``reuse_dir`` (an earlier study) or of the ``troupe.cache`` index
+    start CACHED, their workspaces reproduced. None when there is nothing to reuse from
+    (no keys, no ``reuse_dir``, no cache directory)."""
     from engine.actors.recovery import recover_records
 
+    cache_dir = cache_dir_of(graph)
+    if not keys or not (reuse_dir or cache_dir):
+        return None
     previous: dict[str, tuple[str, str]] = {}
     if cache_dir:
         by_key = load_cache_dir(cache_dir)
@@ -190,3 +195,14 @@ def reuse_records(graph: StudyGraph, keys: Mapping[str, str], policies: Mapping,
         rec.terminal.append(name)
         rec.cached.append(name)
     return rec
+
+
+def record_cache(graph: StudyGraph, keys: Mapping[str, str],
+                 records: Mapping[str, StepRecord]) -> None:
+    """What a later ``--reuse`` (or the ``troupe.cache`` directory) finds: the keys of this
+    study's FINISHED and CACHED steps, in ``meta/cache.json`` and the cache index."""
+    if not keys:
+        return
+    write_cache(graph, keys, records)
+    if cache_dir := cache_dir_of(graph):
+        update_cache_dir(cache_dir, keys, graph, records)

@@ -24,7 +24,7 @@ import structlog
 from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.backends import make_backends, notify_env
-from engine.cache import cache_dir_of, cache_keys, reuse_records, update_cache_dir, write_cache
+from engine.cache import cache_keys, record_cache, reuse_records
 from engine.bus import Credentials, open_bus
 from engine.errors import ConfigError
 from engine.layout import acquire_dependencies, prepare_study_dir
@@ -141,11 +141,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             keys = cache_keys(graph) if opts.use_cache else {}
-            cache_dir = cache_dir_of(graph)
-            recovered = None
-            if keys and (opts.reuse or cache_dir):
-                recovered = reuse_records(graph, keys, policies, reuse_dir=opts.reuse or "",
-                                          cache_dir=cache_dir)
+            recovered = reuse_records(graph, keys, policies, reuse_dir=opts.reuse or "")
+            if recovered is not None:
                 log.info("steps_reused", cached=len(recovered.cached), total=len(graph.steps))
             runtime = StudyRuntime(
                 graph, study_id=study_id, bus=bus, adapter=adapter, limits=limits,
@@ -165,10 +162,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 tg.cancel_scope.cancel()
             if opts.progress is not None:
                 _draw(runtime, opts.progress, final=True)
-            if keys and not opts.dry_run:
-                write_cache(graph, keys, runtime.records)
-                if cache_dir:
-                    update_cache_dir(cache_dir, keys, graph, runtime.records)
+            if not opts.dry_run:
+                record_cache(graph, keys, runtime.records)
         log.info("study_completed", state=state.value)
     return state
 

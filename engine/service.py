@@ -51,9 +51,7 @@ from engine.messages import (
     new_event_id,
 )
 from engine.runner import check_backends, make_study_id
-from engine.cache import (
-    cache_dir_of, cache_keys, load_previous, reuse_records, update_cache_dir, write_cache,
-)  # fmt: skip
+from engine.cache import cache_keys, load_previous, record_cache, reuse_records
 from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
@@ -270,9 +268,9 @@ class EngineService:
         dry_run = bool(opts.get("dry_run"))
         keys = cache_keys(graph) if opts.get("use_cache", True) and not dry_run else {}
         recovered = None
-        if fresh and keys and (opts.get("reuse") or cache_dir_of(graph)):
-            recovered = reuse_records(graph, keys, policies, reuse_dir=str(opts.get("reuse") or ""),
-                                      cache_dir=cache_dir_of(graph))
+        if fresh:
+            recovered = reuse_records(graph, keys, policies,
+                                      reuse_dir=str(opts.get("reuse") or ""))
         if resume:
             stored = await self.store.get_steps(entry.study_id, (s.name for s in graph.steps))
             found = await backends.lookup_inflight(graph, entry.study_id, stored)
@@ -310,13 +308,10 @@ class EngineService:
             hosted.done.set()
         if not state_name:
             return  # interrupted by a graceful stop: the study stays RUNNING in the store
-        if hosted.keys:  # what a later --reuse (or the troupe.cache directory) finds
-            try:
-                write_cache(rt.graph, hosted.keys, rt.records)
-                if cache_dir := cache_dir_of(rt.graph):
-                    update_cache_dir(cache_dir, hosted.keys, rt.graph, rt.records)
-            except OSError as exc:
-                self._log.warning("cache_not_written", study_id=entry.study_id, error=str(exc))
+        try:
+            record_cache(rt.graph, hosted.keys, rt.records)  # for a later --reuse
+        except OSError as exc:
+            self._log.warning("cache_not_written", study_id=entry.study_id, error=str(exc))
         ended = time.time()
         await self._retrying(lambda: self.store.put_study(StudyEntry(
             **{**_fields(entry), "state": state_name, "ended": ended, "counts": rt.counts})))
