@@ -162,26 +162,37 @@ class Bus:
         if self._resend:
             await self._resend_pending()
 
-    async def wait_persisted(self, timeout: float = 30.0) -> None:
-        """Wait until every event published with ``publish_event`` is stored: until the
-        fence of the last one (``fence=True``) is acknowledged.
+    async def wait_persisted(self, event_id: str = "", timeout: float = 30.0) -> None:
+        """Wait until the event ``event_id`` (default: the newest one published so far)
+        and every event published before it are stored. Events published meanwhile (by
+        other studies on the same connection) are not waited for.
+
+        Best called for an event published with ``fence=True`` (``study_ended``): its own
+        acknowledgement is the proof. Otherwise the event is published again as a fence
+        (a copy a live subscriber may see).
 
         Raises:
-            BusError: some are still not acknowledged after ``timeout`` seconds.
+            BusError: it is still not acknowledged after ``timeout`` seconds.
         """
+        mark = event_id or next(reversed(self._pending), "")
         with anyio.move_on_after(timeout):
-            while self._pending:
+            while mark in self._pending:
                 await self._redeliver_once(ack_timeout=1.0)
                 fence = self._fence
+                if mark not in self._pending:
+                    break
                 if fence is not None and fence[1] is not None:
                     with anyio.move_on_after(0.25):
                         await _settled(fence[1])
-                elif self._pending:
+                    self._check_fence(ack_timeout=1.0)
+                elif fence is None and not self._resend:
+                    # Nothing in flight proves it (the last fence came before it).
+                    await self._send_fence(mark, *self._pending[mark])
+                else:
                     await anyio.sleep(0.01)
-                if self._pending and self._fence is None and not self._resend:
-                    self._resend = True  # events after the last fence: prove them stored
-        if self._pending:
-            raise BusError(f"{len(self._pending)} events not acknowledged by JetStream", self.url)
+        if mark in self._pending:
+            raise BusError(f"event {mark} and earlier ones not acknowledged by JetStream "
+                           f"within {timeout:g} s", self.url)
 
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Publish ``message`` on ``subject`` (core NATS, fire and forget).

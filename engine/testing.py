@@ -59,7 +59,7 @@ class FakeBus:
         """Like ``publish`` (the fake never loses a message)."""
         await self.publish(subject, message)
 
-    async def wait_persisted(self, timeout: float = 30.0) -> None:
+    async def wait_persisted(self, event_id: str = "", timeout: float = 30.0) -> None:
         """Everything is 'persisted' at once."""
 
     async def ensure_stream(self, name: str, subjects: list[str]) -> bool:

@@ -288,7 +288,7 @@ class StudyRuntime:
             if self.bus.durable:
                 # Its acknowledgement proves every earlier event of the study stored.
                 await self.bus.publish_event(subject, ended, fence=True)
-                await self.bus.wait_persisted()
+                await self.bus.wait_persisted(ended.event_id)
             else:
                 await self.bus.publish(subject, ended)
                 await self.bus.flush()

@@ -95,3 +95,45 @@ async def test_events_lost_in_an_outage_are_published_again_in_order(
         await bus.wait_persisted(timeout=20)
         assert dropped, "the outage dropped events"
         assert names == await _stored_steps(bus), "every event stored once, in order"
+
+
+async def test_waiting_for_ones_own_events_is_not_held_up_by_a_busy_neighbour(
+    nats_server: str,
+) -> None:
+    # Under serve many studies share one connection: a study that ends waits for its own
+    # last event (a fence), not until nobody publishes any more, and sends no copies.
+    async with open_bus(nats_server) as bus:
+        assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        seen: list[str] = []
+        stop = anyio.Event()
+
+        async def neighbour() -> None:
+            i = 0
+            while not stop.is_set():
+                for _ in range(20):  # bursts: plain events are nearly always pending
+                    event = msgspec.structs.replace(_event(0), event_id=new_event_id(),
+                                                    step=f"n{i}")
+                    await bus.publish_event(
+                        subjects.step_event(STUDY, event.step, "finished"), event)
+                    i += 1
+                await anyio.sleep(0.002)
+
+        async with bus.subscribe(subjects.step_events(STUDY)) as live:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(neighbour)
+                await anyio.sleep(0.1)
+                ours = msgspec.structs.replace(_event(0), event_id=new_event_id(), step="ours")
+                await bus.publish_event(subjects.step_event(STUDY, "ours", "finished"), ours,
+                                        fence=True)
+                with anyio.fail_after(5):
+                    await bus.wait_persisted(ours.event_id, timeout=30)
+                stop.set()
+            await bus.wait_persisted(timeout=20)
+            stored = await _stored_steps(bus)
+            with anyio.fail_after(10):
+                async for event in live:
+                    seen.append(event.step)  # type: ignore[union-attr]
+                    if len(seen) == len(stored):
+                        break
+        assert "ours" in stored
+        assert len(seen) == len(set(seen)), "no event was sent twice"
