@@ -1,7 +1,8 @@
 """The one small protocol every backend implements, and the adapters' exception tree.
 
 An adapter writes a step's script, submits it, reports its completion (pushed where the
-backend allows), and cancels it. Foreign errors (``OSError``, ``CalledProcessError``,
+backend allows), cancels it, and finds it again after an engine restart (``Adapter``
+lists every operation the engine calls). Foreign errors (``OSError``, ``CalledProcessError``,
 parse failures) are translated at this edge with ``map_exceptions`` and re-raised as
 ``AdapterError`` subclasses with ``raise ... from``.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar
 
+import abc
 import enum
 
 import msgspec
@@ -23,6 +25,7 @@ __all__ = [
     "Adapter",
     "AdapterError",
     "CancelError",
+    "DEFAULT_KILL_GRACE",
     "JobHandle",
     "JobOutcome",
     "JobRequest",
@@ -125,39 +128,92 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
     restart: bool = False
 
 
-@runtime_checkable
-class Adapter(Protocol):
-    """A backend: local processes, Slurm or Flux."""
+DEFAULT_KILL_GRACE = 10.0
+"""Seconds between SIGTERM and SIGKILL when a job is stopped, unless the spec
+(``troupe.kill_grace``) or the command line says otherwise."""
 
-    name: str
 
+class Adapter(abc.ABC):
+    """A backend: local processes, Slurm or Flux (or a test's fake).
+
+    Declares every operation the engine calls, in the way anyio's ``AsyncBackend``
+    declares its backends: the four a backend must implement (``write_script``,
+    ``submit``, ``wait``, ``cancel``), and the ones with a default for a backend that has
+    nothing to do (``prepare``, ``lookup``, ``kill_all_now``, ``report``).
+
+    Attributes:
+        name: The backend's name (``JobHandle.backend``, the ``adapter:<name>`` throttle
+            scope).
+        takes_reports: Its jobs push their exit status over NATS (``engine.notify``),
+            which the engine hands to ``report``.
+    """
+
+    name: ClassVar[str] = ""
+    takes_reports: ClassVar[bool] = False
+
+    @abc.abstractmethod
     def write_script(self, step: StepInstance) -> Path:
         """Write the step's script(s) into its workspace and return the main script."""
-        ...
 
+    @abc.abstractmethod
     async def submit(self, request: JobRequest) -> JobHandle:
         """Start (or queue) one attempt of a step.
 
         Raises:
             SubmitError: the job could not be started.
         """
-        ...
 
+    @abc.abstractmethod
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the job to end and say how it ended.
 
         Raises:
             StatusError: the outcome cannot be determined.
         """
-        ...
 
+    @abc.abstractmethod
     async def cancel(self, handle: JobHandle) -> None:
         """Stop the job and everything it started. Cancelling an ended job is a no-op.
 
         Raises:
             CancelError: the backend failed to stop it.
         """
-        ...
+
+    def prepare(self, step: StepInstance) -> None:  # noqa: B027 - a no-op by default
+        """Get a step ready ahead of its submission (the engine calls it for the next
+        step of a chain while its parent runs), so that submitting it costs less.
+        Optional: the default does nothing.
+
+        Raises:
+            OSError: the files could not be written (the submission tries again).
+        """
+
+    async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
+        """Find an attempt submitted before an engine restart, by its step, attempt and
+        key, so that the engine re-adopts it instead of running it again.
+
+        Returns:
+            A handle to ``wait`` on if the job still runs, its result if it ended, or
+            None if it never started or left no trace (the attempt is then lost and the
+            step runs again). The default finds nothing.
+
+        Raises:
+            StatusError: the backend could not be asked.
+        """
+        return None
+
+    def kill_all_now(self) -> None:  # noqa: B027 - a no-op by default
+        """Kill every job this adapter started, at once (a second Ctrl-C).
+        The default does nothing: ``cancel`` is the backend's only way to stop a job."""
+
+    def report(self, exit_file: str, exit_code: int) -> bool:
+        """Take a job's exit status pushed over NATS (only if ``takes_reports``).
+
+        Returns:
+            Whether a job was waiting for it. The default takes nothing.
+        """
+        del exit_file, exit_code
+        return False
 
 
 @contextmanager

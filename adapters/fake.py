@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from adapters.base import JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
+from adapters.base import Adapter, JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["FakeAdapter"]
 
 
-class FakeAdapter:
+class FakeAdapter(Adapter):
     """An adapter whose jobs are controlled by the test."""
 
     name = "fake"

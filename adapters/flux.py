@@ -147,7 +147,7 @@ class FluxAdapter(SchedulerAdapter):
         self._log.info("job_submitted", step=step.name, attempt=request.attempt, job_id=job_id)
         return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
 
-    async def find(self, request: JobRequest) -> JobHandle | None:
+    async def _find(self, request: JobRequest) -> JobHandle | None:
         """Find an earlier attempt's job by its key (the job name), for re-adoption.
 
         Raises:

@@ -9,7 +9,7 @@ The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
 Under ``enginectl serve`` (``adoptable``) the script runs under a small ``/bin/sh``
 wrapper (the group leader, whose pid is the job id) that claims the attempt by creating
 ``.troupe.<attempt>.pid`` exclusively and writes the script's exit status to
-``.troupe.<attempt>.exit``; after an engine restart, ``adopt`` uses them to re-attach to
+``.troupe.<attempt>.exit``; after an engine restart, ``lookup`` uses them to re-attach to
 a step that is still running, or to learn how it ended. Under ``enginectl run``, which
 nothing resumes, the script is executed directly (one process per step). Completion is
 pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from adapters.base import JobHandle, JobOutcome, JobRequest, JobResult, SubmitError, map_exceptions
+from adapters.base import (
+    DEFAULT_KILL_GRACE,
+    Adapter,
+    JobHandle,
+    JobOutcome,
+    JobRequest,
+    JobResult,
+    SubmitError,
+    map_exceptions,
+)
 from engine.spec.naming import make_safe_path
 
 if TYPE_CHECKING:
@@ -65,7 +74,7 @@ def output_stem(step: StepInstance) -> str:
     return step.name.replace("/", "_").replace("\x00", "_")
 
 
-class LocalAdapter:
+class LocalAdapter(Adapter):
     """Runs steps as local process groups, any number at a time.
 
     Args:
@@ -84,7 +93,7 @@ class LocalAdapter:
     name = "local"
 
     def __init__(
-        self, *, shell: str = "/bin/bash", kill_grace: float = 10.0,
+        self, *, shell: str = "/bin/bash", kill_grace: float = DEFAULT_KILL_GRACE,
         strip_launcher: bool = False, env: dict[str, str] | None = None,
         adoptable: bool = True,
     ) -> None:
@@ -184,8 +193,9 @@ class LocalAdapter:
         os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
 
-    def adopt(self, step: StepInstance, attempt: int) -> JobHandle | JobResult | None:
-        """Find attempt ``attempt`` of ``step`` after an engine restart.
+    async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
+        """Find an attempt of a step after an engine restart, through the files its
+        wrapper wrote in the workspace.
 
         Returns:
             A ``JobResult`` if it ended while the engine was away (its exit status was
@@ -193,6 +203,7 @@ class LocalAdapter:
             still alive, or None if it never started or died without a trace (lost); in
             the first case it is fenced off, so it can never start later.
         """
+        step, attempt = request.step, request.attempt
         ws = Path(step.workspace)
         exit_path = ws / f".troupe.{attempt}.exit"
         pid_path = ws / f".troupe.{attempt}.pid"

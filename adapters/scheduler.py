@@ -14,16 +14,21 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
 
-from adapters.base import CancelError, JobHandle, JobResult, StatusError, map_exceptions
+from adapters.base import (
+    Adapter,
+    CancelError,
+    JobHandle,
+    JobRequest,
+    JobResult,
+    StatusError,
+    map_exceptions,
+)
 from adapters.jobwatch import JobState, JobWatcher
-
-if TYPE_CHECKING:
-    from adapters.base import Adapter
 
 __all__ = ["SchedulerAdapter", "text"]
 
@@ -33,7 +38,7 @@ def text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", "replace")
 
 
-class SchedulerAdapter:
+class SchedulerAdapter(Adapter):
     """The common part of a batch scheduler's adapter (see the module docstring).
 
     Args:
@@ -45,7 +50,7 @@ class SchedulerAdapter:
         watch: ``JobWatcher`` settings (intervals, ``lost_after``, ...).
     """
 
-    name = ""
+    takes_reports = True  # the job script's trailer pushes the exit status
     _cancel_poll = 0.2  # seconds between checks that a cancelled job ended
     _command_env: Mapping[str, str] = {}  # added to every command's environment
 
@@ -68,6 +73,10 @@ class SchedulerAdapter:
         raise NotImplementedError
 
     async def _cancel_job(self, handle: JobHandle) -> None:
+        raise NotImplementedError
+
+    async def _find(self, request: JobRequest) -> JobHandle | None:
+        """The job of a scheduled step's attempt, by its key (None: no such job)."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------
@@ -123,9 +132,19 @@ class SchedulerAdapter:
 
     def kill_all_now(self) -> None:
         """Kill the local steps at once (scheduler jobs are stopped by ``cancel``)."""
-        kill = getattr(self._local, "kill_all_now", None)
-        if kill is not None:
-            kill()
+        if self._local is not None:
+            self._local.kill_all_now()
+
+    async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
+        """Find an attempt after an engine restart: a scheduled step's job by its key in
+        the scheduler's records, any other step through the local adapter.
+
+        Raises:
+            StatusError: the scheduler could not be queried.
+        """
+        if not request.step.is_scheduled:
+            return await self._local_adapter().lookup(request)
+        return await self._find(request)
 
     def _local_adapter(self) -> Adapter:
         if self._local is None:

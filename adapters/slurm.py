@@ -271,7 +271,7 @@ class SlurmAdapter(SchedulerAdapter):
 
     # --- finding jobs by key ------------------------------------------------------
 
-    async def find(self, request: JobRequest) -> JobHandle | None:
+    async def _find(self, request: JobRequest) -> JobHandle | None:
         """Find the job of an attempt submitted earlier (e.g. before an engine restart).
 
         Looks for the key in ``squeue --me -t all``, then in ``sacct`` (jobs of the

@@ -23,7 +23,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.base import JobHandle, JobOutcome, JobRequest, JobResult  # noqa: E402
+from adapters.base import Adapter, JobHandle, JobOutcome, JobRequest, JobResult  # noqa: E402
 from engine import subjects  # noqa: E402
 from engine.actors.study import StudyRuntime  # noqa: E402
 from engine.bus import open_bus  # noqa: E402
@@ -32,13 +32,14 @@ from engine.natsserver import open_embedded_server  # noqa: E402
 from engine.spec import load_study  # noqa: E402
 
 
-class InstantAdapter:
+class InstantAdapter(Adapter):
     """Every job starts and ends at once, successfully."""
 
     name = "local"
 
-    def write_script(self, step: object) -> None:
+    def write_script(self, step: object) -> Path:  # type: ignore[override]
         """Nothing to write."""
+        return Path("/dev/null")
 
     async def submit(self, request: JobRequest) -> JobHandle:
         return JobHandle(step=request.step.name, attempt=request.attempt, job_id="1",

@@ -11,14 +11,29 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from adapters.base import Adapter, JobHandle, JobRequest, JobResult
+from adapters.base import DEFAULT_KILL_GRACE, Adapter, JobHandle, JobRequest, JobResult
 from adapters.local import LocalAdapter
 from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
 from engine.store import StepEntry
 
-__all__ = ["Backends", "make_backends", "notify_env"]
+__all__ = ["BACKENDS", "Backends", "check_backends", "make_backends", "notify_env"]
+
+BACKENDS = ("local", "slurm", "flux")
+"""The batch types this version runs."""
+
+
+def check_backends(graph: StudyGraph, *, dry_run: bool, run_local: bool) -> None:
+    """Refuse a study whose batch type no adapter handles (a dry run or ``--local`` run
+    needs none).
+
+    Raises:
+        ConfigError: naming the batch type.
+    """
+    btype = graph.batch_type
+    if btype not in BACKENDS and not (dry_run or run_local):
+        raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")
 
 
 class Backends:
@@ -45,12 +60,9 @@ class Backends:
             inst = graph.by_name.get(name)
             if inst is None:
                 continue
-            find = getattr(self.adapter, "find", None)
-            if find is not None and inst.is_scheduled and self.adapter is not self.local:
-                key = e.intent_key or f"{study_id}/{name}/{e.intent_attempt}"
-                found[name] = await find(JobRequest(step=inst, attempt=e.intent_attempt, key=key))
-            else:
-                found[name] = self.local.adopt(inst, e.intent_attempt)
+            key = e.intent_key or f"{study_id}/{name}/{e.intent_attempt}"
+            found[name] = await self.adapter.lookup(
+                JobRequest(step=inst, attempt=e.intent_attempt, key=key))
         return found
 
 
@@ -66,7 +78,8 @@ def notify_env(url: str, study_id: str, user: str | None = None,
 
 
 def make_backends(
-    graph: StudyGraph, *, study_id: str, run_local: bool = False, kill_grace: float = 10.0,
+    graph: StudyGraph, *, study_id: str, run_local: bool = False,
+    kill_grace: float = DEFAULT_KILL_GRACE,
     notify: dict[str, str] | None = None, adoptable: bool = True,
 ) -> Backends:
     """Build the adapters for ``graph`` (``adoptable``: local steps can be adopted by a
@@ -79,7 +92,7 @@ def make_backends(
     env = {"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": graph.study_dir}
     local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env,
                          adoptable=adoptable)
-    btype = str(graph.batch.get("type") or "local")
+    btype = graph.batch_type
     if run_local or btype == "local":
         return Backends(local, local)
     job_env = {**env, **(notify or {})}

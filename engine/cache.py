@@ -21,8 +21,6 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from engine.errors import ConfigError
@@ -30,13 +28,10 @@ from engine.machines.step import StepRecord
 from engine.messages import StepState
 from engine.spec.graph import StudyGraph
 
-if TYPE_CHECKING:
-    from engine.actors.recovery import Recovered
-
 __all__ = [
     "cache_dir_of",
     "record_cache",
-    "reuse_records",
+    "reuse_cached",
     "cache_keys",
     "load_cache_dir",
     "load_previous",
@@ -170,31 +165,26 @@ def cache_dir_of(graph: StudyGraph) -> str:
     return os.path.join(os.path.dirname(graph.spec_path), cache) if cache else ""
 
 
-def reuse_records(graph: StudyGraph, keys: Mapping[str, str], policies: Mapping,  # type: ignore[type-arg]
-                  *, reuse_dir: str = "") -> Recovered | None:
-    """Records for a study that reuses earlier results: the steps whose cache key matches
-    a FINISHED step of ``reuse_dir`` (an earlier study) or of the ``troupe.cache`` index
-    start CACHED, their workspaces reproduced. None when there is nothing to reuse from
-    (no keys, no ``reuse_dir``, no cache directory)."""
-    from engine.actors.recovery import recover_records
+def reuse_cached(graph: StudyGraph, keys: Mapping[str, str], *,
+                 reuse_dir: str = "") -> list[str]:
+    """Reproduce the workspaces of the steps whose cache key matches a FINISHED step of
+    ``reuse_dir`` (an earlier study) or of the ``troupe.cache`` index, and return their
+    names: the runtime marks them CACHED (``CacheHit``). Nothing is reused without keys
+    or without a place to reuse from.
 
+    Raises:
+        ConfigError: ``reuse_dir`` has no readable cache record.
+    """
     cache_dir = cache_dir_of(graph)
     if not keys or not (reuse_dir or cache_dir):
-        return None
+        return []
     previous: dict[str, tuple[str, str]] = {}
     if cache_dir:
         by_key = load_cache_dir(cache_dir)
         previous = {n: by_key[k] for n, k in keys.items() if k in by_key}
     if reuse_dir:
         previous |= load_previous(reuse_dir)
-    cached = reuse_workspaces(graph, keys, previous)
-    rec = recover_records(graph, {}, policies, {})
-    for name in cached:
-        rec.records[name] = msgspec.structs.replace(rec.records[name], state=StepState.CACHED,
-                                                    remaining=0)
-        rec.terminal.append(name)
-        rec.cached.append(name)
-    return rec
+    return reuse_workspaces(graph, keys, previous)
 
 
 def record_cache(graph: StudyGraph, keys: Mapping[str, str],

@@ -134,18 +134,19 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
         tls_ca: str | None, run_local: bool, reuse: str | None, no_cache: bool,
         kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
+    from engine.hosting import StudyOptions
     from engine.runner import RunOptions, default_progress_stream, run_study
 
     if (user or password or token or creds or tls_ca) and not nats_url:
         _fail("--user/--password/--token/--creds/--tls-ca need --nats-url")
     graph = _load(spec, out, pgen, pargs)
+    study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
+                         kill_grace=kill_grace, dry_run=dry, run_local=run_local,
+                         reuse=reuse or "", use_cache=not no_cache)
     opts = RunOptions(
-        throttle=throttle, rlimit=rlimit, attempts=attempts, dry_run=dry, nats_url=nats_url,
-        run_local=run_local,
+        study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
         credentials=Credentials(user=user, password=password, token=token,
                                 creds_file=creds, tls_ca=tls_ca),
-        kill_grace=kill_grace, progress=default_progress_stream(), pgen=pgen,
-        reuse=reuse, use_cache=not no_cache,
     )
     state = anyio.run(run_study, graph, opts)
     click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)

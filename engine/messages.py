@@ -16,63 +16,19 @@ from typing import Literal
 
 import msgspec
 
-__all__ = [
-    "JobReported",
-    "EventsReply",
-    "EventsRequest",
-    "SubmissionsPaused",
-    "RestartRequest",
-    "StudySummary",
-    "StepSummary",
-    "StatusReply",
-    "StatusRequest",
-    "SubmitReply",
-    "SubmitRequest",
-    "ACTIVE_STATES",
-    "BUS_DECODER",
-    "ENCODER",
-    "FAILURE_STATES",
-    "SCHEMA_VERSION",
-    "SetThrottle",
-    "TERMINAL_STATES",
-    "AnyBusMessage",
-    "BusMessage",
-    "CancelJob",
-    "CancelRequested",
-    "CancelSteps",
-    "Command",
-    "ControlReply",
-    "DependencyEnded",
-    "Event",
-    "FailureKind",
-    "GrantSlot",
-    "JobExited",
-    "JobStarted",
-    "PublishState",
-    "ReleaseSlot",
-    "RequestSlot",
-    "SlotGranted",
-    "SlotReleased",
-    "SlotRequested",
-    "SlotWithdrawn",
-    "StartTimer",
-    "StepEnded",
-    "StepState",
-    "StepStateChanged",
-    "StopStudy",
-    "StudyCancelRequested",
-    "StudyEnded",
-    "StudyFinished",
-    "StudyOpened",
-    "StudyStarted",
-    "StudyState",
-    "SubmitFailed",
-    "SubmitJob",
-    "ThrottleChanged",
-    "TimerFired",
-    "WithdrawSlotRequest",
-    "WriteScript",
-    "new_event_id",
+__all__ = [  # fmt: skip
+    "ACTIVE_STATES", "AnyBusMessage", "AttemptLost", "BUS_DECODER", "BusMessage",
+    "CacheHit", "CancelJob", "CancelRequested", "CancelStep", "CancelSteps", "CheckRace",
+    "Command", "ControlReply", "DependencyEnded", "ENCODER", "EndStudy", "Event",
+    "EventsReply", "EventsRequest", "FAILURE_STATES", "FailureKind", "GrantSlot",
+    "JobExited", "JobReported", "JobStarted", "KillAllJobs", "PublishState", "RaceChecked",
+    "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION", "SetThrottle",
+    "SlotGranted", "SlotReleased", "SlotRequested", "SlotWithdrawn", "StartTimer",
+    "StatusReply", "StatusRequest", "StepEnded", "StepState", "StepStateChanged",
+    "StepSummary", "StopRequested", "StopStudy", "StudyCancelRequested", "StudyEnded",
+    "StudyOpened", "StudyStarted", "StudyState", "StudySummary", "SubmissionsPaused",
+    "SubmitFailed", "SubmitJob", "SubmitReply", "SubmitRequest", "TERMINAL_STATES",
+    "ThrottleChanged", "TimerFired", "WithdrawSlotRequest", "WriteScript", "new_event_id",
 ]
 
 SCHEMA_VERSION = 1
@@ -118,19 +74,10 @@ class StudyState(enum.StrEnum):
         return {"FINISHED": 0, "FAILURE": 2, "CANCELLED": 3}.get(self.value, 1)
 
 
-TERMINAL_STATES = frozenset(
-    {
-        StepState.FINISHED,
-        StepState.FAILED,
-        StepState.TIMEDOUT,
-        StepState.HWFAILURE,
-        StepState.UNKNOWN,
-        StepState.CANCELLED,
-        StepState.DRYRUN,
-        StepState.SKIPPED,
-        StepState.CACHED,
-    }
-)
+TERMINAL_STATES = frozenset({
+    StepState.FINISHED, StepState.FAILED, StepState.TIMEDOUT, StepState.HWFAILURE,
+    StepState.UNKNOWN, StepState.CANCELLED, StepState.DRYRUN, StepState.SKIPPED, StepState.CACHED,
+})
 """States a step never leaves in this run."""
 
 FAILURE_STATES = frozenset(
@@ -173,6 +120,8 @@ class StepStateChanged(BusMessage, tag="step_state_changed"):
         reason: Human-readable detail (e.g. the failed dependency's name).
         final: The step will not change state again in this run.
         soft: A Merlin soft fail: the step FAILED but its descendants still run.
+        lost_race: A CANCELLED race member that another member beat (part of the
+            plan: it does not make the study CANCELLED).
     """
 
     study_id: str
@@ -188,6 +137,7 @@ class StepStateChanged(BusMessage, tag="step_state_changed"):
     reason: str = ""
     final: bool = False
     soft: bool = False
+    lost_race: bool = False
 
 
 class StudyStarted(BusMessage, tag="study_started"):
@@ -363,7 +313,39 @@ BUS_DECODER = msgspec.json.Decoder(AnyBusMessage)
 # ----------------------------------------------------------------- machine events
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class _Matcher:
+    """Equal to any message of one type whose named fields have the given values."""
+
+    __slots__ = ("fields", "type")
+
+    def __init__(self, typ: type, fields: dict[str, object]) -> None:
+        self.type, self.fields = typ, fields
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, self.type) and all(
+            getattr(other, k) == v for k, v in self.fields.items())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
+        return f"{self.type.__name__}.match({args})"
+
+
+class _Matchable:
+    @classmethod
+    def match(cls, **fields: object) -> _Matcher:
+        """A partial matcher for tests (dask's ``Instruction.match``):
+        ``PublishState.match(state=StepState.WAITING) == cmd``.
+
+        Raises:
+            TypeError: a field the message does not have.
+        """
+        unknown = set(fields) - set(cls.__struct_fields__)  # type: ignore[attr-defined]
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {sorted(unknown)}")
+        return _Matcher(cls, fields)
+
+
+class Event(_Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of the past-tense facts fed to the pure machines."""
 
     event_id: str = ""
@@ -411,9 +393,22 @@ class SubmitFailed(Event, tag="submit_failed"):
 
 
 class CancelRequested(Event, tag="cancel_requested"):
-    """Someone asked to cancel this step (or the whole study)."""
+    """Someone asked to cancel this step (or the whole study); ``lost_race``: another
+    member of its race won."""
 
     reason: str = "cancelled"
+    lost_race: bool = False
+
+
+class CacheHit(Event, tag="cache_hit"):
+    """An earlier study's FINISHED result with this step's cache key was copied in."""
+
+
+class AttemptLost(Event, tag="attempt_lost"):
+    """Recovery: attempt ``attempt`` was in flight when the engine stopped and left no
+    trace; the step runs again as a new attempt."""
+
+    attempt: int
 
 
 class SlotRequested(Event, tag="slot_requested"):
@@ -465,13 +460,31 @@ class SubmissionsPaused(Event, tag="submissions_paused"):
 
 
 class StudyCancelRequested(Event, tag="study_cancel_requested"):
-    """Supervisor input: the whole study is being cancelled."""
+    """Supervisor input: someone asked to cancel the whole study (a second request
+    kills whatever still runs)."""
+
+    reason: str = "cancelled by user"
+
+
+class StopRequested(Event, tag="stop_requested"):
+    """Supervisor input: a step asked to stop the study (``StopStudy``)."""
+
+    step: str
+    reason: str
+
+
+class RaceChecked(Event, tag="race_checked"):
+    """Supervisor input: the race check of ``step`` (a FINISHED member) ran."""
+
+    group: str
+    step: str
+    passed: bool
 
 
 # ------------------------------------------------------------------- commands
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Command(_Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of the imperatives the machines return for their shells to carry out."""
 
 
@@ -490,6 +503,8 @@ class PublishState(Command, tag="publish_state"):
     reason: str = ""
     final: bool = False
     soft: bool = False
+    lost_race: bool = False
+    intent_attempt: int = 0  # the attempt a stored entry names (the next, while WAITING)
 
 
 class RequestSlot(Command, tag="request_slot"):
@@ -556,7 +571,27 @@ class WriteScript(Command, tag="write_script"):
     step: str
 
 
-class StudyFinished(Command, tag="study_finished"):
+class CancelStep(Command, tag="cancel_step"):
+    """Supervisor output: cancel ``step`` (a study cancel or stop, or a lost race)."""
+
+    step: str
+    reason: str
+    lost_race: bool = False
+
+
+class KillAllJobs(Command, tag="kill_all_jobs"):
+    """Supervisor output: kill every job at once (a second cancel of the study)."""
+
+
+class CheckRace(Command, tag="check_race"):
+    """Supervisor output: run race ``group``'s check in the workspace of ``step``."""
+
+    group: str
+    step: str
+    check: str
+
+
+class EndStudy(Command, tag="end_study"):
     """Supervisor output: every step is terminal; the study ended in ``state``."""
 
     state: StudyState

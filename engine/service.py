@@ -16,23 +16,27 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import anyio.abc
 import msgspec
 import structlog
 
-from adapters.base import Adapter
 from engine import subjects
-from engine.actors.recovery import recover_records
-from engine.actors.study import StudyRuntime
-from engine.backends import make_backends, notify_env
+from engine.actors.control import answer_control, answer_not_hosted
 from engine.bus import Bus
 from engine.errors import EngineError
+from engine.actors.study import StudyRuntime
+from engine.hosting import (
+    HostedStudy,
+    Start,
+    StudyOptions,
+    build_runtime,
+    check_study,
+    make_study_id,
+)
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.messages import (
-    ACTIVE_STATES,
     AnyBusMessage,
     BusMessage,
     CancelSteps,
@@ -43,16 +47,11 @@ from engine.messages import (
     SetThrottle,
     StatusReply,
     StatusRequest,
-    StepSummary,
     StudySummary,
-    SubmissionsPaused,
     SubmitReply,
     SubmitRequest,
     new_event_id,
 )
-from engine.runner import check_backends, make_study_id
-from engine.cache import cache_keys, load_previous, record_cache, reuse_records
-from engine.settings import CliOverrides, step_policies, throttle_limits, troupe_settings
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
 from engine.status import state_counts
@@ -66,11 +65,13 @@ _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen"
 
 @dataclass
 class _Hosted:
-    runtime: StudyRuntime
-    adapter: Adapter
+    study: HostedStudy
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
-    keys: dict[str, str] = field(default_factory=dict)  # cache keys, recorded at the end
+
+    @property
+    def runtime(self) -> StudyRuntime:
+        return self.study.runtime
 
 
 class EngineService:
@@ -117,7 +118,7 @@ class EngineService:
             for verb in ("submit", "status", "cancel", "restart", "throttle", "events"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies(state="RUNNING"):
-                await self._launch(entry, resume=True)
+                await self._launch(entry, start=Start.RESUME)
             self._log.info("engine_ready", studies=len(self.hosted))
             task_status.started()
             await self._stop.wait()
@@ -146,25 +147,12 @@ class EngineService:
                 return await self._submit(request)
             case StatusRequest():
                 return await self._status(request)
-            case CancelSteps(study_id=sid, glob=glob):
+            case CancelSteps(study_id=sid) | SetThrottle(study_id=sid):
                 hosted = self.hosted.get(sid)
-                if hosted is None:
-                    known = await self.store.get_study(sid)
-                    detail = f"study {sid} is not running" if known else f"unknown study {sid}"
-                    return ControlReply(event_id=rid, ok=known is not None and glob != "",
-                                        detail=detail)
-                if not glob:
-                    hosted.runtime.cancel(reason=request.reason)
-                    return ControlReply(event_id=rid, ok=True, detail="study cancelled")
-                n = hosted.runtime.cancel_steps(glob, reason=request.reason)
-                return ControlReply(event_id=rid, ok=n > 0, matched=n,
-                                    detail=f"{n} steps match {glob!r}")
-            case SetThrottle(study_id=sid, scope=scope, limit=limit):
-                hosted = self.hosted.get(sid)
-                if hosted is None or limit < 0:
-                    return ControlReply(event_id=rid, ok=False, detail=f"study {sid} is not running")
-                hosted.runtime.set_throttle(limit, scope)
-                return ControlReply(event_id=rid, ok=True, detail=f"throttle {scope} = {limit}")
+                if hosted is not None:
+                    return answer_control(hosted.runtime, request)
+                known = await self.store.get_study(sid) is not None
+                return answer_not_hosted(request, known=known)
             case RestartRequest(study_id=sid):
                 return await self._restart(sid)
             case EventsRequest(study_id=sid):
@@ -185,21 +173,18 @@ class EngineService:
             graph = self._load(req.spec_path, req.spec_text, req.out_dir or None, req.cwd,
                                req.pgen or None, req.pargs, dt.datetime.now())
             opts = {k: getattr(req, k) for k in _SUBMIT_KEYS}
-            check_backends(graph, dry_run=req.dry_run, run_local=req.run_local)
-            step_policies(graph, _cli(opts), run_local=req.run_local)
-            if req.reuse and req.use_cache:
-                load_previous(req.reuse)  # an unusable --reuse is refused now, in one line
+            check_study(graph, StudyOptions.from_stored(opts))
             prepare_study_dir(graph, pgen=req.pgen or None, spec_text=req.spec_text)
         except EngineError as exc:
             return SubmitReply(event_id=rid, ok=False, error=str(exc))
-        study_id = make_study_id(graph.name, dt.datetime.now())
+        study_id = make_study_id(graph.name)
         entry = StudyEntry(
             study_id=study_id, name=graph.name, spec_path=req.spec_path, spec_text=req.spec_text,
             study_dir=graph.study_dir, cwd=req.cwd, state="RUNNING", created=time.time(),
             options=opts,
         )
         await self.store.put_study(entry)
-        await self._launch(entry, graph=graph, fresh=True)
+        await self._launch(entry, graph=graph, start=Start.FRESH)
         return SubmitReply(event_id=rid, ok=True, study_id=study_id, study_dir=graph.study_dir,
                            warnings=graph.warnings)
 
@@ -212,7 +197,7 @@ class EngineService:
             return ControlReply(event_id=rid, ok=False, detail=f"study {study_id} is running")
         entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None})
         await self.store.put_study(entry)
-        await self._launch(entry, resume=True, rerun_failed=True)
+        await self._launch(entry, start=Start.RESTART)
         return ControlReply(event_id=rid, ok=True, detail=f"study {study_id} restarted")
 
     async def _status(self, req: StatusRequest) -> StatusReply:
@@ -224,12 +209,13 @@ class EngineService:
             hosted = self.hosted.get(req.study_id)
             if hosted is not None:
                 rt = hosted.runtime
-                steps = tuple(_summary_of_record(rt.records[n]) for n in rt.order)
-                counts = state_counts(rt.records)
+                steps = tuple(StepEntry.from_record(rt.records[n], study_id=rt.study_id)
+                              .summary() for n in rt.order)
+                counts = rt.state_counts()
             else:
                 stored = {e.step: e for e in await self.store.list_steps(req.study_id)}
-                steps = tuple(_summary_of_entry(stored[n]) for n in _order(entry, stored))
-                counts = _count(stored.values())
+                steps = tuple(stored[n].summary() for n in _order(stored))
+                counts = state_counts(e.state for e in stored.values())
             if hosted is not None and hosted.runtime.outcome is not None:
                 # Ended a moment ago (its StudyEnded is out) but not yet stored as such.
                 entry = StudyEntry(**{**_fields(entry), "state": hosted.runtime.outcome.value})
@@ -237,7 +223,7 @@ class EngineService:
         out = []
         for entry in await self.store.list_studies(state=req.state, name=req.name):
             hosted = self.hosted.get(entry.study_id)
-            counts = state_counts(hosted.runtime.records) if hosted else entry.counts
+            counts = hosted.runtime.state_counts() if hosted else entry.counts
             out.append(_study(entry, counts))
         return StatusReply(event_id=rid, ok=True, studies=tuple(out))
 
@@ -249,47 +235,25 @@ class EngineService:
                           pargs=pargs)
 
     async def _launch(self, entry: StudyEntry, *, graph: StudyGraph | None = None,
-                      fresh: bool = False, resume: bool = False,
-                      rerun_failed: bool = False) -> None:
-        opts = entry.options
+                      start: Start) -> None:
+        opts = StudyOptions.from_stored(entry.options)
         if graph is None:
             graph = self._load(entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
-                               str(opts.get("pgen") or "") or None,
-                               tuple(opts.get("pargs") or ()), dt.datetime.now())  # type: ignore[arg-type]
-        cli = _cli(opts)
-        run_local = bool(opts.get("run_local"))
-        policies = step_policies(graph, cli, run_local=run_local)
-        cfg = troupe_settings(graph)
-        backends = make_backends(
-            graph, study_id=entry.study_id, run_local=run_local,
-            kill_grace=cfg.kill_grace if cfg.kill_grace is not None else 10.0,
-            notify=notify_env(self.bus.url, entry.study_id, *self._notify_creds))
-        adapter = backends.adapter
-        dry_run = bool(opts.get("dry_run"))
-        keys = cache_keys(graph) if opts.get("use_cache", True) and not dry_run else {}
-        recovered = None
-        if fresh:
-            recovered = reuse_records(graph, keys, policies,
-                                      reuse_dir=str(opts.get("reuse") or ""))
-        if resume:
-            stored = await self.store.get_steps(entry.study_id, (s.name for s in graph.steps))
-            found = await backends.lookup_inflight(graph, entry.study_id, stored)
-            recovered = recover_records(graph, stored, policies, found,
-                                        rerun_failed=rerun_failed)
-        runtime = StudyRuntime(
-            graph, study_id=entry.study_id, bus=self.bus, adapter=adapter,
-            limits=throttle_limits(graph, cli), policies=policies,
-            dry_run=dry_run, status_path=Path(graph.study_dir) / "status.csv",
-            store=self.store, recovered=recovered, worker=self.worker,
-        )
-        hosted = _Hosted(runtime=runtime, adapter=adapter, keys=keys)
+                               str(entry.options.get("pgen") or "") or None,
+                               tuple(entry.options.get("pargs") or ()),  # type: ignore[arg-type]
+                               dt.datetime.now())
+        study = await build_runtime(
+            graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
+            store=self.store, worker=self.worker,
+            notify_user=self._notify_creds[0], notify_password=self._notify_creds[1])
+        hosted = _Hosted(study=study)
         self.hosted[entry.study_id] = hosted
         run_id = f"{entry.study_id}.{new_event_id()}"
         await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,
                                           workspace=graph.study_dir, worker=self.worker,
                                           started=time.time()))
         assert self._tg is not None
-        self._tg.start_soon(self._host, entry, hosted, run_id, fresh)
+        self._tg.start_soon(self._host, entry, hosted, run_id, start is Start.FRESH)
 
     async def _host(self, entry: StudyEntry, hosted: _Hosted, run_id: str, fresh: bool) -> None:
         rt = hosted.runtime
@@ -309,7 +273,7 @@ class EngineService:
         if not state_name:
             return  # interrupted by a graceful stop: the study stays RUNNING in the store
         try:
-            record_cache(rt.graph, hosted.keys, rt.records)  # for a later --reuse
+            hosted.study.record_cache()  # for a later --reuse
         except OSError as exc:
             self._log.warning("cache_not_written", study_id=entry.study_id, error=str(exc))
         ended = time.time()
@@ -347,41 +311,31 @@ class EngineService:
         self._stopping = True
         self._log.info("engine_draining", studies=len(self.hosted), timeout=self.drain_timeout)
         for hosted in self.hosted.values():
-            hosted.runtime._send.send_nowait(("", SubmissionsPaused(event_id=new_event_id())))
+            hosted.runtime.pause_submissions()
         with anyio.move_on_after(self.drain_timeout):
-            while any(r.state in ACTIVE_STATES for h in self.hosted.values()
-                      for r in h.runtime.records.values()):
+            while any(h.runtime.active_steps() for h in self.hosted.values()):
                 await anyio.sleep(0.05)
         for study_id, hosted in list(self.hosted.items()):
             rt = hosted.runtime
-            if rt.persister is not None:
-                with anyio.move_on_after(10):
-                    await rt.persister.flush()
+            with anyio.move_on_after(10):
+                await rt.wait_stored()
             # Take what is still running before the runtime's tasks (which own the
             # handles) are cancelled.
-            active = [(n, r) for n, r in rt.records.items() if r.state in ACTIVE_STATES]
-            handles = dict(rt._handles)
+            active = rt.active_steps()
+            handles = rt.active_jobs()
             hosted.scope.cancel()
             await hosted.done.wait()
-            for name, rec in active:
+            for name, rec in active.items():
                 # Recorded first: should this engine die while stopping the job, the next
                 # one still runs the step again rather than trusting what the job wrote.
-                await self._retrying(lambda name=name, rec=rec: self.store.put_step(StepEntry(
-                    study_id=study_id, step=name, state=rec.state.value, attempt=rec.attempt,
-                    job_id=rec.job_id, submit_time=rec.submit_time, start_time=rec.start_time,
-                    restarts=rec.restarts, retries=rec.retries, merlin_retries=rec.merlin_retries,
-                    hw_failures=rec.hw_failures, use_restart=rec.use_restart,
-                    reason="interrupted by the engine's shutdown", intent_attempt=rec.attempt,
-                    worker=self.worker, interrupted=True)), limit=30)
+                entry = StepEntry.from_record(rec, study_id=study_id, worker=self.worker,
+                                              interrupted=True,
+                                              reason="interrupted by the engine's shutdown")
+                await self._retrying(lambda entry=entry: self.store.put_step(entry), limit=30)
                 handle = handles.get((name, rec.attempt))
                 if handle is not None:
-                    await hosted.adapter.cancel(handle)
+                    await hosted.study.adapter.cancel(handle)
         self._log.info("engine_stopped")
-
-
-def _cli(opts: dict[str, object]) -> CliOverrides:
-    return CliOverrides(throttle=opts.get("throttle"), rlimit=opts.get("rlimit"),  # type: ignore[arg-type]
-                        attempts=opts.get("attempts"))  # type: ignore[arg-type]
 
 
 def _fields(entry: StudyEntry) -> dict[str, object]:
@@ -394,26 +348,5 @@ def _study(entry: StudyEntry, counts: dict[str, int]) -> StudySummary:
                         counts=counts)
 
 
-def _summary_of_record(rec) -> StepSummary:  # type: ignore[no-untyped-def]
-    return StepSummary(step=rec.name, state=rec.state.value, job_id=rec.job_id,
-                       attempt=rec.attempt, restarts=rec.restarts + rec.merlin_retries,
-                       submit_time=rec.submit_time, start_time=rec.start_time,
-                       end_time=rec.end_time, exit_code=rec.exit_code, reason=rec.reason)
-
-
-def _summary_of_entry(e: StepEntry) -> StepSummary:
-    return StepSummary(step=e.step, state=e.state, job_id=e.job_id, attempt=e.attempt,
-                       restarts=e.restarts + e.merlin_retries, submit_time=e.submit_time,
-                       start_time=e.start_time, end_time=e.end_time, exit_code=e.exit_code,
-                       reason=e.reason)
-
-
-def _order(entry: StudyEntry, stored: dict[str, StepEntry]) -> list[str]:
+def _order(stored: dict[str, StepEntry]) -> list[str]:
     return sorted(stored, key=lambda n: (stored[n].submit_time or float("inf"), n))
-
-
-def _count(entries) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    out: dict[str, int] = {}
-    for e in entries:
-        out[e.state] = out.get(e.state, 0) + 1
-    return out

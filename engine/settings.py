@@ -16,12 +16,16 @@ import os
 
 import msgspec
 
+from adapters.base import DEFAULT_KILL_GRACE
 from engine.errors import SpecError
 from engine.machines.policy import RetryPolicy, StepPolicy, parse_walltime
 from engine.spec.extensions import TroupeSettings
 from engine.spec.graph import StepInstance, StudyGraph
 
-__all__ = ["CliOverrides", "adapter_name", "step_policies", "throttle_limits", "troupe_settings"]
+__all__ = [
+    "CliOverrides", "adapter_name", "kill_grace", "step_policies", "throttle_limits",
+    "troupe_settings",
+]
 
 
 class CliOverrides(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,10 +42,19 @@ def troupe_settings(graph: StudyGraph) -> TroupeSettings:
     return msgspec.convert(graph.troupe, TroupeSettings)
 
 
+def kill_grace(graph: StudyGraph, cli: CliOverrides) -> float:
+    """Seconds between SIGTERM and SIGKILL when a step is stopped: ``--kill-grace``, else
+    ``troupe.kill_grace``, else the adapters' default."""
+    if cli.kill_grace is not None:
+        return cli.kill_grace
+    grace = troupe_settings(graph).kill_grace
+    return DEFAULT_KILL_GRACE if grace is None else grace
+
+
 def adapter_name(graph: StudyGraph, inst: StepInstance, *, run_local: bool = False) -> str:
     """The backend a step runs on: its batch type if it asks for nodes/procs (Maestro's
     rule), else ``local``."""
-    btype = str(graph.batch.get("type") or "local")
+    btype = graph.batch_type
     if run_local or btype == "local" or not inst.is_scheduled:
         return "local"
     return btype

@@ -24,6 +24,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from engine.bus import Bus
+from engine.machines.step import StepRecord, next_attempt
+from engine.messages import TERMINAL_STATES, StepSummary
 from engine.subjects import kv_key
 
 __all__ = ["BUCKETS", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry"]
@@ -88,6 +90,43 @@ class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
     intent_key: str = ""
     worker: str = ""
     interrupted: bool = False
+    lost_race: bool = False
+
+    @classmethod
+    def from_record(cls, rec: StepRecord, *, study_id: str, worker: str = "",
+                    final: bool = False, soft: bool = False, interrupted: bool = False,
+                    reason: str | None = None) -> StepEntry:
+        """The entry that stores ``rec`` (the way back is ``StepRecord.restore``).
+
+        Args:
+            rec: The step's record.
+            study_id: Its study.
+            worker: The engine that hosts it.
+            final: The step ended for good (written with compare-and-swap).
+            soft: A Merlin soft fail.
+            interrupted: A graceful stop interrupted its attempt (it runs again).
+            reason: Replaces the record's reason.
+        """
+        intent = next_attempt(rec)
+        return cls(
+            study_id=study_id, step=rec.name, state=rec.state.value, attempt=rec.attempt,
+            job_id=rec.job_id, exit_code=rec.exit_code, submit_time=rec.submit_time,
+            start_time=rec.start_time, end_time=rec.end_time, restarts=rec.restarts,
+            retries=rec.retries, merlin_retries=rec.merlin_retries,
+            hw_failures=rec.hw_failures, use_restart=rec.use_restart,
+            reason=rec.reason if reason is None else reason,
+            final=final and rec.state in TERMINAL_STATES, soft=soft, intent_attempt=intent,
+            intent_key=f"{study_id}/{rec.name}/{intent}", worker=worker,
+            interrupted=interrupted, lost_race=rec.lost_race,
+        )
+
+    def summary(self) -> StepSummary:
+        """This step as a status reply shows it."""
+        return StepSummary(step=self.step, state=self.state, job_id=self.job_id,
+                           attempt=self.attempt, restarts=self.restarts + self.merlin_retries,
+                           submit_time=self.submit_time, start_time=self.start_time,
+                           end_time=self.end_time, exit_code=self.exit_code,
+                           reason=self.reason)
 
 
 class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):

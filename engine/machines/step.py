@@ -13,12 +13,25 @@ with a ``when:`` condition instead judges the condition each time a parent ends
 (``engine.machines.conditions``): TRUE runs it, FALSE skips it (SKIPPED), CANCELLED
 cancels it, and it keeps waiting while undecided. What happens after a job ends
 (retry, restart, resubmission, final state) is the supervisor's policy
-(``engine.machines.policy.judge``).
+(``engine.machines.policy``). A step whose cache key matched an earlier result
+(``CacheHit``) becomes CACHED without running; recovery reports an attempt that vanished
+with the engine (``AttemptLost``) before the step runs again.
+
+Sub-states. Three flags refine a state without being states of their own, because no
+event distinguishes them from the outside (``status.csv`` and the bus show the state):
+  * ``queued`` (WAITING only): a slot request is outstanding. WAITING without it waits
+    for a retry's backoff timer.
+  * ``cancelling`` (PENDING/RUNNING only): the job is being stopped; its exit makes the
+    step CANCELLED (or TIMEDOUT, with ``timing_out``).
+  * ``timing_out`` (only with ``cancelling``): the stop is for the walltime.
+``invariant_violations`` checks them; the table test covers every (state, sub-state,
+event) triple.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -30,6 +43,8 @@ from engine.messages import (
     ACTIVE_STATES,
     FAILURE_STATES,
     TERMINAL_STATES,
+    AttemptLost,
+    CacheHit,
     CancelJob,
     CancelRequested,
     Command,
@@ -52,7 +67,10 @@ from engine.messages import (
     WriteScript,
 )
 
-__all__ = ["StepRecord", "decide", "new_record"]
+if TYPE_CHECKING:
+    from engine.store import StepEntry
+
+__all__ = ["StepRecord", "decide", "invariant_violations", "new_record", "next_attempt"]
 
 S = StepState
 _END_STATES = {
@@ -67,11 +85,13 @@ _END_STATES = {
 class StepRecord(Struct, frozen=True, kw_only=True):
     """Everything the engine knows about one step instance.
 
-    Invariants (checked in the tests):
+    Invariants (``invariant_violations``, checked in the tests):
       * ``remaining`` is the number of parents not yet done, >= 0;
       * a step in PENDING or RUNNING holds exactly one set of throttle slots;
       * ``attempt`` > 0 once the step has been submitted;
-      * ``queued`` is True only in WAITING, while a slot request is outstanding.
+      * ``queued`` is True only in WAITING, while a slot request is outstanding;
+      * ``cancelling`` only in PENDING/RUNNING; ``timing_out`` only with ``cancelling``;
+      * ``lost_race`` only in CANCELLED or while ``cancelling``.
     """
 
     name: str
@@ -93,10 +113,23 @@ class StepRecord(Struct, frozen=True, kw_only=True):
     queued: bool = False
     cancelling: bool = False
     timing_out: bool = False
+    lost_race: bool = False
     reason: str = ""
     condition: Expr | None = None
     parent_steps: dict[str, tuple[str, ...]] = {}
     dep_states: dict[str, str] = {}
+
+    def restore(self, entry: StepEntry) -> StepRecord:
+        """This (fresh) record with the history a stored entry kept: attempts, job, times,
+        counters, reason. The state is left to the caller (recovery decides it); the
+        mapping the other way is ``StepEntry.from_record``."""
+        return replace(
+            self, attempt=entry.attempt, job_id=entry.job_id, exit_code=entry.exit_code,
+            submit_time=entry.submit_time, start_time=entry.start_time,
+            end_time=entry.end_time, restarts=entry.restarts, retries=entry.retries,
+            merlin_retries=entry.merlin_retries, hw_failures=entry.hw_failures,
+            use_restart=entry.use_restart, reason=entry.reason, lost_race=entry.lost_race,
+        )
 
 
 def new_record(
@@ -117,6 +150,31 @@ def new_record(
                       condition=condition, parent_steps=parent_steps or {})
 
 
+def next_attempt(rec: StepRecord) -> int:
+    """The attempt a stored entry of ``rec`` names as its intent: a WAITING step already
+    names the attempt it will make (so its slot is not held up by that write later),
+    any other the one it made last."""
+    return rec.attempt + 1 if rec.state == S.WAITING else rec.attempt
+
+
+def invariant_violations(rec: StepRecord) -> list[str]:
+    """The invariants of ``StepRecord`` that ``rec`` breaks (empty when it is sound)."""
+    bad = []
+    if rec.remaining < 0:
+        bad.append("remaining < 0")
+    if rec.state in ACTIVE_STATES and rec.attempt < 1:
+        bad.append("active without an attempt")
+    if rec.queued and rec.state != S.WAITING:
+        bad.append("queued outside WAITING")
+    if rec.cancelling and rec.state not in ACTIVE_STATES:
+        bad.append("cancelling outside PENDING/RUNNING")
+    if rec.timing_out and not rec.cancelling:
+        bad.append("timing_out without cancelling")
+    if rec.lost_race and not (rec.state == S.CANCELLED or rec.cancelling):
+        bad.append("lost_race outside CANCELLED")
+    return bad
+
+
 def _publish(
     rec: StepRecord, previous: StepState, now: float, *, final: bool | None = None,
     **extra: object,
@@ -124,7 +182,7 @@ def _publish(
     """The event for ``rec``'s current state; final unless told otherwise if terminal."""
     return PublishState(
         step=rec.name, state=rec.state, previous=previous, attempt=rec.attempt, time=now,
-        job_id=rec.job_id, reason=rec.reason,
+        job_id=rec.job_id, reason=rec.reason, lost_race=rec.lost_race,
         final=rec.state in TERMINAL_STATES if final is None else final,
         **extra,  # type: ignore[arg-type]
     )
@@ -210,7 +268,8 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
     )
     release = ReleaseSlot(step=rec.name, scopes=pol.scopes)
     now = ev.time
-    base = replace(rec, exit_code=ev.exit_code, cancelling=False, timing_out=False)
+    base = replace(rec, exit_code=ev.exit_code, cancelling=False, timing_out=False,
+                   lost_race=rec.lost_race and verdict.kind == "cancelled")
     if verdict.kind != "again":
         state = _END_STATES[verdict.kind]
         reason = rec.reason if verdict.kind == "cancelled" and rec.cancelling else verdict.reason
@@ -285,11 +344,21 @@ def decide(
             return _on_dependency(rec, event, now)
         case DependencyEnded() if rec.condition is not None:
             return rec, []  # decided early (e.g. 'a.completed or b.completed'): b is late
+        case CacheHit() if state == S.INITIALIZED:
+            return _enter(rec, S.CACHED, now, remaining=0,
+                          reason="reused from an earlier study with the same cache key")
+        case AttemptLost(attempt=attempt) if state == S.INITIALIZED:
+            # The step itself starts over (INITIALIZED); the lost attempt is reported.
+            return rec, [PublishState(
+                step=rec.name, state=S.FAILED, previous=S.RUNNING, attempt=attempt, time=now,
+                kind="lost", retryable=True,
+                reason="the attempt was lost with the engine; running it again")]
         case CancelRequested() if state == S.INITIALIZED:
-            return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now)
+            return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
+                          lost_race=event.lost_race)
         case CancelRequested() if state == S.WAITING:
             new, cmds = _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
-                               queued=False)
+                               queued=False, lost_race=event.lost_race)
             if rec.queued:
                 cmds.append(WithdrawSlotRequest(step=rec.name))
             return new, cmds
@@ -317,7 +386,8 @@ def decide(
         case CancelRequested() if state in ACTIVE_STATES:
             if rec.cancelling and not rec.timing_out:
                 return rec, []  # cancelling twice changes nothing
-            new = replace(rec, cancelling=True, timing_out=False, reason=event.reason)
+            new = replace(rec, cancelling=True, timing_out=False, reason=event.reason,
+                          lost_race=event.lost_race)
             if rec.cancelling:
                 return new, []  # already being stopped (for its walltime): now for good
             return new, [CancelJob(step=rec.name, attempt=rec.attempt)]

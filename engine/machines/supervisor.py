@@ -1,35 +1,59 @@
-"""The pure state machine of a study's supervisor: the throttle and study completion.
+"""The pure state machine of a study's supervisor: the study-level decisions.
 
 The supervisor hands out throttle slots in request order (FIFO), takes them back when a
 step leaves PENDING/RUNNING, and counts terminal steps as it sees them on the bus; when
 every step is terminal it declares the study FINISHED, FAILURE or CANCELLED (Maestro's
-rule: any step in a failure state makes the study a FAILURE).
+rule: any step in a failure state makes the study a FAILURE). It also decides what
+concerns the whole study: a cancel of the study (every step is cancelled; a second
+request kills whatever still runs), a stop asked by a step (Merlin's hard fail: every
+step is cancelled, once), and the race groups (``engine.machines.race``).
 """
 
 from __future__ import annotations
+
+import enum
 
 from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
+from engine.machines.race import RaceBook, candidate_finished, check_done
 from engine.messages import (
     FAILURE_STATES,
+    CancelStep,
     Command,
+    EndStudy,
     Event,
     GrantSlot,
+    KillAllJobs,
+    RaceChecked,
     SlotReleased,
     SlotRequested,
     SlotWithdrawn,
     StepEnded,
     StepState,
+    StopRequested,
     StudyCancelRequested,
-    StudyFinished,
     SubmissionsPaused,
     StudyState,
     ThrottleChanged,
 )
 
-__all__ = ["SupervisorState", "decide", "study_outcome"]
+__all__ = [
+    "SUPERVISOR", "SupervisorState", "SupervisorTarget", "Target", "decide", "new_supervisor",
+    "study_outcome",
+]
+
+
+class SupervisorTarget(enum.Enum):
+    """The address of a study's supervisor in its inbox (steps are addressed by name)."""
+
+    SUPERVISOR = "supervisor"
+
+
+SUPERVISOR = SupervisorTarget.SUPERVISOR
+Target = str | SupervisorTarget
+"""Whom an event in a study's inbox is for: a step instance (by name) or the supervisor."""
 
 
 class SupervisorState(Struct, frozen=True, kw_only=True):
@@ -43,10 +67,16 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     entry tagged with its arrival number, so granting looks at a few queue heads instead of
     scanning every waiting step; across queues the oldest request that fits goes first.
 
-    Invariants: every ``running`` count >= 0; no step is queued twice; ``done <= total``.
+    ``steps`` are the study's instances in status order (a cancel goes to each);
+    ``cancels`` counts the cancel requests and stops (the first cancels every step, a
+    further request kills what still runs); ``races`` are the race groups.
+
+    Invariants: every ``running`` count >= 0; no step is queued twice; ``done <= total``;
+    ``cancelled`` iff ``cancels > 0``.
     """
 
     total: int
+    steps: tuple[str, ...] = ()
     limits: dict[str, int] = {}
     running: dict[str, int] = {}
     queues: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}
@@ -57,6 +87,28 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     ended: bool = False
     paused: bool = False
     benign: int = 0
+    cancels: int = 0
+    races: RaceBook = RaceBook()
+
+
+def new_supervisor(steps: tuple[str, ...], *, limits: dict[str, int],
+                   races: RaceBook | None = None,
+                   running: dict[str, int] | None = None) -> SupervisorState:
+    """The supervisor of a study with ``steps`` (in status order).
+
+    Args:
+        steps: Every step instance, in the order a cancel reaches them.
+        limits: Throttle limits per scope (0 = unlimited).
+        races: The study's race groups.
+        running: Slots already held per scope (steps re-adopted after a restart).
+    """
+    return SupervisorState(total=len(steps), steps=steps, limits=limits,
+                           races=races or RaceBook(), running=dict(running or {}))
+
+
+def _cancel_all(st: SupervisorState, reason: str) -> tuple[SupervisorState, list[Command]]:
+    return (replace(st, cancelled=True, cancels=st.cancels + 1),
+            [CancelStep(step=name, reason=reason) for name in st.steps])
 
 
 def study_outcome(counts: dict[str, int], *, cancelled: bool, benign: int = 0) -> StudyState:
@@ -117,12 +169,13 @@ def decide(
 
     Args:
         st: The current state.
-        event: A slot request/release/withdrawal, a throttle change, a step's end, or
-            a study cancel request.
+        event: A slot request/release/withdrawal, a throttle change, a step's end, a
+            study cancel or stop request, or a race check's result.
         now: The current time (unused today; part of every machine's signature).
 
     Returns:
-        The new state and its commands (``GrantSlot``, ``StudyFinished``).
+        The new state and its commands (``GrantSlot``, ``CancelStep``, ``KillAllJobs``,
+        ``CheckRace``, ``EndStudy``).
 
     Raises:
         InvalidTransition: the event contradicts the state (e.g. a release without a
@@ -160,16 +213,28 @@ def decide(
             return _fill(replace(st, limits={**st.limits, scope: limit}))
         case SubmissionsPaused(paused=paused):
             return _fill(replace(st, paused=paused))
-        case StudyCancelRequested():
-            return replace(st, cancelled=True), []
-        case StepEnded(state=state, benign=benign):
+        case StudyCancelRequested(reason=reason):
+            if st.cancels:
+                # Asked again: stop waiting for graceful ends.
+                return replace(st, cancels=st.cancels + 1), [KillAllJobs()]
+            return _cancel_all(st, reason)
+        case StopRequested(reason=reason):
+            return (st, []) if st.cancels else _cancel_all(st, reason)
+        case RaceChecked(group=group, step=step, passed=passed):
+            races, cmds = check_done(st.races, group, step, passed)
+            return replace(st, races=races), [] if st.ended else cmds
+        case StepEnded(step=step, state=state, benign=benign):
             if st.ended or st.done >= st.total:
                 raise InvalidTransition("supervisor", "ended", event)
             counts = {**st.counts, state.value: st.counts.get(state.value, 0) + 1}
             st = replace(st, done=st.done + 1, counts=counts, benign=st.benign + benign)
+            cmds: list[Command] = []
+            if state == StepState.FINISHED and step in st.races.group_of:
+                races, cmds = candidate_finished(st.races, step)
+                st = replace(st, races=races)
             if st.done < st.total:
-                return st, []
+                return st, cmds
             outcome = study_outcome(counts, cancelled=st.cancelled, benign=st.benign)
-            return replace(st, ended=True), [StudyFinished(state=outcome, counts=counts)]
+            return replace(st, ended=True), [EndStudy(state=outcome, counts=counts)]
         case _:
             raise InvalidTransition("supervisor", "any", event)

@@ -142,6 +142,11 @@ class StudyGraph(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
     merlin: bool = False
 
+    @property
+    def batch_type(self) -> str:
+        """``batch.type``, Maestro's default ``local`` when unset."""
+        return str(self.batch.get("type") or "local")
+
     @cached_property
     def by_name(self) -> dict[str, StepInstance]:
         """Instances by name."""

@@ -185,8 +185,8 @@ async def test_find_readopts_a_job_by_its_key(tmp_path: Path, fake_flux: Path) -
     s = step(tmp_path, "hello", "sleep 0.5\n")
     handle = await adapter().submit(request(s))
     restarted = adapter()
-    assert handle == await restarted.find(request(s))
-    assert await restarted.find(request(s, attempt=2)) is None
+    assert handle == await restarted.lookup(request(s))
+    assert await restarted.lookup(request(s, attempt=2)) is None
     with anyio.fail_after(10):
         assert JobOutcome.COMPLETED == (await restarted.wait(handle)).outcome
 

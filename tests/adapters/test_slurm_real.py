@@ -114,7 +114,7 @@ async def test_jobs_on_real_slurm(tmp_path: Path) -> None:
         handle = await a.submit(request(s))
         await _until_running(handle.job_id)
         restarted = _adapter()  # a new engine process knows only the key
-        found = await restarted.find(request(s))
+        found = await restarted.lookup(request(s))
         await restarted.cancel(handle)
         with anyio.fail_after(30):
             result = await restarted.wait(handle)

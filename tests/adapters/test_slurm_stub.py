@@ -340,10 +340,10 @@ async def test_find_readopts_a_job_by_its_key_after_a_restart(tmp_path: Path,
                                                               slurm_stub: SlurmStub) -> None:
     s, handle = await submitted(tmp_path, adapter())
     restarted = adapter()
-    assert handle == await restarted.find(request(s))
-    assert await restarted.find(request(s, attempt=2)) is None
+    assert handle == await restarted.lookup(request(s))
+    assert await restarted.lookup(request(s, attempt=2)) is None
     slurm_stub.set_job("100", purged=True, state="COMPLETED")  # only sacct knows it now
-    assert handle == await restarted.find(request(s))
+    assert handle == await restarted.lookup(request(s))
     exit_file_path(s, "100").write_text("0\n")
     with anyio.fail_after(5):
         assert JobOutcome.COMPLETED == (await restarted.wait(handle)).outcome

@@ -5,7 +5,7 @@ job exists, else run again under a fresh attempt number without a loss being rep
 from __future__ import annotations
 
 from adapters.base import JobHandle, JobOutcome, JobResult
-from engine.actors.recovery import recover_records
+from engine.machines.recovery import recover_records
 from engine.messages import StepState
 from engine.spec.graph import StepInstance, StudyGraph
 from engine.store import StepEntry

@@ -15,7 +15,7 @@ from engine.messages import (
     StepEnded,
     StepState,
     StudyCancelRequested,
-    StudyFinished,
+    EndStudy,
     StudyState,
     ThrottleChanged,
 )
@@ -113,7 +113,7 @@ def test_study_finishes_when_every_step_is_terminal() -> None:
     st, cmds = run(state(2), StepEnded(step="a", state=StepState.FINISHED))
     assert [] == cmds
     st, cmds = run(st, StepEnded(step="b", state=StepState.FINISHED))
-    assert [StudyFinished(state=StudyState.FINISHED, counts={"FINISHED": 2})] == cmds
+    assert [EndStudy(state=StudyState.FINISHED, counts={"FINISHED": 2})] == cmds
     with pytest.raises(InvalidTransition):
         decide(st, StepEnded(step="c", state=StepState.FINISHED), now=NOW)
 

@@ -1,0 +1,120 @@
+"""The generic shell around a study's pure machines: one inbox, dispatch, timers, and
+child tasks whose events come back into the inbox.
+
+Every actor of a study (each step instance, addressed by name, and the supervisor,
+addressed by ``SUPERVISOR``) shares one inbox, a memory stream of ``(target, event)``.
+``ActorLoop.run`` drains it: each event goes to its target's pure ``decide``, and the
+returned commands are carried out depth first, in order. A command addressed to another
+actor (``route`` turns it into that actor's event, such as a slot request for the
+supervisor) is decided at once, in the same pass, so a step asking for a slot and the
+supervisor granting it happen without a trip through the inbox. ``StartTimer`` is
+handled here. Every other command goes to ``execute``, the owner's shell. Slow work
+runs in child tasks (``spawn``) that yield events; each one goes back into the inbox,
+addressed to the actor that asked (dask's ``BaseWorker``). An idle actor costs nothing
+but its record: no task, no subscription.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+
+import anyio
+import anyio.abc
+
+from engine.machines.supervisor import Target
+from engine.messages import Command, Event, StartTimer, TimerFired, new_event_id
+
+__all__ = ["ActorLoop"]
+
+Decide = Callable[[Target, Event], Sequence[Command]]
+Route = Callable[[Command, str], "tuple[Target, Event] | None"]
+Execute = Callable[[Command, str], Awaitable[None]]
+
+
+class ActorLoop:
+    """A study's inbox and dispatcher.
+
+    Args:
+        decide: Feeds an event to its target's machine, stores the new state, and
+            returns the machine's commands.
+        route: Turns a command meant for another actor into ``(target, event)``; None
+            for a command the shell carries out.
+        execute: Carries out a command (publish, submit, cancel, ...); ``cause`` is the
+            id of the event that led to it.
+    """
+
+    def __init__(self, *, decide: Decide, route: Route, execute: Execute) -> None:
+        self._decide = decide
+        self._route = route
+        self._execute = execute
+        self._send, self._recv = anyio.create_memory_object_stream[tuple[Target, Event]](
+            math.inf)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def send(self, target: Target, event: Event) -> None:
+        """Put ``event`` for ``target`` into the inbox (never blocks)."""
+        self._send.send_nowait((target, event))
+
+    def spawn(self, target: Target, events: AsyncIterator[Event]) -> None:
+        """Run ``events`` in a child task; each event it yields goes to ``target``.
+
+        Raises:
+            RuntimeError: the loop is not running.
+        """
+        if self._tg is None:
+            raise RuntimeError("ActorLoop.spawn before ActorLoop.run")
+        self._tg.start_soon(self._pump, target, events)
+
+    def start_soon(self, func: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``func(*args)`` in a child task that reports nothing into the inbox (its
+        outcome reaches the actors another way, e.g. a cancelled job's exit).
+
+        Raises:
+            RuntimeError: the loop is not running.
+        """
+        if self._tg is None:
+            raise RuntimeError("ActorLoop.start_soon before ActorLoop.run")
+        self._tg.start_soon(func, *args)
+
+    async def _pump(self, target: Target, events: AsyncIterator[Event]) -> None:
+        async with aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                self.send(target, event)
+
+    def attach(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start child tasks in ``tg`` from now on (call before ``spawn``)."""
+        self._tg = tg
+
+    async def run(self, *, until: Callable[[], bool]) -> None:
+        """Dispatch events until ``until()`` holds (checked first, then after each)."""
+        if until():
+            return
+        async for target, event in self._recv:
+            await self.dispatch(target, event)
+            if until():
+                return
+
+    async def dispatch(self, target: Target, event: Event) -> None:
+        """Feed ``event`` to its actor and carry out the commands, depth first."""
+        work: deque[tuple[Command, str]] = deque()
+        cause = event.event_id
+        work.extend((c, cause) for c in self._decide(target, event))
+        while work:
+            cmd, cause = work.popleft()
+            delivery = self._route(cmd, cause)
+            if delivery is not None:
+                to, follow = delivery
+                work.extend((c, follow.event_id) for c in self._decide(to, follow))
+            elif isinstance(cmd, StartTimer):
+                self.spawn(cmd.step, _timer(cmd.name, cmd.attempt, cmd.delay))
+            else:
+                await self._execute(cmd, cause)
+
+
+async def _timer(name: str, attempt: int, delay: float) -> AsyncIterator[Event]:
+    """A timer: ``TimerFired`` after ``delay`` seconds."""
+    await anyio.sleep(delay)
+    yield TimerFired(event_id=new_event_id(), name=name, attempt=attempt)

@@ -1,0 +1,163 @@
+"""The job shell: a study's side of its adapter.
+
+It carries out the step machines' job commands: ``run`` is one attempt's life (store its
+intent, submit, wait) and yields ``JobStarted`` or ``SubmitFailed``, then ``JobExited``,
+for the loop to put back into the step's inbox; ``cancel`` stops an attempt (one still
+being submitted is stopped as soon as its handle exists); ``adopted`` waits for a job
+re-adopted after an engine restart. While a step runs, the few children it alone holds
+back (a chain's next step) are prepared ahead (``Adapter.prepare``), so their submission
+only starts a process. Scheduler jobs that push their exit status over NATS are heard by
+``listen_reports``.
+
+Invariant: ``_handles`` holds an attempt's handle from its submission until its wait
+returns; ``_cancel_pending`` holds the attempts cancelled before their handle existed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import structlog
+
+from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
+from engine import subjects
+from engine.machines.step import StepRecord
+from engine.messages import (
+    Event,
+    JobExited,
+    JobReported,
+    JobStarted,
+    StepState,
+    SubmitFailed,
+    new_event_id,
+)
+from engine.spec.graph import StepInstance, StudyGraph
+
+if TYPE_CHECKING:
+    from engine.actors.persist import Persister
+    from engine.bus import Bus
+
+__all__ = ["JobShell"]
+
+_PREPARE_AHEAD = 4  # children prepared ahead per started step, at most
+
+
+class JobShell:
+    """Submits, waits for, cancels and prepares one study's jobs.
+
+    Args:
+        adapter: The backend.
+        graph: The study.
+        study_id: Its id (the attempts' keys are ``<study>/<step>/<attempt>``).
+        records: The live step records (read to choose the children to prepare).
+        resolve: The instance as it is submitted now (a decided race substituted).
+        persister: Where intents are stored before each submission (None: nothing
+            resumes this study).
+        clock: Seconds since the epoch.
+    """
+
+    def __init__(
+        self, adapter: Adapter, graph: StudyGraph, *, study_id: str,
+        records: Mapping[str, StepRecord], resolve: Callable[[StepInstance], StepInstance],
+        persister: Persister | None = None, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.adapter = adapter
+        self.graph = graph
+        self.study_id = study_id
+        self._records = records
+        self._resolve = resolve
+        self._persister = persister
+        self._clock = clock
+        self._handles: dict[tuple[str, int], JobHandle] = {}
+        self._cancel_pending: set[tuple[str, int]] = set()
+        self._log = structlog.get_logger("troupe.jobs").bind(study_id=study_id)
+
+    def active_jobs(self) -> dict[tuple[str, int], JobHandle]:
+        """The jobs submitted and not yet ended, by ``(step, attempt)``."""
+        return dict(self._handles)
+
+    def kill_all_now(self) -> None:
+        """Kill every job at once (a second cancel of the study)."""
+        self.adapter.kill_all_now()
+
+    async def run(self, name: str, attempt: int, restart: bool) -> AsyncIterator[Event]:
+        """One attempt's life: store the intent, submit, report the start, wait, report
+        the exit.
+
+        Raises:
+            StoreError: the intent could not be stored (nothing was submitted).
+        """
+        inst = self._resolve(self.graph.by_name[name])
+        if self._persister is not None:
+            await self._persister.wait_intent(name, attempt)
+        request = JobRequest(step=inst, attempt=attempt, restart=restart,
+                             key=f"{self.study_id}/{name}/{attempt}")
+        try:
+            handle = await self.adapter.submit(request)
+        except SubmitError as exc:
+            self._log.warning("submit_failed", step=name, attempt=attempt, error=str(exc))
+            yield SubmitFailed(event_id=new_event_id(), detail=str(exc),
+                               retryable=exc.retryable)
+            return
+        key = (name, attempt)
+        self._handles[key] = handle
+        yield JobStarted(event_id=new_event_id(), job_id=handle.job_id, time=self._clock())
+        self._prepare_children(name)
+        if key not in self._cancel_pending:
+            yield await self._wait(handle)
+            return
+        self._cancel_pending.discard(key)  # cancelled while it was being submitted
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.adapter.cancel, handle)
+            exited = await self._wait(handle)
+        yield exited
+
+    async def adopted(self, handle: JobHandle) -> AsyncIterator[Event]:
+        """Wait for a job re-adopted after an engine restart and report its exit."""
+        self._handles[(handle.step, handle.attempt)] = handle
+        yield await self._wait(handle)
+
+    async def cancel(self, name: str, attempt: int) -> None:
+        """Stop an attempt; its exit comes from the task that waits for it."""
+        handle = self._handles.get((name, attempt))
+        if handle is None:
+            self._cancel_pending.add((name, attempt))  # still being submitted
+            return
+        await self.adapter.cancel(handle)
+
+    async def _wait(self, handle: JobHandle) -> JobExited:
+        try:
+            result = await self.adapter.wait(handle)
+        finally:
+            self._handles.pop((handle.step, handle.attempt), None)
+        return JobExited(event_id=new_event_id(), exit_code=result.exit_code,
+                         outcome=result.outcome.value, detail=result.detail,
+                         time=self._clock())
+
+    def _prepare_children(self, name: str) -> None:
+        """While ``name`` runs, prepare the children it alone holds back (a chain's next
+        step), unless it fans out (preparing them all would hold up its own end)."""
+        children = self.graph.children[name]
+        if len(children) > _PREPARE_AHEAD:
+            return
+        for child in children:
+            rec, inst = self._records[child], self.graph.by_name[child]
+            if rec.state == StepState.INITIALIZED and rec.remaining == 1 and not inst.when:
+                try:
+                    self.adapter.prepare(self._resolve(inst))
+                except OSError:
+                    pass  # its submission writes the files again (and reports the error)
+
+    async def listen_reports(
+        self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hand the exit statuses that scheduler jobs push over NATS to the adapter."""
+        async with bus.subscribe(subjects.job_reports(self.study_id)) as reports:
+            task_status.started()
+            async for msg in reports:
+                if isinstance(msg, JobReported):
+                    self.adapter.report(msg.exit_file, msg.exit_code)
