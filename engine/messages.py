@@ -47,6 +47,7 @@ __all__ = [
     "FailureKind",
     "GrantSlot",
     "JobExited",
+    "JobOutcome",
     "JobStarted",
     "PublishState",
     "ReleaseSlot",
@@ -102,6 +103,20 @@ class StepState(enum.StrEnum):
     DRYRUN = "DRYRUN"
     SKIPPED = "SKIPPED"  # its when: condition can no longer become true
     CACHED = "CACHED"  # reused from an earlier study (--reuse): same cache key, FINISHED
+
+
+class JobOutcome(enum.StrEnum):
+    """How a job ended, in the backend's terms mapped to one vocabulary (adapters report it
+    in ``adapters.base.JobResult``; the supervisor's policy judges it)."""
+
+    COMPLETED = "COMPLETED"  # exit code 0
+    FAILED = "FAILED"  # non-zero exit code (or killed by a signal)
+    TIMEOUT = "TIMEOUT"  # the backend's own time limit killed it
+    CANCELLED = "CANCELLED"  # cancelled (by us or by someone else)
+    NODE_FAIL = "NODE_FAIL"  # hardware failure; Maestro resubmits
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    PREEMPTED = "PREEMPTED"
+    LOST = "LOST"  # the backend no longer knows the job and no exit status was recorded
 
 
 class StudyState(enum.StrEnum):
@@ -394,12 +409,12 @@ class JobStarted(Event, tag="job_started"):
 
 
 class JobExited(Event, tag="job_exited"):
-    """The job ended: ``outcome`` is an ``adapters.base.JobOutcome`` value ("" = judge by
-    the exit code), ``exit_code`` negative if a signal killed it, None if unknown."""
+    """The job ended: ``outcome`` is how (None = judge by the exit code alone),
+    ``exit_code`` negative if a signal killed it, None if unknown."""
 
     exit_code: int | None
     time: float
-    outcome: str = ""
+    outcome: JobOutcome | None = None
     detail: str = ""
 
 

@@ -17,9 +17,10 @@ import os
 import msgspec
 
 from engine.errors import SpecError
-from engine.machines.policy import RetryPolicy, StepPolicy, parse_walltime
+from engine.machines.policy import StepPolicy
 from engine.spec.extensions import TroupeSettings
 from engine.spec.graph import StepInstance, StudyGraph
+from engine.spec.policy import RetryPolicy, parse_walltime
 
 __all__ = ["CliOverrides", "adapter_name", "step_policies", "throttle_limits", "troupe_settings"]
 

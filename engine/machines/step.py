@@ -13,7 +13,7 @@ with a ``when:`` condition instead judges the condition each time a parent ends
 (``engine.machines.conditions``): TRUE runs it, FALSE skips it (SKIPPED), CANCELLED
 cancels it, and it keeps waiting while undecided. What happens after a job ends
 (retry, restart, resubmission, final state) is the supervisor's policy
-(``engine.machines.policy.judge``).
+(``engine.machines.policy.judge_exit``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
-from engine.machines.conditions import Expr, Verdict, evaluate
-from engine.machines.policy import StepPolicy, judge
+from engine.machines.conditions import ConditionVerdict, evaluate
+from engine.machines.policy import StepPolicy, judge_exit
 from engine.messages import (
     ACTIVE_STATES,
     FAILURE_STATES,
@@ -51,16 +51,16 @@ from engine.messages import (
     WithdrawSlotRequest,
     WriteScript,
 )
+from engine.spec.conditions import Expr
 
 __all__ = ["StepRecord", "decide", "new_record"]
 
-S = StepState
 _END_STATES = {
-    "finished": S.FINISHED,
-    "failed": S.FAILED,
-    "cancelled": S.CANCELLED,
-    "timedout": S.TIMEDOUT,
-    "hwfailure": S.HWFAILURE,
+    "finished": StepState.FINISHED,
+    "failed": StepState.FAILED,
+    "cancelled": StepState.CANCELLED,
+    "timedout": StepState.TIMEDOUT,
+    "hwfailure": StepState.HWFAILURE,
 }
 
 
@@ -76,7 +76,7 @@ class StepRecord(Struct, frozen=True, kw_only=True):
 
     name: str
     policy: StepPolicy = StepPolicy()
-    state: StepState = S.INITIALIZED
+    state: StepState = StepState.INITIALIZED
     remaining: int = 0
     dry_run: bool = False
     attempt: int = 0
@@ -145,9 +145,9 @@ def _request(rec: StepRecord) -> tuple[StepRecord, list[Command]]:
 def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:
     """All parents are done: go dry, or ask for a slot."""
     if rec.dry_run:
-        new, cmds = _enter(rec, S.DRYRUN, now, end_time=now)
+        new, cmds = _enter(rec, StepState.DRYRUN, now, end_time=now)
         return new, [WriteScript(step=rec.name), *cmds]
-    new, cmds = _enter(rec, S.WAITING, now)
+    new, cmds = _enter(rec, StepState.WAITING, now)
     new, req = _request(new)
     return new, [*cmds, *req]
 
@@ -166,12 +166,13 @@ def _on_condition(
         return [seen.get(inst) for inst in parents.get(step, ())]
 
     verdict = evaluate(rec.condition, states)
-    if verdict == Verdict.TRUE:
+    if verdict == ConditionVerdict.TRUE:
         return _ready(rec, now)
-    if verdict == Verdict.FALSE:
-        return _enter(rec, S.SKIPPED, now, end_time=now, reason="condition can no longer hold")
-    if verdict == Verdict.CANCELLED:
-        return _enter(rec, S.CANCELLED, now, end_time=now, reason="condition was cancelled")
+    if verdict == ConditionVerdict.FALSE:
+        return _enter(rec, StepState.SKIPPED, now, end_time=now,
+                      reason="condition can no longer hold")
+    if verdict == ConditionVerdict.CANCELLED:
+        return _enter(rec, StepState.CANCELLED, now, end_time=now, reason="condition was cancelled")
     return rec, []
 
 
@@ -185,17 +186,19 @@ def _on_dependency(
 ) -> tuple[StepRecord, list[Command]]:
     if rec.condition is not None:
         return _on_condition(rec, ev, now)
-    if ev.state == S.SKIPPED:
-        return _enter(rec, S.SKIPPED, now, end_time=now,
+    if ev.state == StepState.SKIPPED:
+        return _enter(rec, StepState.SKIPPED, now, end_time=now,
                       reason=f"dependency {ev.dependency} was skipped")
-    if ev.state in (S.FINISHED, S.DRYRUN, S.CACHED) or (ev.state == S.FAILED and ev.soft):
+    if ev.state in (StepState.FINISHED, StepState.DRYRUN, StepState.CACHED) or (
+        ev.state == StepState.FAILED and ev.soft
+    ):
         rec = replace(rec, remaining=rec.remaining - 1)
         return _ready(rec, now) if rec.remaining == 0 else (rec, [])
-    if ev.state == S.CANCELLED:
-        return _enter(rec, S.CANCELLED, now, end_time=now,
+    if ev.state == StepState.CANCELLED:
+        return _enter(rec, StepState.CANCELLED, now, end_time=now,
                       reason=f"dependency {ev.dependency} was cancelled")
     if ev.state in FAILURE_STATES:
-        new = replace(rec, state=S.FAILED, end_time=now,
+        new = replace(rec, state=StepState.FAILED, end_time=now,
                       reason=f"dependency {ev.dependency} ended {ev.state}")
         return new, [_publish(new, rec.state, now, kind="dependency")]
     raise InvalidTransition(rec.name, rec.state, ev)
@@ -203,7 +206,7 @@ def _on_dependency(
 
 def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]:
     pol = rec.policy
-    verdict = judge(
+    verdict = judge_exit(
         pol, step=rec.name, outcome=ev.outcome, exit_code=ev.exit_code,
         cancelling=rec.cancelling, timing_out=rec.timing_out, restarts=rec.restarts,
         retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
@@ -228,11 +231,11 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
         "merlin": {"merlin_retries": rec.merlin_retries + 1},
         "hw": {"hw_failures": rec.hw_failures + 1},
     }[verdict.counter]
-    seen = replace(base, state=S(verdict.state_seen), reason=verdict.reason)
+    seen = replace(base, state=verdict.state_seen, reason=verdict.reason)
     pub_seen = _publish(seen, rec.state, now, final=False, exit_code=ev.exit_code,
                         kind=verdict.failure, retryable=True)
     use_restart = verdict.use_restart or (verdict.counter == "hw" and rec.use_restart)
-    waiting = replace(seen, state=S.WAITING, use_restart=use_restart, job_id="",
+    waiting = replace(seen, state=StepState.WAITING, use_restart=use_restart, job_id="",
                       start_time=None, **counters)  # type: ignore[arg-type]
     cmds = [pub_seen, release, _publish(waiting, seen.state, now)]
     if verdict.delay > 0:
@@ -246,10 +249,10 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
 def _on_timer(rec: StepRecord, ev: TimerFired) -> tuple[StepRecord, list[Command]]:
     if ev.attempt != rec.attempt:
         return rec, []  # a timer of an earlier attempt
-    if ev.name == "walltime" and rec.state == S.RUNNING and not rec.cancelling:
+    if ev.name == "walltime" and rec.state == StepState.RUNNING and not rec.cancelling:
         new = replace(rec, cancelling=True, timing_out=True, reason="walltime exceeded")
         return new, [CancelJob(step=rec.name, attempt=rec.attempt)]
-    if ev.name == "retry" and rec.state == S.WAITING and not rec.queued:
+    if ev.name == "retry" and rec.state == StepState.WAITING and not rec.queued:
         return _request(rec)
     return rec, []  # the wait it was for is over (e.g. the job already ended)
 
@@ -279,39 +282,40 @@ def decide(
         case SlotGranted() if state in TERMINAL_STATES:
             # A grant that crossed this step's cancellation: give the slots back.
             return rec, [ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
-        case StudyOpened() if state == S.INITIALIZED:
+        case StudyOpened() if state == StepState.INITIALIZED:
             return _ready(rec, now) if rec.remaining == 0 else (rec, [])
-        case DependencyEnded() if state == S.INITIALIZED:
+        case DependencyEnded() if state == StepState.INITIALIZED:
             return _on_dependency(rec, event, now)
         case DependencyEnded() if rec.condition is not None:
             return rec, []  # decided early (e.g. 'a.completed or b.completed'): b is late
-        case CancelRequested() if state == S.INITIALIZED:
-            return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now)
-        case CancelRequested() if state == S.WAITING:
-            new, cmds = _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
+        case CancelRequested() if state == StepState.INITIALIZED:
+            return _enter(rec, StepState.CANCELLED, now, reason=event.reason, end_time=now)
+        case CancelRequested() if state == StepState.WAITING:
+            new, cmds = _enter(rec, StepState.CANCELLED, now, reason=event.reason, end_time=now,
                                queued=False)
             if rec.queued:
                 cmds.append(WithdrawSlotRequest(step=rec.name))
             return new, cmds
-        case SlotGranted() if state == S.WAITING and rec.queued:
+        case SlotGranted() if state == StepState.WAITING and rec.queued:
             attempt = rec.attempt + 1
-            new, cmds = _enter(rec, S.PENDING, now, attempt=attempt, submit_time=now,
+            new, cmds = _enter(rec, StepState.PENDING, now, attempt=attempt, submit_time=now,
                                queued=False, end_time=None, exit_code=None)
             return new, [*cmds, SubmitJob(step=rec.name, attempt=attempt, restart=rec.use_restart)]
-        case JobStarted() if state == S.PENDING and not rec.cancelling:
-            new, cmds = _enter(rec, S.RUNNING, now, job_id=event.job_id, start_time=event.time)
+        case JobStarted() if state == StepState.PENDING and not rec.cancelling:
+            new, cmds = _enter(rec, StepState.RUNNING, now, job_id=event.job_id,
+                               start_time=event.time)
             if rec.policy.walltime:
                 cmds.append(StartTimer(step=rec.name, name="walltime", attempt=rec.attempt,
                                        delay=rec.policy.walltime))
             return new, cmds
-        case JobStarted() if state == S.PENDING:
+        case JobStarted() if state == StepState.PENDING:
             # Cancelled while the adapter was starting it: record the job, stay put
             # until the adapter reports the exit of the process it is stopping.
             return replace(rec, job_id=event.job_id, start_time=event.time), []
         case JobExited() if state in ACTIVE_STATES:
             return _on_exit(rec, event)
-        case SubmitFailed() if state == S.PENDING:
-            new = replace(rec, state=S.FAILED, reason=event.detail, end_time=now)
+        case SubmitFailed() if state == StepState.PENDING:
+            new = replace(rec, state=StepState.FAILED, reason=event.detail, end_time=now)
             pub = _publish(new, state, now, kind="submit_rejected", retryable=event.retryable)
             return new, [pub, ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
         case CancelRequested() if state in ACTIVE_STATES:
