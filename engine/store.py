@@ -10,6 +10,9 @@ Writes that recovery depends on are acknowledged: a step's *intent* (the attempt
 be submitted, with its idempotency key) is stored before the submission, and its terminal
 outcome with a compare-and-swap on the key's revision, so applying a terminal transition
 twice is a no-op. Other transitions are written without waiting.
+
+The buckets are ``engine.bus.KeyValueBucket`` objects: this module never sees nats-py. A
+missing key reads as None; every failure to read or write raises ``StoreError``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ from collections.abc import Iterable
 
 import anyio
 import msgspec
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
 
-from engine.bus import Bus
+from engine.bus import Bus, KeyValueBucket
+from engine.errors import StoreConflict, StoreError
 from engine.subjects import kv_key
 
 __all__ = ["BUCKETS", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry"]
@@ -106,45 +107,45 @@ def _step_key(study_id: str, step: str) -> str:
 
 
 class Store:
-    """The engine's durable state. Create with ``await Store.open(bus)``."""
+    """The engine's durable state. Create with ``await Store.open(bus)``.
 
-    def __init__(self, buckets: dict[str, KeyValue], js: object) -> None:
+    Every method raises ``StoreError`` when the bus cannot read or write a bucket.
+    """
+
+    def __init__(self, buckets: dict[str, KeyValueBucket]) -> None:
         self._kv = buckets
-        self._js = js
         self._enc = msgspec.json.Encoder()
 
     @classmethod
     async def open(cls, bus: Bus, *, replicas: int = 1) -> Store:
-        """Create (or reuse) the buckets on the bus's JetStream."""
-        js = bus.jetstream
-        buckets = {}
-        for name in BUCKETS:
-            cfg = KeyValueConfig(bucket=name, history=5, storage=StorageType.FILE,
-                                 replicas=replicas)
-            buckets[name] = await js.create_key_value(cfg)
-        return cls(buckets, js)
+        """Create (or reuse) the buckets on the bus's JetStream.
+
+        Raises:
+            StoreError: a bucket cannot be created (no JetStream, no answer).
+        """
+        buckets = {name: await bus.key_value(name, history=5, replicas=replicas)
+                   for name in BUCKETS}
+        return cls(buckets)
 
     # ------------------------------------------------------------------ helpers
 
     async def _get(self, bucket: str, key: str, typ: type) -> tuple[object, int] | None:
-        try:
-            entry = await self._kv[bucket].get(key)
-        except (KeyNotFoundError, NotFoundError):
+        got = await self._kv[bucket].get(key)
+        if got is None:
             return None
-        if entry.value is None:
-            return None
-        return msgspec.json.decode(entry.value, type=typ), entry.revision
+        value, revision = got
+        return msgspec.json.decode(value, type=typ), revision
 
     async def _scan(self, bucket: str, pattern: str, typ: type) -> list[object]:
-        """Every current value whose key matches ``pattern`` (a NATS wildcard).
+        """The values of the keys matching ``pattern`` (a NATS wildcard), sorted by key.
 
-        The keys come from the bucket stream's per-subject state (complete, unlike a
-        watcher's end-of-data marker), and each value is then read by key, so a deleted
-        or purged key is never returned.
+        The keys are listed first (``KeyValueBucket.keys``: every key written before the
+        listing, up to 100,000 of them) and each is then read on its own, so a deleted or
+        purged key is skipped. This is not a snapshot: a key written after the listing is
+        missed, one deleted after it is skipped, and each value is the one current when
+        that key was read.
         """
-        info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{pattern}")
-        prefix = len(f"$KV.{bucket}.")
-        keys = [subject[prefix:] for subject in (info.state.subjects or {})]
+        keys = await self._kv[bucket].keys(pattern)
         found: dict[str, object] = {}
         limit = anyio.Semaphore(64)
 
@@ -227,8 +228,12 @@ class Store:
                 swap is then tried against it first, without reading the entry.
 
         Returns:
-            False if the stored entry was already final for this or a later attempt
-            (the transition was applied before: nothing is written).
+            True once written; False if the stored entry was already final for this or a
+            later attempt (the transition was applied before: nothing is written).
+
+        Raises:
+            StoreError: a read or write failed, or other writers kept changing the entry
+                through 20 tries.
         """
         key = _step_key(entry.study_id, entry.step)
         kv = self._kv["troupe_steps"]
@@ -237,7 +242,7 @@ class Store:
                 # Our own non-final write is the latest: nobody finished the step since.
                 await kv.update(key, self._enc.encode(entry), last=last)
                 return True
-            except KeyWrongLastSequenceError:
+            except StoreConflict:
                 pass  # someone wrote in between: read it, below
         for _ in range(20):
             got = await self._get("troupe_steps", key, StepEntry)
@@ -245,7 +250,7 @@ class Store:
                 try:
                     await kv.create(key, self._enc.encode(entry))
                     return True
-                except KeyWrongLastSequenceError:
+                except StoreConflict:
                     continue
             current, revision = got
             if current.final and current.attempt >= entry.attempt:  # type: ignore[attr-defined]
@@ -253,9 +258,10 @@ class Store:
             try:
                 await kv.update(key, self._enc.encode(entry), last=revision)
                 return True
-            except KeyWrongLastSequenceError:
+            except StoreConflict:
                 continue  # someone wrote in between: look again
-        raise RuntimeError(f"finish_step: no stable revision for {key}")
+        raise StoreError(f"finish_step: no stable revision for {key} in 20 tries",
+                         bucket="troupe_steps", key=key)
 
     async def get_step(self, study_id: str, step: str) -> StepEntry | None:
         """One step's entry, or None."""
@@ -265,9 +271,9 @@ class Store:
     async def get_steps(self, study_id: str, names: Iterable[str]) -> dict[str, StepEntry]:
         """The entries of the named steps (those that have one), read key by key.
 
-        Recovery uses this rather than a wildcard scan: a scan's end-of-data marker
-        comes from the consumer's pending count, which is not a guarantee of completeness,
-        while a read by key is.
+        Recovery uses this rather than ``list_steps``: a read by key finds the entry
+        whatever the size of the bucket, while a listing stops at 100,000 keys
+        (see ``_scan``).
         """
         out: dict[str, StepEntry] = {}
         limit = anyio.Semaphore(64)

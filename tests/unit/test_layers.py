@@ -1,5 +1,5 @@
-"""The layers import only downwards: the spec knows nothing of the machines or the actors
-(compare trio's test_exports)."""
+"""The layers import only downwards: the spec knows nothing of the machines or the actors,
+and only the bus touches nats-py (compare trio's test_exports)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILES = sorted((ROOT / "engine" / "spec").glob("*.py"))
+# The product's modules; tests/ and bench/ observe the engine as outside clients and may
+# talk to NATS directly.
+PRODUCT_FILES = sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "adapters").rglob("*.py")])
+NATS_MODULES = {"engine/bus.py"}  # natsserver.py runs the server binary: no client needed
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -29,7 +33,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_scan_sees_the_packages() -> None:
-    assert len(SPEC_FILES) >= 5
+    assert len(SPEC_FILES) >= 5 and ROOT / "engine" / "bus.py" in PRODUCT_FILES
 
 
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda path: path.name)
@@ -51,3 +55,9 @@ def test_spec_package_pulls_in_neither_machines_nor_actors() -> None:
                          check=True, cwd=ROOT)
     assert "" == out.stdout.strip()
 
+
+
+@pytest.mark.parametrize("path", PRODUCT_FILES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_only_the_bus_imports_nats(path: Path) -> None:
+    uses_nats = any(module.split(".")[0] == "nats" for module in imported_modules(path))
+    assert (str(path.relative_to(ROOT)) in NATS_MODULES) == uses_nats
