@@ -72,7 +72,9 @@ class Bus:
         # The one event in flight with an acknowledgement: (id, future, sent, epoch).
         self._fence: tuple[str, asyncio.Future[Any] | None, float, int] | None = None
         self._resend = False
-        self._log_error = ""
+        # Why the last event publication failed (it is then re-sent); named in the error
+        # if wait_persisted gives up.
+        self._last_publish_error = ""
 
     async def key_value(self, bucket: str, *, history: int, replicas: int = 1) -> KeyValueBucket:
         """Create (or reuse) a file-backed JetStream key-value bucket.
@@ -151,14 +153,14 @@ class Bus:
         try:
             await self._nc.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except NatsError as exc:
-            self._log_error, self._resend = str(exc), True
+            self._last_publish_error, self._resend = str(exc), True
 
     async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
             fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_fence asks for a re-send
-            self._log_error = str(exc)
+            self._last_publish_error = str(exc)
         self._fence = (msg_id, fut, time.monotonic(), self._epoch())
 
     async def _resend_pending(self) -> None:
@@ -213,8 +215,10 @@ class Bus:
                 else:
                     await anyio.sleep(0.01)
         if mark in self._pending:
+            cause = self._last_publish_error
             raise BusError(f"event {mark} and earlier ones not acknowledged by JetStream "
-                           f"within {timeout:g} s", self.url)
+                           f"within {timeout:g} s" + (f" (last error: {cause})" if cause else ""),
+                           self.url)
 
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Publish ``message`` on ``subject`` (core NATS, fire and forget).
@@ -484,10 +488,6 @@ async def _settled(fut: asyncio.Future[Any]) -> None:
     await asyncio.wait([fut])
 
 
-async def _quiet_error_cb(exc: Exception) -> None:
-    """nats-py prints tracebacks by default; connection errors surface through connect()."""
-
-
 @asynccontextmanager
 async def open_bus(
     url: str,
@@ -508,7 +508,6 @@ async def open_bus(
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_time_wait": 0.25,
         "allow_reconnect": True,
-        "error_cb": _quiet_error_cb,
         "name": name,
         "pending_size": 64 * 1024 * 1024,
     }
@@ -530,12 +529,18 @@ async def open_bus(
             callback()
 
     kwargs["closed_cb"] = closed_cb
+    connecting = True
 
-    async def record_error(exc: Exception) -> None:
-        seen.append(exc)
-        failed.set()
+    async def error_cb(exc: Exception) -> None:
+        # Given to nats-py once, at connect time, for the connection's whole life (nats-py
+        # would print a traceback per error). While connecting, an error ends the attempt
+        # and is reported; once connected, nats-py reconnects by itself and a lasting
+        # outage surfaces as failed operations (BusError, StoreError), so it is dropped.
+        if connecting:
+            seen.append(exc)
+            failed.set()
 
-    kwargs["error_cb"] = record_error
+    kwargs["error_cb"] = error_cb
     nc = None
 
     async def attempt() -> None:
@@ -558,7 +563,7 @@ async def open_bus(
         detail = "it refused the credentials (Authorization Violation)" if auth else (
             f"{seen[-1]}" if seen else "no answer")
         raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
-    kwargs["error_cb"] = _quiet_error_cb
+    connecting = False
     try:
         yield Bus(nc, url, on_closed)
     finally:
