@@ -27,9 +27,14 @@ from engine.bus import Bus, KeyValueBucket
 from engine.errors import StoreConflict, StoreError
 from engine.subjects import kv_key
 
-__all__ = ["BUCKETS", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry"]
+__all__ = [
+    "BUCKETS", "STEPS_BUCKET", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry",
+    "step_key",
+]
 
-BUCKETS = ("troupe_studies", "troupe_runs", "troupe_steps", "troupe_workers")
+STEPS_BUCKET = "troupe_steps"
+"""The bucket of the step entries (``StepEntry``), keyed by ``step_key``."""
+BUCKETS = ("troupe_studies", "troupe_runs", STEPS_BUCKET, "troupe_workers")
 
 
 class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,7 +107,8 @@ class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):
     studies: tuple[str, ...] = ()
 
 
-def _step_key(study_id: str, step: str) -> str:
+def step_key(study_id: str, step: str) -> str:
+    """The key of a step's entry in the steps bucket: ``<study>.<step>``, each escaped."""
     return f"{kv_key(study_id)}.{kv_key(step)}"
 
 
@@ -187,7 +193,7 @@ class Store:
         for run in await self.list_runs(study_id=study_id):
             await self._kv["troupe_runs"].purge(kv_key(run.run_id))
         steps = await self.list_steps(study_id)
-        await self._delete_keys("troupe_steps", [_step_key(study_id, s.step) for s in steps])
+        await self._delete_keys(STEPS_BUCKET, [step_key(study_id, s.step) for s in steps])
         await self._kv["troupe_studies"].purge(kv_key(study_id))
 
     async def delete_all(self) -> None:
@@ -216,7 +222,7 @@ class Store:
 
     async def put_step(self, entry: StepEntry) -> int:
         """Store a step's non-terminal state; returns the revision."""
-        return await self._kv["troupe_steps"].put(_step_key(entry.study_id, entry.step),
+        return await self._kv[STEPS_BUCKET].put(step_key(entry.study_id, entry.step),
                                                   self._enc.encode(entry))
 
     async def finish_step(self, entry: StepEntry, *, last: int | None = None) -> bool:
@@ -235,8 +241,8 @@ class Store:
             StoreError: a read or write failed, or other writers kept changing the entry
                 through 20 tries.
         """
-        key = _step_key(entry.study_id, entry.step)
-        kv = self._kv["troupe_steps"]
+        key = step_key(entry.study_id, entry.step)
+        kv = self._kv[STEPS_BUCKET]
         if last is not None:
             try:
                 # Our own non-final write is the latest: nobody finished the step since.
@@ -245,7 +251,7 @@ class Store:
             except StoreConflict:
                 pass  # someone wrote in between: read it, below
         for _ in range(20):
-            got = await self._get("troupe_steps", key, StepEntry)
+            got = await self._get(STEPS_BUCKET, key, StepEntry)
             if got is None:
                 try:
                     await kv.create(key, self._enc.encode(entry))
@@ -261,11 +267,11 @@ class Store:
             except StoreConflict:
                 continue  # someone wrote in between: look again
         raise StoreError(f"finish_step: no stable revision for {key} in 20 tries",
-                         bucket="troupe_steps", key=key)
+                         bucket=STEPS_BUCKET, key=key)
 
     async def get_step(self, study_id: str, step: str) -> StepEntry | None:
         """One step's entry, or None."""
-        got = await self._get("troupe_steps", _step_key(study_id, step), StepEntry)
+        got = await self._get(STEPS_BUCKET, step_key(study_id, step), StepEntry)
         return None if got is None else got[0]  # type: ignore[return-value]
 
     async def get_steps(self, study_id: str, names: Iterable[str]) -> dict[str, StepEntry]:
@@ -291,7 +297,7 @@ class Store:
 
     async def list_steps(self, study_id: str, *, state: str = "") -> list[StepEntry]:
         """A study's step entries, filtered by state."""
-        steps = await self._scan("troupe_steps", f"{kv_key(study_id)}.>", StepEntry)
+        steps = await self._scan(STEPS_BUCKET, f"{kv_key(study_id)}.>", StepEntry)
         return [s for s in steps if not state or s.state == state]  # type: ignore[misc,attr-defined]
 
     # ------------------------------------------------------------------ workers
