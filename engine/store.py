@@ -115,7 +115,9 @@ def step_key(study_id: str, step: str) -> str:
 class Store:
     """The engine's durable state. Create with ``await Store.open(bus)``.
 
-    Every method raises ``StoreError`` when the bus cannot read or write a bucket.
+    Every method raises ``StoreError`` when the bus cannot read or write a bucket; the
+    listings (``list_*``) and ``get_steps`` read keys in a task group, so theirs comes
+    inside an ``ExceptionGroup``.
     """
 
     def __init__(self, buckets: dict[str, KeyValueBucket]) -> None:
