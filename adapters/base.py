@@ -4,7 +4,8 @@ An adapter writes a step's script, submits it, reports its completion (pushed wh
 backend allows), cancels it, and finds it again after an engine restart (``Adapter``
 lists every operation the engine calls). Foreign errors (``OSError``, ``CalledProcessError``,
 parse failures) are translated at this edge with ``map_exceptions`` and re-raised as
-``AdapterError`` subclasses with ``raise ... from``.
+``AdapterError`` subclasses with ``raise ... from``. ``JobOutcome``, the vocabulary of a
+job's end, is defined in ``engine.messages`` (the supervisor judges it) and re-exported here.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import abc
-import enum
 
 import msgspec
 
+from engine.messages import JobOutcome
 from engine.spec.graph import StepInstance
 
 __all__ = [
@@ -82,19 +83,6 @@ class JobHandle(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     job_id: str
     backend: str
-
-
-class JobOutcome(enum.StrEnum):
-    """How a job ended, in the backend's terms mapped to one vocabulary."""
-
-    COMPLETED = "COMPLETED"  # exit code 0
-    FAILED = "FAILED"  # non-zero exit code (or killed by a signal)
-    TIMEOUT = "TIMEOUT"  # the backend's own time limit killed it
-    CANCELLED = "CANCELLED"  # cancelled (by us or by someone else)
-    NODE_FAIL = "NODE_FAIL"  # hardware failure; Maestro resubmits
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    PREEMPTED = "PREEMPTED"
-    LOST = "LOST"  # the backend no longer knows the job and no exit status was recorded
 
 
 class JobResult(msgspec.Struct, frozen=True, kw_only=True):

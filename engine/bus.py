@@ -5,7 +5,10 @@ and yields a ``Bus``. Messages are ``engine.messages`` Structs encoded as JSON. 
 published without a round trip each; the JetStream stream captures them on the server, and
 one event at a time travels with an acknowledgement (a *fence*), which, as JetStream stores
 one connection's messages in order, proves every earlier event stored
-(``Bus.publish_event``).
+(``Bus.publish_event``). ``Bus.key_value`` opens a JetStream key-value bucket as a
+``KeyValueBucket``, in which ``engine.store`` keeps the engine's state. nats-py's errors
+are translated here: ``BusError`` for the bus, ``StoreError``/``StoreConflict`` for a
+bucket.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -24,10 +27,13 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE, JetStreamContext
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
 
-from engine.errors import BusError
+from engine.errors import BusError, StoreConflict, StoreError
 from engine.messages import (
     BUS_DECODER,
     ENCODER,
@@ -37,7 +43,7 @@ from engine.messages import (
     new_event_id,
 )
 
-__all__ = ["Bus", "Credentials", "open_bus"]
+__all__ = ["Bus", "Credentials", "KeyValueBucket", "open_bus"]
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,12 +72,30 @@ class Bus:
         # The one event in flight with an acknowledgement: (id, future, sent, epoch).
         self._fence: tuple[str, asyncio.Future[Any] | None, float, int] | None = None
         self._resend = False
-        self._log_error = ""
+        # Why the last event publication failed (it is then re-sent); named in the error
+        # if wait_persisted gives up.
+        self._last_publish_error = ""
 
-    @property
-    def jetstream(self):  # type: ignore[no-untyped-def]
-        """The JetStream context (for ``engine.store``)."""
-        return self._js
+    async def key_value(self, bucket: str, *, history: int, replicas: int = 1) -> KeyValueBucket:
+        """Create (or reuse) a file-backed JetStream key-value bucket.
+
+        Args:
+            bucket: The bucket's name.
+            history: How many revisions of each key the server keeps (at most 64).
+            replicas: The bucket stream's replicas (1 on a single server).
+
+        Returns:
+            The bucket.
+
+        Raises:
+            StoreError: the server has no JetStream, refused the configuration, or did
+                not answer.
+        """
+        cfg = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE,
+                             replicas=replicas)
+        with _store_errors("open", bucket):
+            kv = await self._js.create_key_value(cfg)
+        return KeyValueBucket(bucket, kv, self._js)
 
     async def publish_event(self, subject: str, message: BusMessage, *,
                             fence: bool = False) -> None:
@@ -129,14 +153,14 @@ class Bus:
         try:
             await self._nc.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except NatsError as exc:
-            self._log_error, self._resend = str(exc), True
+            self._last_publish_error, self._resend = str(exc), True
 
     async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
             fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_fence asks for a re-send
-            self._log_error = str(exc)
+            self._last_publish_error = str(exc)
         self._fence = (msg_id, fut, time.monotonic(), self._epoch())
 
     async def _resend_pending(self) -> None:
@@ -191,8 +215,10 @@ class Bus:
                 else:
                     await anyio.sleep(0.01)
         if mark in self._pending:
+            cause = self._last_publish_error
             raise BusError(f"event {mark} and earlier ones not acknowledged by JetStream "
-                           f"within {timeout:g} s", self.url)
+                           f"within {timeout:g} s" + (f" (last error: {cause})" if cause else ""),
+                           self.url)
 
     async def publish(self, subject: str, message: BusMessage) -> None:
         """Publish ``message`` on ``subject`` (core NATS, fire and forget).
@@ -346,13 +372,120 @@ class Bus:
             raise BusError(f"flush failed: {exc}", self.url) from exc
 
 
+class KeyValueBucket:
+    """One JetStream key-value bucket; open it with ``Bus.key_value``.
+
+    Values are bytes; a revision is the sequence number of a key's write in the bucket's
+    stream. nats-py's errors do not leave this class: a missing key reads as None, a lost
+    compare-and-swap raises ``StoreConflict``, anything else ``StoreError``.
+    """
+
+    def __init__(self, name: str, kv: KeyValue, js: JetStreamContext) -> None:
+        self.name = name
+        self._kv = kv
+        self._js = js
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """The key's current value and its revision.
+
+        Returns:
+            None if the key was never written, or was deleted or purged.
+
+        Raises:
+            StoreError: the read failed (bus disconnected, timeout, bad key).
+        """
+        with _store_errors("get", self.name, key):
+            try:
+                entry = await self._kv.get(key)
+            except NotFoundError:  # KeyNotFoundError (also for a deleted key) among them
+                return None
+        if entry.value is None:
+            return None
+        return entry.value, entry.revision
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Write ``value`` whatever the key holds; return the new revision.
+
+        Raises:
+            StoreError: the write failed or was not acknowledged.
+        """
+        with _store_errors("put", self.name, key):
+            return await self._kv.put(key, value)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write ``value`` only if the key has none (a deleted key counts as none).
+
+        Returns:
+            The new revision.
+
+        Raises:
+            StoreConflict: the key has a value; nothing was written.
+            StoreError: the write failed or was not acknowledged.
+        """
+        with _store_errors("create", self.name, key):
+            return await self._kv.create(key, value)
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int:
+        """Write ``value`` only if the key's latest revision is ``last`` (compare-and-swap).
+
+        Returns:
+            The new revision.
+
+        Raises:
+            StoreConflict: the key's latest revision is not ``last``; nothing was written.
+            StoreError: the write failed or was not acknowledged.
+        """
+        with _store_errors("update", self.name, key, last=last):
+            return await self._kv.update(key, value, last=last)
+
+    async def purge(self, key: str) -> None:
+        """Remove the key and every revision of it.
+
+        Raises:
+            StoreError: the purge failed or was not acknowledged.
+        """
+        with _store_errors("purge", self.name, key):
+            await self._kv.purge(key)
+
+    async def keys(self, pattern: str = ">") -> list[str]:
+        """The keys matching ``pattern`` (a NATS wildcard) that have a message in the stream.
+
+        One stream-info request answers it, which the server computes under the stream's
+        lock, so no key written before the request is missing. Deleted and purged keys are
+        included (their last message is a marker): read each key to skip them. The server
+        lists at most 100,000 subjects in one answer (``JSMaxSubjectDetails``) and this
+        reads one answer, so past that many matching keys the list is incomplete.
+
+        Raises:
+            StoreError: the request failed.
+        """
+        prefix = KV_PRE_TEMPLATE.format(bucket=self.name)
+        with _store_errors("list keys", self.name, pattern):
+            info = await self._js.stream_info(KV_STREAM_TEMPLATE.format(bucket=self.name),
+                                              subjects_filter=prefix + pattern)
+        return [subject[len(prefix):] for subject in (info.state.subjects or {})]
+
+
+@contextmanager
+def _store_errors(operation: str, bucket: str, key: str = "", *,
+                  last: int | None = None) -> Iterator[None]:
+    """Translate nats-py's errors in the block: a lost compare-and-swap (only ``create``,
+    ``last`` None, and ``update`` can lose one) to ``StoreConflict``, the rest to
+    ``StoreError``."""
+    try:
+        yield
+    except KeyWrongLastSequenceError as exc:
+        expected = "no value" if last is None else f"revision {last}"
+        raise StoreConflict(f"{operation} {bucket}/{key}: expected {expected}",
+                            bucket=bucket, key=key, last=last) from exc
+    except (NatsError, TimeoutError) as exc:
+        raise StoreError(f"{operation} {bucket}/{key} failed: {exc or type(exc).__name__}",
+                         bucket=bucket, key=key) from exc
+
+
 async def _settled(fut: asyncio.Future[Any]) -> None:
     """Wait until ``fut`` is done, whatever its outcome (without consuming it)."""
     await asyncio.wait([fut])
-
-
-async def _quiet_error_cb(exc: Exception) -> None:
-    """nats-py prints tracebacks by default; connection errors surface through connect()."""
 
 
 @asynccontextmanager
@@ -375,7 +508,6 @@ async def open_bus(
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_time_wait": 0.25,
         "allow_reconnect": True,
-        "error_cb": _quiet_error_cb,
         "name": name,
         "pending_size": 64 * 1024 * 1024,
     }
@@ -397,12 +529,18 @@ async def open_bus(
             callback()
 
     kwargs["closed_cb"] = closed_cb
+    connecting = True
 
-    async def record_error(exc: Exception) -> None:
-        seen.append(exc)
-        failed.set()
+    async def error_cb(exc: Exception) -> None:
+        # Given to nats-py once, at connect time, for the connection's whole life (nats-py
+        # would print a traceback per error). While connecting, an error ends the attempt
+        # and is reported; once connected, nats-py reconnects by itself and a lasting
+        # outage surfaces as failed operations (BusError, StoreError), so it is dropped.
+        if connecting:
+            seen.append(exc)
+            failed.set()
 
-    kwargs["error_cb"] = record_error
+    kwargs["error_cb"] = error_cb
     nc = None
 
     async def attempt() -> None:
@@ -425,7 +563,7 @@ async def open_bus(
         detail = "it refused the credentials (Authorization Violation)" if auth else (
             f"{seen[-1]}" if seen else "no answer")
         raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
-    kwargs["error_cb"] = _quiet_error_cb
+    connecting = False
     try:
         yield Bus(nc, url, on_closed)
     finally:

@@ -1,9 +1,15 @@
-"""The ``enginectl`` commands that talk to a running engine: submit, status, watch, cancel,
-restart, list, events, and ``serve`` itself.
+"""The ``enginectl`` commands that talk to a running engine over NATS: submit, status,
+list, watch, cancel, restart and events (``serve``, the engine itself, is ``engine.cli``'s
+command and runs ``engine.daemon``).
 
-A client finds the engine through ``<state dir>/client.json`` (written by ``serve`` with
-mode 0600: URL, user, password), or through ``--nats-url`` with credentials. Every request
-has a deadline: an engine that is not there is reported within 5 s, with exit code 1.
+A client finds the engine through ``<state dir>/client.json``, which ``serve`` writes with
+mode 0600 once it answers requests: the URL, plus the user and password of its embedded
+NATS server (only the URL when ``serve`` was given ``--nats-url``). ``--nats-url`` with the
+credential options bypasses the file. Connecting gives up after 4.5 s, and a request is
+asked again while nobody serves it (an engine reconnecting after an outage) for up to 4 s
+in all; either failure is one line on stderr and exit code 1. ``watch`` and
+``submit --wait`` then follow the study's events with no deadline, and exit 0, 2 or 3 as
+``run`` does (1 if the connection closes first).
 """
 
 from __future__ import annotations

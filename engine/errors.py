@@ -13,6 +13,8 @@ __all__ = [
     "EngineError",
     "InvalidTransition",
     "SpecError",
+    "StoreConflict",
+    "StoreError",
 ]
 
 
@@ -69,3 +71,38 @@ class BusError(EngineError):
     def __init__(self, message: str, url: str | None = None) -> None:
         self.url = url
         super().__init__(message)
+
+
+class StoreError(EngineError):
+    """Raised when the engine's durable state cannot be read or written.
+
+    ``engine.store.Store`` (through ``engine.bus.KeyValueBucket``, where nats-py's errors
+    are translated) raises it when the bus is disconnected or reconnecting, a JetStream
+    request timed out or was refused, or ``Store.finish_step`` found no stable revision to
+    swap against. ``engine.actors.persist.Persister.wait_intent`` raises it when the
+    persister gave up storing the entry that names the awaited attempt. A key that does
+    not exist is not an error: reads return None.
+
+    Attributes:
+        bucket: The key-value bucket concerned ("" if none).
+        key: The key concerned ("" if none).
+    """
+
+    def __init__(self, message: str, *, bucket: str = "", key: str = "") -> None:
+        self.bucket = bucket
+        self.key = key
+        super().__init__(message)
+
+
+class StoreConflict(StoreError):
+    """Raised by a compare-and-swap write (``KeyValueBucket.create``/``update``) that lost:
+    the key's latest revision is not ``last`` (someone wrote in between), or, for a
+    create (``last`` None), the key already has a value. Nothing was written.
+
+    Attributes:
+        last: The revision the write expected (None for a create).
+    """
+
+    def __init__(self, message: str, *, bucket: str, key: str, last: int | None) -> None:
+        self.last = last
+        super().__init__(message, bucket=bucket, key=key)

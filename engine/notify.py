@@ -20,24 +20,16 @@ __all__ = ["main"]
 
 
 async def _send(url: str, subject: str, exit_file: str, code: int) -> None:
-    import nats
+    from engine.bus import Credentials, open_bus
+    from engine.messages import JobReported, new_event_id
 
-    from engine.messages import ENCODER, JobReported, new_event_id
-
-    async def quiet(exc: Exception) -> None:
-        del exc
-
-    nc = await nats.connect(
-        url, user=os.environ.get("TROUPE_NOTIFY_USER") or None,
-        password=os.environ.get("TROUPE_NOTIFY_PASSWORD") or None,
-        connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet,
-    )
-    try:
+    creds = Credentials(user=os.environ.get("TROUPE_NOTIFY_USER") or None,
+                        password=os.environ.get("TROUPE_NOTIFY_PASSWORD") or None)
+    async with open_bus(url, creds, connect_timeout=2, name="troupe-notify",
+                        max_reconnect_attempts=0) as bus:
         msg = JobReported(event_id=new_event_id(), exit_file=exit_file, exit_code=code)
-        await nc.publish(subject, ENCODER.encode(msg))
-        await nc.flush(timeout=2)
-    finally:
-        await nc.close()
+        await bus.publish(subject, msg)
+        await bus.flush(timeout=2)
 
 
 def main(argv: list[str] | None = None) -> int:

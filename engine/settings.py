@@ -18,9 +18,10 @@ import msgspec
 
 from adapters.base import DEFAULT_KILL_GRACE
 from engine.errors import SpecError
-from engine.machines.policy import RetryPolicy, StepPolicy, parse_walltime
+from engine.machines.policy import StepPolicy
 from engine.spec.extensions import TroupeSettings
 from engine.spec.graph import StepInstance, StudyGraph
+from engine.spec.policy import RetryPolicy, parse_walltime
 
 __all__ = [
     "CliOverrides", "adapter_name", "kill_grace", "step_policies", "throttle_limits",

@@ -10,6 +10,9 @@ Writes that recovery depends on are acknowledged: a step's *intent* (the attempt
 be submitted, with its idempotency key) is stored before the submission, and its terminal
 outcome with a compare-and-swap on the key's revision, so applying a terminal transition
 twice is a no-op. Other transitions are written without waiting.
+
+The buckets are ``engine.bus.KeyValueBucket`` objects: this module never sees nats-py. A
+missing key reads as None; every failure to read or write raises ``StoreError``.
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ from collections.abc import Iterable
 
 import anyio
 import msgspec
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
 
-from engine.bus import Bus
+from engine.bus import Bus, KeyValueBucket
+from engine.errors import StoreConflict, StoreError
 from engine.machines.step import StepRecord, next_attempt
 from engine.messages import TERMINAL_STATES, StepSummary
 from engine.subjects import kv_key
 
-__all__ = ["BUCKETS", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry"]
+__all__ = [
+    "BUCKETS", "STEPS_BUCKET", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry",
+    "step_key",
+]
 
-BUCKETS = ("troupe_studies", "troupe_runs", "troupe_steps", "troupe_workers")
+STEPS_BUCKET = "troupe_steps"
+"""The bucket of the step entries (``StepEntry``), keyed by ``step_key``."""
+BUCKETS = ("troupe_studies", "troupe_runs", STEPS_BUCKET, "troupe_workers")
 
 
 class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,50 +146,53 @@ class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):
     studies: tuple[str, ...] = ()
 
 
-def _step_key(study_id: str, step: str) -> str:
+def step_key(study_id: str, step: str) -> str:
+    """The key of a step's entry in the steps bucket: ``<study>.<step>``, each escaped."""
     return f"{kv_key(study_id)}.{kv_key(step)}"
 
 
 class Store:
-    """The engine's durable state. Create with ``await Store.open(bus)``."""
+    """The engine's durable state. Create with ``await Store.open(bus)``.
 
-    def __init__(self, buckets: dict[str, KeyValue], js: object) -> None:
+    Every method raises ``StoreError`` when the bus cannot read or write a bucket; the
+    listings (``list_*``) and ``get_steps`` read keys in a task group, so theirs comes
+    inside an ``ExceptionGroup``.
+    """
+
+    def __init__(self, buckets: dict[str, KeyValueBucket]) -> None:
         self._kv = buckets
-        self._js = js
         self._enc = msgspec.json.Encoder()
 
     @classmethod
     async def open(cls, bus: Bus, *, replicas: int = 1) -> Store:
-        """Create (or reuse) the buckets on the bus's JetStream."""
-        js = bus.jetstream
-        buckets = {}
-        for name in BUCKETS:
-            cfg = KeyValueConfig(bucket=name, history=5, storage=StorageType.FILE,
-                                 replicas=replicas)
-            buckets[name] = await js.create_key_value(cfg)
-        return cls(buckets, js)
+        """Create (or reuse) the buckets on the bus's JetStream.
+
+        Raises:
+            StoreError: a bucket cannot be created (no JetStream, no answer).
+        """
+        buckets = {name: await bus.key_value(name, history=5, replicas=replicas)
+                   for name in BUCKETS}
+        return cls(buckets)
 
     # ------------------------------------------------------------------ helpers
 
     async def _get(self, bucket: str, key: str, typ: type) -> tuple[object, int] | None:
-        try:
-            entry = await self._kv[bucket].get(key)
-        except (KeyNotFoundError, NotFoundError):
+        got = await self._kv[bucket].get(key)
+        if got is None:
             return None
-        if entry.value is None:
-            return None
-        return msgspec.json.decode(entry.value, type=typ), entry.revision
+        value, revision = got
+        return msgspec.json.decode(value, type=typ), revision
 
     async def _scan(self, bucket: str, pattern: str, typ: type) -> list[object]:
-        """Every current value whose key matches ``pattern`` (a NATS wildcard).
+        """The values of the keys matching ``pattern`` (a NATS wildcard), sorted by key.
 
-        The keys come from the bucket stream's per-subject state (complete, unlike a
-        watcher's end-of-data marker), and each value is then read by key, so a deleted
-        or purged key is never returned.
+        The keys are listed first (``KeyValueBucket.keys``: every key written before the
+        listing, up to 100,000 of them) and each is then read on its own, so a deleted or
+        purged key is skipped. This is not a snapshot: a key written after the listing is
+        missed, one deleted after it is skipped, and each value is the one current when
+        that key was read.
         """
-        info = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{pattern}")
-        prefix = len(f"$KV.{bucket}.")
-        keys = [subject[prefix:] for subject in (info.state.subjects or {})]
+        keys = await self._kv[bucket].keys(pattern)
         found: dict[str, object] = {}
         limit = anyio.Semaphore(64)
 
@@ -225,7 +234,7 @@ class Store:
         for run in await self.list_runs(study_id=study_id):
             await self._kv["troupe_runs"].purge(kv_key(run.run_id))
         steps = await self.list_steps(study_id)
-        await self._delete_keys("troupe_steps", [_step_key(study_id, s.step) for s in steps])
+        await self._delete_keys(STEPS_BUCKET, [step_key(study_id, s.step) for s in steps])
         await self._kv["troupe_studies"].purge(kv_key(study_id))
 
     async def delete_all(self) -> None:
@@ -254,7 +263,7 @@ class Store:
 
     async def put_step(self, entry: StepEntry) -> int:
         """Store a step's non-terminal state; returns the revision."""
-        return await self._kv["troupe_steps"].put(_step_key(entry.study_id, entry.step),
+        return await self._kv[STEPS_BUCKET].put(step_key(entry.study_id, entry.step),
                                                   self._enc.encode(entry))
 
     async def finish_step(self, entry: StepEntry, *, last: int | None = None) -> bool:
@@ -266,25 +275,29 @@ class Store:
                 swap is then tried against it first, without reading the entry.
 
         Returns:
-            False if the stored entry was already final for this or a later attempt
-            (the transition was applied before: nothing is written).
+            True once written; False if the stored entry was already final for this or a
+            later attempt (the transition was applied before: nothing is written).
+
+        Raises:
+            StoreError: a read or write failed, or other writers kept changing the entry
+                through 20 tries.
         """
-        key = _step_key(entry.study_id, entry.step)
-        kv = self._kv["troupe_steps"]
+        key = step_key(entry.study_id, entry.step)
+        kv = self._kv[STEPS_BUCKET]
         if last is not None:
             try:
                 # Our own non-final write is the latest: nobody finished the step since.
                 await kv.update(key, self._enc.encode(entry), last=last)
                 return True
-            except KeyWrongLastSequenceError:
+            except StoreConflict:
                 pass  # someone wrote in between: read it, below
         for _ in range(20):
-            got = await self._get("troupe_steps", key, StepEntry)
+            got = await self._get(STEPS_BUCKET, key, StepEntry)
             if got is None:
                 try:
                     await kv.create(key, self._enc.encode(entry))
                     return True
-                except KeyWrongLastSequenceError:
+                except StoreConflict:
                     continue
             current, revision = got
             if current.final and current.attempt >= entry.attempt:  # type: ignore[attr-defined]
@@ -292,21 +305,22 @@ class Store:
             try:
                 await kv.update(key, self._enc.encode(entry), last=revision)
                 return True
-            except KeyWrongLastSequenceError:
+            except StoreConflict:
                 continue  # someone wrote in between: look again
-        raise RuntimeError(f"finish_step: no stable revision for {key}")
+        raise StoreError(f"finish_step: no stable revision for {key} in 20 tries",
+                         bucket=STEPS_BUCKET, key=key)
 
     async def get_step(self, study_id: str, step: str) -> StepEntry | None:
         """One step's entry, or None."""
-        got = await self._get("troupe_steps", _step_key(study_id, step), StepEntry)
+        got = await self._get(STEPS_BUCKET, step_key(study_id, step), StepEntry)
         return None if got is None else got[0]  # type: ignore[return-value]
 
     async def get_steps(self, study_id: str, names: Iterable[str]) -> dict[str, StepEntry]:
         """The entries of the named steps (those that have one), read key by key.
 
-        Recovery uses this rather than a wildcard scan: a scan's end-of-data marker
-        comes from the consumer's pending count, which is not a guarantee of completeness,
-        while a read by key is.
+        Recovery uses this rather than ``list_steps``: a read by key finds the entry
+        whatever the size of the bucket, while a listing stops at 100,000 keys
+        (see ``_scan``).
         """
         out: dict[str, StepEntry] = {}
         limit = anyio.Semaphore(64)
@@ -324,7 +338,7 @@ class Store:
 
     async def list_steps(self, study_id: str, *, state: str = "") -> list[StepEntry]:
         """A study's step entries, filtered by state."""
-        steps = await self._scan("troupe_steps", f"{kv_key(study_id)}.>", StepEntry)
+        steps = await self._scan(STEPS_BUCKET, f"{kv_key(study_id)}.>", StepEntry)
         return [s for s in steps if not state or s.state == state]  # type: ignore[misc,attr-defined]
 
     # ------------------------------------------------------------------ workers

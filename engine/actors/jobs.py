@@ -25,6 +25,7 @@ import structlog
 
 from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
 from engine import subjects
+from engine.errors import StoreError
 from engine.machines.step import StepRecord
 from engine.messages import (
     Event,
@@ -86,14 +87,18 @@ class JobShell:
 
     async def run(self, name: str, attempt: int, restart: bool) -> AsyncIterator[Event]:
         """One attempt's life: store the intent, submit, report the start, wait, report
-        the exit.
-
-        Raises:
-            StoreError: the intent could not be stored (nothing was submitted).
-        """
+        the exit. An intent the store could not take (the persister gave up) and a
+        refused submission both end as ``SubmitFailed``."""
         inst = self._resolve(self.graph.by_name[name])
         if self._persister is not None:
-            await self._persister.wait_intent(name, attempt)
+            try:
+                await self._persister.wait_intent(name, attempt)
+            except StoreError as exc:
+                # Never submit an attempt a restarted engine could not know about.
+                self._log.error("intent_not_stored", step=name, attempt=attempt, error=str(exc))
+                yield SubmitFailed(event_id=new_event_id(), retryable=False,
+                                   detail=f"its intent could not be stored: {exc}")
+                return
         request = JobRequest(step=inst, attempt=attempt, restart=restart,
                              key=f"{self.study_id}/{name}/{attempt}")
         try:
@@ -135,7 +140,7 @@ class JobShell:
         finally:
             self._handles.pop((handle.step, handle.attempt), None)
         return JobExited(event_id=new_event_id(), exit_code=result.exit_code,
-                         outcome=result.outcome.value, detail=result.detail,
+                         outcome=result.outcome, detail=result.detail,
                          time=self._clock())
 
     def _prepare_children(self, name: str) -> None:

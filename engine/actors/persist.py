@@ -6,57 +6,139 @@ time, in rounds; so a step's entries reach the store in order, and a burst of tr
 of one step costs one write. Final entries are written with compare-and-swap
 (``Store.finish_step``). ``wait_intent(step, attempt)`` returns once an entry naming
 that attempt is stored: the runtime calls it before each submission, so a restarted
-engine always knows which attempt might be running. Writes that fail (the bus is
-reconnecting) are retried.
+engine always knows which attempt might be running.
+
+A write that fails (the bus is reconnecting) is retried with an exponential delay (capped
+at 2 s) for up to ``give_up_after`` seconds (120 by default) from its first failure. Then
+the persister gives the entry up: it logs ``step_write_given_up`` (an error naming the
+study, step, state and attempt), appends a ``WriteFailure`` to ``failed``, and raises
+``StoreError`` in every ``wait_intent`` that only this entry could have satisfied, so a
+submission never goes ahead without its intent stored. A given-up entry counts as done
+for ``flush``.
 """
 
 from __future__ import annotations
 
 import anyio
+import msgspec
 import structlog
 
-from engine.store import StepEntry, Store
+from engine.errors import StoreError
+from engine.store import STEPS_BUCKET, StepEntry, Store, step_key
 
-__all__ = ["Persister"]
+__all__ = ["Persister", "WriteFailure"]
+
+
+class WriteFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """A step entry the persister gave up storing.
+
+    Attributes:
+        study_id: The study.
+        step: The step instance.
+        state: The state the entry recorded.
+        attempt: The entry's attempt.
+        intent_attempt: The attempt whose intent the entry named (0: none).
+        final: Whether it was the step's final entry.
+        tries: How many writes were tried.
+        error: The last write's error.
+    """
+
+    study_id: str
+    step: str
+    state: str
+    attempt: int
+    intent_attempt: int
+    final: bool
+    tries: int
+    error: str
+
+
+class _IntentWaiter:
+    """One ``wait_intent`` call: set when the intent is stored, or failed with ``error``."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: StoreError | None = None
 
 
 class Persister:
-    """Coalescing, ordered writer of ``StepEntry`` values."""
+    """Coalescing, ordered writer of ``StepEntry`` values.
 
-    def __init__(self, store: Store, *, concurrency: int = 256) -> None:
+    Args:
+        store: Where to write (only ``put_step`` and ``finish_step`` are used).
+        concurrency: Writes in flight at most.
+        give_up_after: Seconds of retrying one entry, from its first failure, before it
+            is given up.
+        first_delay: Seconds before the first retry; the delay doubles on each retry up
+            to ``max_delay``.
+        max_delay: The longest delay between two tries.
+
+    Attributes:
+        failed: The entries given up so far, in the order they were given up.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int = 256,
+        give_up_after: float = 120.0,
+        first_delay: float = 0.05,
+        max_delay: float = 2.0,
+    ) -> None:
         self._store = store
+        self._give_up_after = give_up_after
+        self._first_delay = first_delay
+        self._max_delay = max_delay
         self._dirty: dict[str, StepEntry] = {}
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._stored_attempt: dict[str, int] = {}
+        # The steps whose latest entry was given up, with what was lost. Invariant: no
+        # entry of such a step is pending or being written; put() removes the step.
+        self._given_up: dict[str, WriteFailure] = {}
         self._revision: dict[str, int] = {}  # the revision of our last non-final write
-        self._waiters: dict[tuple[str, int], anyio.Event] = {}
+        self._waiters: dict[tuple[str, int], _IntentWaiter] = {}
         self._limit = anyio.Semaphore(concurrency)
         self._log = structlog.get_logger("troupe.persist")
+        self.failed: list[WriteFailure] = []
 
     def put(self, entry: StepEntry) -> None:
         """Schedule ``entry`` to be stored (replacing any older pending one)."""
         self._dirty[entry.step] = entry
+        self._given_up.pop(entry.step, None)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._wake.set()
 
     async def wait_intent(self, step: str, attempt: int) -> None:
-        """Return once an entry of ``step`` with ``attempt`` (or later) is stored."""
+        """Return once an entry of ``step`` with ``attempt`` (or later) is stored.
+
+        Raises:
+            StoreError: the persister gave up the step's latest entry, which named
+                ``attempt`` (or a later one), before it was stored.
+        """
         if self._stored_attempt.get(step, -1) >= attempt:
             return
-        event = self._waiters.setdefault((step, attempt), anyio.Event())
-        await event.wait()
+        given_up = self._given_up.get(step)
+        if given_up is not None and given_up.intent_attempt >= attempt:
+            raise _intent_error(given_up)
+        waiter = self._waiters.setdefault((step, attempt), _IntentWaiter())
+        await waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
 
     async def flush(self) -> None:
-        """Return once everything put so far is stored."""
+        """Return once everything put so far is stored or given up (see ``failed``)."""
         while self._dirty or not self._idle.is_set():
             await self._idle.wait()
 
     async def run(self) -> None:
-        """Write dirty entries forever (run it in a task group)."""
+        """Write dirty entries forever (run it in a task group; it may be run again after
+        a cancellation, and then first writes what the cancelled run left)."""
         while True:
-            await self._wake.wait()
+            if not self._dirty:
+                await self._wake.wait()
             self._wake = anyio.Event()
             while self._dirty:
                 batch, self._dirty = self._dirty, {}
@@ -74,8 +156,9 @@ class Persister:
 
     async def _write(self, entry: StepEntry) -> None:
         async with self._limit:
-            delay = 0.05
+            delay, tries, deadline = self._first_delay, 0, None
             while True:
+                tries += 1
                 try:
                     if entry.final:
                         await self._store.finish_step(entry,
@@ -84,12 +167,47 @@ class Persister:
                         self._revision[entry.step] = await self._store.put_step(entry)
                     break
                 except Exception as exc:  # noqa: BLE001 - the bus may be reconnecting
+                    now = anyio.current_time()
+                    deadline = now + self._give_up_after if deadline is None else deadline
+                    if now >= deadline:
+                        self._give_up(entry, tries, exc)
+                        return
                     self._log.warning("step_write_retried", step=entry.step, error=str(exc))
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await anyio.sleep(min(delay, deadline - now))
+                    delay = min(delay * 2, self._max_delay)
         done = max(self._stored_attempt.get(entry.step, -1), entry.intent_attempt)
         self._stored_attempt[entry.step] = done
-        for (step, attempt), event in list(self._waiters.items()):
+        for (step, attempt), waiter in list(self._waiters.items()):
             if step == entry.step and attempt <= done:
-                event.set()
+                waiter.event.set()
                 del self._waiters[(step, attempt)]
+
+    def _give_up(self, entry: StepEntry, tries: int, exc: Exception) -> None:
+        """Report ``entry`` as given up and fail the intent waiters only it could satisfy."""
+        failure = WriteFailure(
+            study_id=entry.study_id, step=entry.step, state=entry.state, attempt=entry.attempt,
+            intent_attempt=entry.intent_attempt, final=entry.final, tries=tries,
+            error=str(exc) or type(exc).__name__,
+        )
+        self.failed.append(failure)
+        self._log.error("step_write_given_up", study_id=entry.study_id, step=entry.step,
+                        state=entry.state, attempt=entry.attempt,
+                        intent_attempt=entry.intent_attempt, final=entry.final, tries=tries,
+                        error=failure.error)
+        if entry.step in self._dirty:
+            return  # a newer entry of the step follows; it names this intent or a later one
+        self._given_up[entry.step] = failure
+        for (step, attempt), waiter in list(self._waiters.items()):
+            if step == entry.step and attempt <= entry.intent_attempt:
+                waiter.error = _intent_error(failure)
+                waiter.event.set()
+                del self._waiters[(step, attempt)]
+
+
+def _intent_error(failure: WriteFailure) -> StoreError:
+    return StoreError(
+        f"gave up storing step {failure.step} of study {failure.study_id} "
+        f"({failure.state}, attempt {failure.attempt}) after {failure.tries} tries: "
+        f"{failure.error}",
+        bucket=STEPS_BUCKET, key=step_key(failure.study_id, failure.step),
+    )

@@ -1,11 +1,13 @@
 """The supervisor's policies: whether and when a step runs again after a job ends (pure).
 
-``judge(record, result)`` turns the end of a job into a verdict: finished, a final failure
-(with its kind, and whether it is soft or stops the study), or another run (a retry after
-a backoff delay, a restart after a timeout, a resubmission after a hardware failure).
+``judge_exit(policy, ...)`` judges how a job ended and returns what follows, an ``AfterExit``:
+finished, a final failure (with its kind, and whether it is soft or stops the study), or
+another run (a retry after a backoff delay, a restart after a timeout, a resubmission after
+a hardware failure).
 ``backoff_delay`` is the retry schedule: exponential with a cap and a deterministic jitter
 (derived from the step name and the retry number, so it is reproducible and needs no
-random source). Nothing here reads the clock or does I/O.
+random source). The spec's values it applies (``RetryPolicy``, walltimes, Merlin's codes)
+are defined in ``engine.spec.policy``. Nothing here reads the clock or does I/O.
 
 Rules, in order:
   * a job stopped because the step was cancelled ends CANCELLED;
@@ -22,41 +24,14 @@ Rules, in order:
 from __future__ import annotations
 
 import zlib
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from msgspec import Struct
 
-__all__ = [
-    "MERLIN_CODES",
-    "RetryPolicy",
-    "StepPolicy",
-    "Verdict",
-    "backoff_delay",
-    "judge",
-    "parse_walltime",
-]
+from engine.messages import JobOutcome, StepState
+from engine.spec.policy import RetryPolicy
 
-MERLIN_CODES = {
-    "MERLIN_SUCCESS": 0,
-    "MERLIN_RESTART": 100,
-    "MERLIN_SOFT_FAIL": 101,
-    "MERLIN_HARD_FAIL": 102,
-    "MERLIN_RETRY": 104,
-    "MERLIN_STOP_WORKERS": 105,
-}
-"""Merlin's exit-code tokens and their values (``$(MERLIN_RETRY)`` → ``104``)."""
-
-
-class RetryPolicy(Struct, frozen=True, kw_only=True):
-    """Retries on a failed exit: ``max_attempts`` runs in all (1 = no retry), waiting
-    ``min(cap, initial_delay * factor**(n-1))`` seconds before retry n, varied by up to
-    ``±jitter`` of itself."""
-
-    max_attempts: int = 1
-    initial_delay: float = 1.0
-    factor: float = 2.0
-    cap: float = 60.0
-    jitter: float = 0.1
+__all__ = ["AfterExit", "AfterExitKind", "StepPolicy", "backoff_delay", "judge_exit"]
 
 
 class StepPolicy(Struct, frozen=True, kw_only=True):
@@ -84,16 +59,20 @@ class StepPolicy(Struct, frozen=True, kw_only=True):
     hw_limit: int = 3
 
 
-VerdictKind = Literal["finished", "failed", "cancelled", "timedout", "hwfailure", "again"]
+AfterExitKind: TypeAlias = Literal[
+    "finished", "failed", "cancelled", "timedout", "hwfailure", "again"
+]
+"""The step's end state after a job ended, or ``again`` (run another attempt)."""
 
 
-class Verdict(Struct, frozen=True, kw_only=True):
-    """What to do after a job ended.
+class AfterExit(Struct, frozen=True, kw_only=True):
+    """What follows the end of a job: ``judge_exit``'s answer.
 
     Attributes:
         kind: The step's end state (``again`` = run another attempt).
-        state_seen: The state to report for the attempt that just ended (e.g. TIMEDOUT
-            before a restart, FAILED before a retry).
+        state_seen: With ``again``, the state to report for the attempt that just ended
+            (TIMEDOUT before a restart, HWFAILURE before a resubmission, FAILED before a
+            retry); None otherwise.
         failure: For failures, the kind on the event (exit_code, timeout, lost, ...).
         delay: Seconds to wait before the next attempt.
         use_restart: The next attempt runs the ``restart`` script.
@@ -103,8 +82,8 @@ class Verdict(Struct, frozen=True, kw_only=True):
         reason: Human-readable detail for the event.
     """
 
-    kind: VerdictKind
-    state_seen: str = ""
+    kind: AfterExitKind
+    state_seen: StepState | None = None
     failure: str = ""
     delay: float = 0.0
     use_restart: bool = False
@@ -119,60 +98,31 @@ def backoff_delay(policy: RetryPolicy, retry: int, *, key: str = "") -> float:
 
     The jitter is a deterministic function of ``key`` and ``retry``, uniform in
     ``[-jitter, +jitter]`` of the capped delay.
+
+    Args:
+        policy: The retry policy.
+        retry: The retry's number, from 1.
+        key: Seeds the jitter (the step's name).
+
+    Returns:
+        The delay in seconds, >= 0.
     """
     base = min(policy.cap, policy.initial_delay * policy.factor ** max(retry - 1, 0))
     if policy.jitter <= 0 or base <= 0:
         return base
-    u = zlib.crc32(f"{key}#{retry}".encode()) / 0xFFFFFFFF  # in [0, 1]
-    return max(0.0, base * (1.0 + policy.jitter * (2.0 * u - 1.0)))
-
-
-def parse_walltime(value: str | int | float | None) -> float | None:
-    """Seconds in a walltime given as Slurm's ``--time`` takes it.
-
-    Accepts ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``; a bare
-    number is minutes, as in Slurm. Returns None for None, "", 0 or "0" (no limit).
-
-    Raises:
-        ValueError: the text is not a walltime.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) * 60.0 or None
-    text = str(value).strip()
-    days = 0
-    if "-" in text:
-        d, _, text = text.partition("-")
-        days = int(d)
-        parts = [int(p) for p in text.split(":")]
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts[:3]
-    else:
-        parts = [int(p) for p in text.split(":")]
-        if len(parts) == 1:
-            h, m, s = 0, parts[0], 0
-        elif len(parts) == 2:
-            h, m, s = 0, parts[0], parts[1]
-        elif len(parts) == 3:
-            h, m, s = parts
-        else:
-            raise ValueError(f"not a walltime: {value!r}")
-    total = float(((days * 24 + h) * 60 + m) * 60 + s)
-    if any(x < 0 for x in (days, h, m, s)):
-        raise ValueError(f"not a walltime: {value!r}")
-    return total or None
+    spread = zlib.crc32(f"{key}#{retry}".encode()) / 0xFFFFFFFF  # in [0, 1]
+    return max(0.0, base * (1.0 + policy.jitter * (2.0 * spread - 1.0)))
 
 
 def _may_restart(policy: StepPolicy, restarts: int) -> bool:
     return policy.restart_limit == 0 or restarts < policy.restart_limit
 
 
-def judge(
+def judge_exit(
     policy: StepPolicy,
     *,
     step: str,
-    outcome: str,
+    outcome: JobOutcome | None,
     exit_code: int | None,
     cancelling: bool,
     timing_out: bool,
@@ -180,66 +130,67 @@ def judge(
     retries: int,
     merlin_retries: int,
     hw_failures: int,
-) -> Verdict:
+) -> AfterExit:
     """Decide what follows the end of a job (see the module docstring for the rules).
 
     Args:
         policy: The step's policy.
         step: The step's name (seeds the jitter).
-        outcome: A ``JobOutcome`` value, or "" to judge by ``exit_code`` alone.
+        outcome: How the job ended, or None to judge by ``exit_code`` alone.
         exit_code: The job's exit code, if known.
         cancelling: The step was being cancelled.
         timing_out: The engine stopped the job because its walltime passed.
         restarts, retries, merlin_retries, hw_failures: What has been used up so far.
 
     Returns:
-        The verdict.
+        What follows.
     """
-    if not outcome:
-        outcome = "COMPLETED" if exit_code == 0 else "FAILED"
+    if outcome is None:
+        outcome = JobOutcome.COMPLETED if exit_code == 0 else JobOutcome.FAILED
     if cancelling and not timing_out:
-        return Verdict(kind="cancelled", reason="cancelled")
-    if timing_out or outcome == "TIMEOUT":
+        return AfterExit(kind="cancelled", reason="cancelled")
+    if timing_out or outcome == JobOutcome.TIMEOUT:
         if _may_restart(policy, restarts):
-            n = restarts + 1
             limit = "unlimited" if policy.restart_limit == 0 else str(policy.restart_limit)
-            return Verdict(kind="again", state_seen="TIMEDOUT", failure="timeout",
-                           use_restart=True, counter="restarts",
-                           reason=f"walltime exceeded; restart {n}/{limit}")  # fmt: skip
-        return Verdict(kind="timedout", failure="timeout", reason="walltime exceeded")
-    if outcome == "NODE_FAIL":
+            return AfterExit(kind="again", state_seen=StepState.TIMEDOUT, failure="timeout",
+                             use_restart=True, counter="restarts",
+                             reason=f"walltime exceeded; restart {restarts + 1}/{limit}")
+        return AfterExit(kind="timedout", failure="timeout", reason="walltime exceeded")
+    if outcome == JobOutcome.NODE_FAIL:
         if hw_failures < policy.hw_limit:
-            return Verdict(kind="again", state_seen="HWFAILURE", failure="lost", counter="hw",
-                           reason=f"node failure; resubmission {hw_failures + 1}/{policy.hw_limit}")
-        return Verdict(kind="hwfailure", failure="lost", reason="node failure")
-    if outcome == "CANCELLED":
-        return Verdict(kind="cancelled", reason="cancelled outside the engine")
-    if outcome == "COMPLETED":
-        return Verdict(kind="finished")
+            return AfterExit(kind="again", state_seen=StepState.HWFAILURE, failure="lost",
+                             counter="hw", reason=f"node failure; resubmission "
+                             f"{hw_failures + 1}/{policy.hw_limit}")  # fmt: skip
+        return AfterExit(kind="hwfailure", failure="lost", reason="node failure")
+    if outcome == JobOutcome.CANCELLED:
+        return AfterExit(kind="cancelled", reason="cancelled outside the engine")
+    if outcome == JobOutcome.COMPLETED:
+        return AfterExit(kind="finished")
     code = f"exit code {exit_code}"
     if policy.merlin and exit_code in (100, 104):
         if merlin_retries < policy.max_retries:
             what = "restart" if exit_code == 100 else "retry"
-            return Verdict(kind="again", state_seen="FAILED", failure="exit_code",
-                           delay=policy.retry_delay, use_restart=exit_code == 100,
-                           counter="merlin", reason=f"{code} (Merlin {what} "
-                           f"{merlin_retries + 1}/{policy.max_retries})")  # fmt: skip
-        return Verdict(kind="failed", failure="exit_code",
-                       reason=f"{code}: Merlin max_retries ({policy.max_retries}) exhausted")
+            return AfterExit(kind="again", state_seen=StepState.FAILED, failure="exit_code",
+                             delay=policy.retry_delay, use_restart=exit_code == 100,
+                             counter="merlin", reason=f"{code} (Merlin {what} "
+                             f"{merlin_retries + 1}/{policy.max_retries})")  # fmt: skip
+        return AfterExit(kind="failed", failure="exit_code",
+                         reason=f"{code}: Merlin max_retries ({policy.max_retries}) exhausted")
     if policy.merlin and exit_code == 101:
-        return Verdict(kind="failed", failure="exit_code", soft=True, reason=f"{code} (soft fail)")
+        return AfterExit(kind="failed", failure="exit_code", soft=True,
+                         reason=f"{code} (soft fail)")
     if policy.merlin and exit_code in (102, 105):
         what = "hard fail" if exit_code == 102 else "stop workers"
-        return Verdict(kind="failed", failure="exit_code", stop_study=True,
-                       reason=f"{code} ({what}: the study stops)")
-    kind = "lost" if outcome == "LOST" else "exit_code"
+        return AfterExit(kind="failed", failure="exit_code", stop_study=True,
+                         reason=f"{code} ({what}: the study stops)")
+    kind = "lost" if outcome == JobOutcome.LOST else "exit_code"
     detail = code if kind == "exit_code" else "the job was lost"
-    if outcome == "OUT_OF_MEMORY":
+    if outcome == JobOutcome.OUT_OF_MEMORY:
         detail = "out of memory"
     if retries + 1 < policy.retry.max_attempts:
-        n = retries + 1
-        delay = backoff_delay(policy.retry, n, key=step)
-        return Verdict(kind="again", state_seen="FAILED", failure=kind, delay=delay,
-                       counter="retries", reason=f"{detail}; retry {n}/"
-                       f"{policy.retry.max_attempts - 1} in {delay:.2f} s")  # fmt: skip
-    return Verdict(kind="failed", failure=kind, reason=detail)
+        retry = retries + 1
+        delay = backoff_delay(policy.retry, retry, key=step)
+        return AfterExit(kind="again", state_seen=StepState.FAILED, failure=kind, delay=delay,
+                         counter="retries", reason=f"{detail}; retry {retry}/"
+                         f"{policy.retry.max_attempts - 1} in {delay:.2f} s")  # fmt: skip
+    return AfterExit(kind="failed", failure=kind, reason=detail)

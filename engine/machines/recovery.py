@@ -28,7 +28,7 @@ import msgspec
 from msgspec.structs import replace
 
 from adapters.base import JobHandle, JobResult
-from engine.machines.conditions import parse as parse_condition
+from engine.spec.conditions import parse as parse_condition
 from engine.machines.policy import StepPolicy
 from engine.machines.step import StepRecord, new_record
 from engine.machines.supervisor import SUPERVISOR, Target
@@ -188,6 +188,6 @@ def replay_plan(rec: Recovered, graph: StudyGraph, *,
                     soft=name in rec.soft)))
     for name, result in rec.ended.items():
         plan.append((name, JobExited(event_id=new_event_id(), exit_code=result.exit_code,
-                                     outcome=result.outcome.value, detail=result.detail,
+                                     outcome=result.outcome, detail=result.detail,
                                      time=now)))
     return plan

@@ -13,7 +13,7 @@ with a ``when:`` condition instead judges the condition each time a parent ends
 (``engine.machines.conditions``): TRUE runs it, FALSE skips it (SKIPPED), CANCELLED
 cancels it, and it keeps waiting while undecided. What happens after a job ends
 (retry, restart, resubmission, final state) is the supervisor's policy
-(``engine.machines.policy``). A step whose cache key matched an earlier result
+(``engine.machines.policy.judge_exit``). A step whose cache key matched an earlier result
 (``CacheHit``) becomes CACHED without running; recovery reports an attempt that vanished
 with the engine (``AttemptLost``) before the step runs again.
 
@@ -37,8 +37,8 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
-from engine.machines.conditions import Expr, Verdict, evaluate
-from engine.machines.policy import StepPolicy, judge
+from engine.machines.conditions import ConditionVerdict, evaluate
+from engine.machines.policy import StepPolicy, judge_exit
 from engine.messages import (
     ACTIVE_STATES,
     FAILURE_STATES,
@@ -66,19 +66,19 @@ from engine.messages import (
     WithdrawSlotRequest,
     WriteScript,
 )
+from engine.spec.conditions import Expr
 
 if TYPE_CHECKING:
     from engine.store import StepEntry
 
 __all__ = ["StepRecord", "decide", "invariant_violations", "new_record", "next_attempt"]
 
-S = StepState
 _END_STATES = {
-    "finished": S.FINISHED,
-    "failed": S.FAILED,
-    "cancelled": S.CANCELLED,
-    "timedout": S.TIMEDOUT,
-    "hwfailure": S.HWFAILURE,
+    "finished": StepState.FINISHED,
+    "failed": StepState.FAILED,
+    "cancelled": StepState.CANCELLED,
+    "timedout": StepState.TIMEDOUT,
+    "hwfailure": StepState.HWFAILURE,
 }
 
 
@@ -96,7 +96,7 @@ class StepRecord(Struct, frozen=True, kw_only=True):
 
     name: str
     policy: StepPolicy = StepPolicy()
-    state: StepState = S.INITIALIZED
+    state: StepState = StepState.INITIALIZED
     remaining: int = 0
     dry_run: bool = False
     attempt: int = 0
@@ -154,7 +154,7 @@ def next_attempt(rec: StepRecord) -> int:
     """The attempt a stored entry of ``rec`` names as its intent: a WAITING step already
     names the attempt it will make (so its slot is not held up by that write later),
     any other the one it made last."""
-    return rec.attempt + 1 if rec.state == S.WAITING else rec.attempt
+    return rec.attempt + 1 if rec.state == StepState.WAITING else rec.attempt
 
 
 def invariant_violations(rec: StepRecord) -> list[str]:
@@ -164,13 +164,13 @@ def invariant_violations(rec: StepRecord) -> list[str]:
         bad.append("remaining < 0")
     if rec.state in ACTIVE_STATES and rec.attempt < 1:
         bad.append("active without an attempt")
-    if rec.queued and rec.state != S.WAITING:
+    if rec.queued and rec.state != StepState.WAITING:
         bad.append("queued outside WAITING")
     if rec.cancelling and rec.state not in ACTIVE_STATES:
         bad.append("cancelling outside PENDING/RUNNING")
     if rec.timing_out and not rec.cancelling:
         bad.append("timing_out without cancelling")
-    if rec.lost_race and not (rec.state == S.CANCELLED or rec.cancelling):
+    if rec.lost_race and not (rec.state == StepState.CANCELLED or rec.cancelling):
         bad.append("lost_race outside CANCELLED")
     return bad
 
@@ -203,9 +203,9 @@ def _request(rec: StepRecord) -> tuple[StepRecord, list[Command]]:
 def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:
     """All parents are done: go dry, or ask for a slot."""
     if rec.dry_run:
-        new, cmds = _enter(rec, S.DRYRUN, now, end_time=now)
+        new, cmds = _enter(rec, StepState.DRYRUN, now, end_time=now)
         return new, [WriteScript(step=rec.name), *cmds]
-    new, cmds = _enter(rec, S.WAITING, now)
+    new, cmds = _enter(rec, StepState.WAITING, now)
     new, req = _request(new)
     return new, [*cmds, *req]
 
@@ -224,12 +224,13 @@ def _on_condition(
         return [seen.get(inst) for inst in parents.get(step, ())]
 
     verdict = evaluate(rec.condition, states)
-    if verdict == Verdict.TRUE:
+    if verdict == ConditionVerdict.TRUE:
         return _ready(rec, now)
-    if verdict == Verdict.FALSE:
-        return _enter(rec, S.SKIPPED, now, end_time=now, reason="condition can no longer hold")
-    if verdict == Verdict.CANCELLED:
-        return _enter(rec, S.CANCELLED, now, end_time=now, reason="condition was cancelled")
+    if verdict == ConditionVerdict.FALSE:
+        return _enter(rec, StepState.SKIPPED, now, end_time=now,
+                      reason="condition can no longer hold")
+    if verdict == ConditionVerdict.CANCELLED:
+        return _enter(rec, StepState.CANCELLED, now, end_time=now, reason="condition was cancelled")
     return rec, []
 
 
@@ -243,17 +244,19 @@ def _on_dependency(
 ) -> tuple[StepRecord, list[Command]]:
     if rec.condition is not None:
         return _on_condition(rec, ev, now)
-    if ev.state == S.SKIPPED:
-        return _enter(rec, S.SKIPPED, now, end_time=now,
+    if ev.state == StepState.SKIPPED:
+        return _enter(rec, StepState.SKIPPED, now, end_time=now,
                       reason=f"dependency {ev.dependency} was skipped")
-    if ev.state in (S.FINISHED, S.DRYRUN, S.CACHED) or (ev.state == S.FAILED and ev.soft):
+    if ev.state in (StepState.FINISHED, StepState.DRYRUN, StepState.CACHED) or (
+        ev.state == StepState.FAILED and ev.soft
+    ):
         rec = replace(rec, remaining=rec.remaining - 1)
         return _ready(rec, now) if rec.remaining == 0 else (rec, [])
-    if ev.state == S.CANCELLED:
-        return _enter(rec, S.CANCELLED, now, end_time=now,
+    if ev.state == StepState.CANCELLED:
+        return _enter(rec, StepState.CANCELLED, now, end_time=now,
                       reason=f"dependency {ev.dependency} was cancelled")
     if ev.state in FAILURE_STATES:
-        new = replace(rec, state=S.FAILED, end_time=now,
+        new = replace(rec, state=StepState.FAILED, end_time=now,
                       reason=f"dependency {ev.dependency} ended {ev.state}")
         return new, [_publish(new, rec.state, now, kind="dependency")]
     raise InvalidTransition(rec.name, rec.state, ev)
@@ -261,7 +264,7 @@ def _on_dependency(
 
 def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]:
     pol = rec.policy
-    verdict = judge(
+    verdict = judge_exit(
         pol, step=rec.name, outcome=ev.outcome, exit_code=ev.exit_code,
         cancelling=rec.cancelling, timing_out=rec.timing_out, restarts=rec.restarts,
         retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
@@ -287,11 +290,11 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
         "merlin": {"merlin_retries": rec.merlin_retries + 1},
         "hw": {"hw_failures": rec.hw_failures + 1},
     }[verdict.counter]
-    seen = replace(base, state=S(verdict.state_seen), reason=verdict.reason)
+    seen = replace(base, state=verdict.state_seen, reason=verdict.reason)
     pub_seen = _publish(seen, rec.state, now, final=False, exit_code=ev.exit_code,
                         kind=verdict.failure, retryable=True)
     use_restart = verdict.use_restart or (verdict.counter == "hw" and rec.use_restart)
-    waiting = replace(seen, state=S.WAITING, use_restart=use_restart, job_id="",
+    waiting = replace(seen, state=StepState.WAITING, use_restart=use_restart, job_id="",
                       start_time=None, **counters)  # type: ignore[arg-type]
     cmds = [pub_seen, release, _publish(waiting, seen.state, now)]
     if verdict.delay > 0:
@@ -305,10 +308,10 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
 def _on_timer(rec: StepRecord, ev: TimerFired) -> tuple[StepRecord, list[Command]]:
     if ev.attempt != rec.attempt:
         return rec, []  # a timer of an earlier attempt
-    if ev.name == "walltime" and rec.state == S.RUNNING and not rec.cancelling:
+    if ev.name == "walltime" and rec.state == StepState.RUNNING and not rec.cancelling:
         new = replace(rec, cancelling=True, timing_out=True, reason="walltime exceeded")
         return new, [CancelJob(step=rec.name, attempt=rec.attempt)]
-    if ev.name == "retry" and rec.state == S.WAITING and not rec.queued:
+    if ev.name == "retry" and rec.state == StepState.WAITING and not rec.queued:
         return _request(rec)
     return rec, []  # the wait it was for is over (e.g. the job already ended)
 
@@ -338,49 +341,50 @@ def decide(
         case SlotGranted() if state in TERMINAL_STATES:
             # A grant that crossed this step's cancellation: give the slots back.
             return rec, [ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
-        case StudyOpened() if state == S.INITIALIZED:
+        case StudyOpened() if state == StepState.INITIALIZED:
             return _ready(rec, now) if rec.remaining == 0 else (rec, [])
-        case DependencyEnded() if state == S.INITIALIZED:
+        case DependencyEnded() if state == StepState.INITIALIZED:
             return _on_dependency(rec, event, now)
         case DependencyEnded() if rec.condition is not None:
             return rec, []  # decided early (e.g. 'a.completed or b.completed'): b is late
-        case CacheHit() if state == S.INITIALIZED:
-            return _enter(rec, S.CACHED, now, remaining=0,
+        case CacheHit() if state == StepState.INITIALIZED:
+            return _enter(rec, StepState.CACHED, now, remaining=0,
                           reason="reused from an earlier study with the same cache key")
-        case AttemptLost(attempt=attempt) if state == S.INITIALIZED:
+        case AttemptLost(attempt=attempt) if state == StepState.INITIALIZED:
             # The step itself starts over (INITIALIZED); the lost attempt is reported.
             return rec, [PublishState(
-                step=rec.name, state=S.FAILED, previous=S.RUNNING, attempt=attempt, time=now,
+                step=rec.name, state=StepState.FAILED, previous=StepState.RUNNING, attempt=attempt, time=now,
                 kind="lost", retryable=True,
                 reason="the attempt was lost with the engine; running it again")]
-        case CancelRequested() if state == S.INITIALIZED:
-            return _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
+        case CancelRequested() if state == StepState.INITIALIZED:
+            return _enter(rec, StepState.CANCELLED, now, reason=event.reason, end_time=now,
                           lost_race=event.lost_race)
-        case CancelRequested() if state == S.WAITING:
-            new, cmds = _enter(rec, S.CANCELLED, now, reason=event.reason, end_time=now,
+        case CancelRequested() if state == StepState.WAITING:
+            new, cmds = _enter(rec, StepState.CANCELLED, now, reason=event.reason, end_time=now,
                                queued=False, lost_race=event.lost_race)
             if rec.queued:
                 cmds.append(WithdrawSlotRequest(step=rec.name))
             return new, cmds
-        case SlotGranted() if state == S.WAITING and rec.queued:
+        case SlotGranted() if state == StepState.WAITING and rec.queued:
             attempt = rec.attempt + 1
-            new, cmds = _enter(rec, S.PENDING, now, attempt=attempt, submit_time=now,
+            new, cmds = _enter(rec, StepState.PENDING, now, attempt=attempt, submit_time=now,
                                queued=False, end_time=None, exit_code=None)
             return new, [*cmds, SubmitJob(step=rec.name, attempt=attempt, restart=rec.use_restart)]
-        case JobStarted() if state == S.PENDING and not rec.cancelling:
-            new, cmds = _enter(rec, S.RUNNING, now, job_id=event.job_id, start_time=event.time)
+        case JobStarted() if state == StepState.PENDING and not rec.cancelling:
+            new, cmds = _enter(rec, StepState.RUNNING, now, job_id=event.job_id,
+                               start_time=event.time)
             if rec.policy.walltime:
                 cmds.append(StartTimer(step=rec.name, name="walltime", attempt=rec.attempt,
                                        delay=rec.policy.walltime))
             return new, cmds
-        case JobStarted() if state == S.PENDING:
+        case JobStarted() if state == StepState.PENDING:
             # Cancelled while the adapter was starting it: record the job, stay put
             # until the adapter reports the exit of the process it is stopping.
             return replace(rec, job_id=event.job_id, start_time=event.time), []
         case JobExited() if state in ACTIVE_STATES:
             return _on_exit(rec, event)
-        case SubmitFailed() if state == S.PENDING:
-            new = replace(rec, state=S.FAILED, reason=event.detail, end_time=now)
+        case SubmitFailed() if state == StepState.PENDING:
+            new = replace(rec, state=StepState.FAILED, reason=event.detail, end_time=now)
             pub = _publish(new, state, now, kind="submit_rejected", retryable=event.retryable)
             return new, [pub, ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
         case CancelRequested() if state in ACTIVE_STATES:

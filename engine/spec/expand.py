@@ -28,10 +28,10 @@ from engine.spec.environment import (
 )
 from engine.spec.graph import GitDependency, PathDependency, Resources, StepInstance, StudyGraph
 from engine.spec.loader import funnel_target, load_spec
-from engine.machines.policy import MERLIN_CODES
 from engine.spec.model import INT_RESOURCE_KEYS, Spec, Step
 from engine.spec.naming import make_safe_path, study_dir_for, unsafe_dir_reason
 from engine.spec.pgen import ParameterTable, load_generator
+from engine.spec.policy import MERLIN_CODES
 
 __all__ = ["expand_study", "load_study", "maestro_topological_order"]
 

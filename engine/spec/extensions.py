@@ -6,7 +6,7 @@ schema rejects them, so Maestro can never misread an extended spec:
 
 * Troupe's step keys: ``group`` (a throttle group), ``restart_limit`` (restarts after a
   timeout; 0 = unlimited), ``retry`` (a retry policy for failed exits), ``when`` (a
-  condition over the dependencies' states, ``engine.machines.conditions``), ``group_by``
+  condition over the dependencies' states, ``engine.spec.conditions``), ``group_by``
   (parameters that split a funnel: one instance per value, waiting only for the matching
   parent instances), ``race`` (a race group: the first member to finish wins and the
   others are cancelled; ``$(race.<group>)`` is the winner's workspace), ``inputs``
@@ -29,9 +29,9 @@ import re
 
 import msgspec
 
-from engine.machines.conditions import ConditionError, references
-from engine.machines.conditions import parse as parse_condition
-from engine.machines.policy import RetryPolicy
+from engine.spec.conditions import ConditionError, references
+from engine.spec.conditions import parse as parse_condition
+from engine.spec.policy import RetryPolicy
 
 __all__ = [
     "MERLIN_RUN_KEYS",

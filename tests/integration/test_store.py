@@ -3,8 +3,11 @@ compare-and-swap on final step entries."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine import subjects
 from engine.bus import open_bus
+from engine.errors import StoreConflict, StoreError
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 
 
@@ -73,3 +76,35 @@ async def test_final_entry_swapped_against_the_revision_the_writer_knows(
         failed = StepEntry(study_id="s", step="y", state="FAILED", attempt=1, final=True)
         assert await store.finish_step(failed, last=rev) is False
         assert "FINISHED" == (await store.get_step("s", "y")).state
+
+
+async def test_bucket_reports_a_lost_swap_as_a_conflict_and_a_missing_key_as_none(
+    nats_server: str,
+) -> None:
+    """nats-py's errors stop at the bus: a lost compare-and-swap is a StoreConflict naming
+    the key, a missing or purged key reads as None and is listed but not returned."""
+    async with open_bus(nats_server) as bus:
+        bucket = await bus.key_value("troupe_test", history=2)
+        assert await bucket.get("k") is None
+        rev = await bucket.create("k", b"1")
+        with pytest.raises(StoreConflict, match=r"^create troupe_test/k: expected no value$") \
+                as info:
+            await bucket.create("k", b"2")
+        assert ("troupe_test", "k", None) == (info.value.bucket, info.value.key, info.value.last)
+        assert (b"1", rev) == await bucket.get("k")
+        new = await bucket.update("k", b"3", last=rev)
+        with pytest.raises(StoreConflict) as info:
+            await bucket.update("k", b"4", last=rev)
+        assert rev == info.value.last
+        assert (b"3", new) == await bucket.get("k")
+        await bucket.purge("k")
+        assert (None, ["k"]) == (await bucket.get("k"), await bucket.keys())
+        await bucket.create("k", b"5")  # a purged key can be created again
+
+
+async def test_store_raises_store_error_once_the_bus_is_closed(nats_server: str) -> None:
+    async with open_bus(nats_server) as bus:
+        store = await Store.open(bus)
+    with pytest.raises(StoreError) as info:
+        await store.put_step(StepEntry(study_id="s", step="z", state="RUNNING"))
+    assert ("troupe_steps", "s.z") == (info.value.bucket, info.value.key)

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.machines.conditions import (
+from engine.machines.conditions import ConditionVerdict, evaluate
+from engine.spec.conditions import (
     ATTRIBUTES,
     AllOf,
     And,
@@ -26,20 +27,19 @@ from engine.machines.conditions import (
     FractionOf,
     Not,
     Or,
-    Verdict,
-    evaluate,
     parse,
     references,
 )
 
-T, F, U, C = Verdict.TRUE, Verdict.FALSE, Verdict.UNDECIDED, Verdict.CANCELLED
+T, F, U, C = (ConditionVerdict.TRUE, ConditionVerdict.FALSE, ConditionVerdict.UNDECIDED,
+              ConditionVerdict.CANCELLED)
 TERMINAL = ("FINISHED", "FAILED", "TIMEDOUT", "CANCELLED", "SKIPPED")
 # One instance state that makes ``x.completed`` give each verdict.
 STATE_FOR = {T: "FINISHED", F: "FAILED", U: None, C: "CANCELLED"}
 VERDICTS = (T, F, U, C)
 
 
-def judge(text: str, **states: Sequence[str | None] | str | None) -> Verdict:
+def judge(text: str, **states: Sequence[str | None] | str | None) -> ConditionVerdict:
     """Evaluate ``text`` with each keyword a step (``s_`` stands for the pattern ``s_*``)."""
     table = {
         (name + "*" if name.endswith("_") else name): (
@@ -82,7 +82,7 @@ def funnel(done: int = 0, failed: int = 0, pending: int = 0, cancelled: int = 0)
         ("a.terminal", None, U),
     ],
 )
-def test_atom_judges_one_instance(text: str, state: str | None, expected: Verdict) -> None:
+def test_atom_judges_one_instance(text: str, state: str | None, expected: ConditionVerdict) -> None:
     assert expected == judge(text, a=state)
 
 
@@ -117,19 +117,21 @@ OR_TABLE = {
 
 
 @pytest.mark.parametrize(("left", "right"), list(itertools.product(VERDICTS, VERDICTS)))
-def test_and_follows_parks_truth_table(left: Verdict, right: Verdict) -> None:
+def test_and_follows_parks_truth_table(left: ConditionVerdict, right: ConditionVerdict) -> None:
     expected = AND_TABLE[left][VERDICTS.index(right)]
     assert expected == judge("x.completed and y.completed", x=STATE_FOR[left], y=STATE_FOR[right])
 
 
 @pytest.mark.parametrize(("left", "right"), list(itertools.product(VERDICTS, VERDICTS)))
-def test_or_follows_parks_truth_table(left: Verdict, right: Verdict) -> None:
+def test_or_follows_parks_truth_table(left: ConditionVerdict, right: ConditionVerdict) -> None:
     expected = OR_TABLE[left][VERDICTS.index(right)]
     assert expected == judge("x.completed or y.completed", x=STATE_FOR[left], y=STATE_FOR[right])
 
 
 @pytest.mark.parametrize(("operand", "expected"), [(T, F), (F, T), (U, U), (C, C)])
-def test_not_swaps_true_and_false_and_keeps_the_rest(operand: Verdict, expected: Verdict) -> None:
+def test_not_swaps_true_and_false_and_keeps_the_rest(
+    operand: ConditionVerdict, expected: ConditionVerdict
+) -> None:
     assert expected == judge("not x.completed", x=STATE_FOR[operand])
 
 
@@ -181,7 +183,10 @@ def test_precedence_shows_in_the_verdict() -> None:
         ("!=", T, F, T),
     ],
 )
-def test_count_at_its_boundary(op: str, at_k_minus_1: Verdict, at_k: Verdict, at_k_plus_1: Verdict) -> None:
+def test_count_at_its_boundary(
+    op: str, at_k_minus_1: ConditionVerdict, at_k: ConditionVerdict,
+    at_k_plus_1: ConditionVerdict,
+) -> None:
     text = f"count(s_*.completed) {op} 8"
     assert at_k_minus_1 == judge(text, s_=funnel(done=7, failed=3))
     assert at_k == judge(text, s_=funnel(done=8, failed=2))
@@ -245,7 +250,7 @@ def test_quantifiers_count_a_cancelled_instance_instead_of_cancelling() -> None:
         ("fraction(s_*.completed) >= 0.5", F),
     ],
 )
-def test_empty_funnel(text: str, expected: Verdict) -> None:
+def test_empty_funnel(text: str, expected: ConditionVerdict) -> None:
     assert expected == judge(text, s_=[])
 
 
@@ -343,7 +348,7 @@ def test_a_decided_verdict_never_changes_as_instances_end(expr: Expr, ends: list
     expr = parse(unparse(expr))  # every generated expression goes through the parser too
     final = dict(zip(INSTANCES, ends))
 
-    def verdict(ended: frozenset[str]) -> Verdict:
+    def verdict(ended: frozenset[str]) -> ConditionVerdict:
         now = {i: final[i] if i in ended else None for i in INSTANCES}
         funnel = [now[i] for i in INSTANCES if i.startswith("s_")]
         return evaluate(expr, lambda name: funnel if name == "s_*" else [now[name]])

@@ -10,7 +10,11 @@ import pytest
 FORBIDDEN = ("anyio", "nats", "structlog", "asyncio")
 
 
-@pytest.mark.parametrize("module", ["engine.machines.step", "engine.machines.supervisor"])
+@pytest.mark.parametrize(
+    "module",
+    ["engine.machines.conditions", "engine.machines.policy", "engine.machines.step",
+     "engine.machines.supervisor"],
+)
 def test_machine_module_imports_no_io_library(module: str) -> None:
     code = (
         f"import sys, {module}\n"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.machines.conditions import parse
 from engine.machines.step import decide, new_record
 from engine.messages import DependencyEnded, RequestSlot, StepState
+from engine.spec.conditions import parse
 
 S = StepState
 NOW = 5.0

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.machines.policy import RetryPolicy, StepPolicy, backoff_delay, judge, parse_walltime
+from engine.machines.policy import StepPolicy, backoff_delay, judge_exit
 from engine.machines.step import StepRecord, decide, new_record
 from engine.messages import (
     CancelJob,
     JobExited,
+    JobOutcome,
     JobStarted,
     PublishState,
     RequestSlot,
@@ -21,6 +22,7 @@ from engine.messages import (
     SubmitJob,
     TimerFired,
 )
+from engine.spec.policy import RetryPolicy, parse_walltime
 
 S = StepState
 T0 = 1_000.0
@@ -116,10 +118,10 @@ def test_backoff_jitter_stays_within_bounds_and_is_reproducible() -> None:
 def test_node_failure_is_resubmitted_up_to_the_limit() -> None:
     rec = start(StepPolicy(hw_limit=2))
     for _ in range(2):
-        rec, cmds = decide(rec, JobExited(exit_code=None, outcome="NODE_FAIL", time=T0), now=T0)
+        rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
         assert [(S.HWFAILURE, False), (S.WAITING, False)] == published(cmds)
         rec, _ = run_again(rec, T0)
-    rec, cmds = decide(rec, JobExited(exit_code=None, outcome="NODE_FAIL", time=T0), now=T0)
+    rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
     assert [(S.HWFAILURE, True)] == published(cmds)
 
 
@@ -185,7 +187,15 @@ def test_walltime_rejects_garbage() -> None:
         parse_walltime("ten minutes")
 
 
-def test_judge_treats_an_unknown_outcome_by_exit_code() -> None:
-    v = judge(StepPolicy(), step="s", outcome="", exit_code=0, cancelling=False,
-              timing_out=False, restarts=0, retries=0, merlin_retries=0, hw_failures=0)
-    assert "finished" == v.kind
+def test_judge_exit_without_an_outcome_judges_by_exit_code() -> None:
+    after = judge_exit(StepPolicy(), step="s", outcome=None, exit_code=0, cancelling=False,
+                       timing_out=False, restarts=0, retries=0, merlin_retries=0, hw_failures=0)
+    assert "finished" == after.kind
+
+
+def test_judge_exit_names_the_ended_attempts_state_as_a_step_state() -> None:
+    after = judge_exit(StepPolicy(), step="s", outcome=JobOutcome.TIMEOUT, exit_code=None,
+                       cancelling=False, timing_out=False, restarts=0, retries=0,
+                       merlin_retries=0, hw_failures=0)
+    assert ("again", StepState.TIMEDOUT) == (after.kind, after.state_seen)
+    assert isinstance(after.state_seen, StepState)
