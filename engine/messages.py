@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 if TYPE_CHECKING:
-    from engine.testing import Matcher
+    from engine.matching import Matcher
 
 __all__ = [  # fmt: skip
     "ACTIVE_STATES", "AnyBusMessage", "AttemptLost", "BUS_DECODER", "BusMessage",
@@ -340,7 +340,7 @@ class _Matchable:
         Raises:
             TypeError: a field the message does not have.
         """
-        from engine.testing import Matcher
+        from engine.matching import Matcher
 
         return Matcher(cls, fields)
 

@@ -6,7 +6,7 @@ for a study the engine does not host, ``answer_not_hosted``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -15,13 +15,27 @@ from engine import subjects
 from engine.messages import AnyBusMessage, CancelSteps, ControlReply, SetThrottle, new_event_id
 
 if TYPE_CHECKING:
-    from engine.actors.study import StudyRuntime
     from engine.bus import Bus
 
-__all__ = ["answer_control", "answer_not_hosted", "serve_control"]
+__all__ = ["Controllable", "answer_control", "answer_not_hosted", "serve_control"]
 
 
-def answer_control(runtime: StudyRuntime, request: AnyBusMessage) -> ControlReply:
+class Controllable(Protocol):
+    """What a control request needs of a running study (``StudyRuntime`` offers it)."""
+
+    study_id: str
+
+    @property
+    def order(self) -> list[str]: ...
+
+    def cancel(self, reason: str = ...) -> None: ...
+
+    def cancel_steps(self, glob: str, reason: str = ...) -> int: ...
+
+    def set_throttle(self, limit: int, scope: str = ...) -> None: ...
+
+
+def answer_control(runtime: Controllable, request: AnyBusMessage) -> ControlReply:
     """Carry out ``request`` on ``runtime`` and say what happened."""
     rid = new_event_id()
     match request:
@@ -60,7 +74,7 @@ def answer_not_hosted(request: CancelSteps | SetThrottle, *, known: bool) -> Con
 
 
 async def serve_control(
-    bus: Bus, runtime: StudyRuntime, *,
+    bus: Bus, runtime: Controllable, *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:  # fmt: skip
     """Answer the control requests sent to ``runtime``'s study until cancelled."""
