@@ -296,6 +296,9 @@ class StudyRuntime:
                         tg.start_soon(self.persister.run)
                         await self.persister.flush()
                         tg.cancel_scope.cancel()
+                if self.persister.failed:  # each was logged when given up
+                    self._log.error("steps_not_stored", count=len(self.persister.failed),
+                                    steps=sorted({f.step for f in self.persister.failed})[:10])
             ended = StudyEnded(
                 event_id=new_event_id(), study_id=self.study_id,
                 state=self.outcome or StudyState.FAILURE, time=self.clock(), counts=self.counts,
