@@ -11,6 +11,7 @@ from engine.actors.study import StudyRuntime
 from engine.messages import StepState, StepStateChanged, StudyEnded, StudyState
 from engine.spec.graph import StepInstance, StudyGraph
 from engine.testing import FakeBus, subject_matches
+from tests.actors.support import GUARD, RecordingAdapter
 
 
 def graph(*edges: tuple[str, tuple[str, ...]]) -> StudyGraph:
@@ -105,6 +106,25 @@ async def test_cancel_stops_running_jobs_and_cancels_waiting_steps() -> None:
         n: r.state for n, r in rt.records.items()
     }
     assert [] == [s for s, _ in ad.submitted if s != "a"], "nothing new starts after a cancel"
+
+
+async def test_a_second_cancel_kills_every_job_at_once() -> None:
+    """Jobs that ignore the first cancel (SIGTERM) are killed by the second."""
+    bus, ad = FakeBus(), RecordingAdapter(stubborn=True)
+    rt = runtime(graph(("a", ()), ("b", ())), ad, bus)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rt.run)
+            await ad.wait_submitted("a")
+            await ad.wait_submitted("b")
+            rt.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert (0, {("a", 1), ("b", 1)}) == (ad.kills, set(ad.cancelled))
+            assert {"a": True, "b": True} == {n: r.cancelling for n, r in rt.records.items()}
+            rt.cancel()
+    assert 1 == ad.kills
+    assert StudyState.CANCELLED == rt.outcome
+    assert {StepState.CANCELLED} == {r.state for r in rt.records.values()}
 
 
 async def test_dry_run_writes_scripts_in_dependency_order_and_submits_nothing() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.machines.step import decide, new_record
-from engine.messages import DependencyEnded, RequestSlot, StepState
+from engine.messages import DependencyEnded, PublishState, RequestSlot, StepState
 from engine.spec.conditions import parse
 
 S = StepState
@@ -28,30 +28,36 @@ def test_quorum_fraction_runs_despite_one_failed_instance() -> None:
         assert S.INITIALIZED == rec.state
     rec, cmds = ended(rec, "sim_X.8", S.FINISHED)  # 8 of 10: decided without sim_X.9
     assert S.WAITING == rec.state
-    assert isinstance(cmds[-1], RequestSlot)
+    assert [PublishState.match(state=S.WAITING), RequestSlot.match(step="agg")] == cmds
     rec, cmds = ended(rec, "sim_X.9", S.FINISHED)
     assert (S.WAITING, []) == (rec.state, cmds), "a late parent changes nothing"
 
 
 def test_or_fires_on_the_first_completion() -> None:
     rec = cond_step("a.completed or b.completed", {"a": ("a",), "b": ("b",)})
-    rec, _ = ended(rec, "a", S.FINISHED)
+    rec, cmds = ended(rec, "a", S.FINISHED)
     assert S.WAITING == rec.state
+    assert [PublishState.match(state=S.WAITING), RequestSlot.match(step="agg")] == cmds
 
 
 def test_unsatisfiable_condition_skips_the_step() -> None:
     rec = cond_step("a.failed", {"a": ("a",)})
     rec, cmds = ended(rec, "a", S.FINISHED)
     assert S.SKIPPED == rec.state
-    assert cmds[0].final
+    assert [PublishState.match(state=S.SKIPPED, final=True,
+                               reason="condition can no longer hold")] == cmds
 
 
 def test_cancelled_side_cancels_an_and() -> None:
     rec = cond_step("a.completed and b.completed", {"a": ("a",), "b": ("b",)})
-    rec, _ = ended(rec, "a", S.CANCELLED)
+    rec, cmds = ended(rec, "a", S.CANCELLED)
     assert S.CANCELLED == rec.state
+    assert [PublishState.match(state=S.CANCELLED, final=True,
+                               reason="condition was cancelled")] == cmds
 
 
 def test_skipped_parent_skips_a_step_under_maestros_rule() -> None:
     rec, cmds = decide(new_record("c", 1), DependencyEnded(dependency="p", state=S.SKIPPED), now=NOW)
-    assert S.SKIPPED == rec.state and cmds[0].final
+    assert S.SKIPPED == rec.state
+    assert [PublishState.match(state=S.SKIPPED, final=True, reason="dependency p was skipped")
+            ] == cmds

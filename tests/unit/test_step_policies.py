@@ -45,8 +45,13 @@ def run_again(rec: StepRecord, now: float) -> tuple[StepRecord, list]:
     return rec, [submit]
 
 
-def published(cmds: list) -> list[tuple[StepState, bool]]:
-    return [(c.state, c.final) for c in cmds if isinstance(c, PublishState)]
+def published(cmds: list) -> list[PublishState]:
+    return [c for c in cmds if isinstance(c, PublishState)]
+
+
+def pub(state: StepState, final: bool, **fields: object) -> object:
+    """A partial matcher of the ``PublishState`` of ``state``."""
+    return PublishState.match(state=state, final=final, **fields)
 
 
 def test_walltime_timer_stops_the_job_and_restart_runs_the_restart_script() -> None:
@@ -54,15 +59,15 @@ def test_walltime_timer_stops_the_job_and_restart_runs_the_restart_script() -> N
     rec, cmds = decide(rec, TimerFired(name="walltime", attempt=1), now=T0 + 2)
     assert [CancelJob(step="s", attempt=1)] == cmds
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 2.1), now=T0 + 2.1)
-    assert [(S.TIMEDOUT, False), (S.WAITING, False)] == published(cmds)
-    assert RequestSlot(step="s", scopes=("global",)) == cmds[-1]
+    assert [pub(S.TIMEDOUT, False, kind="timeout", retryable=True), pub(S.WAITING, False)
+            ] == published(cmds)
+    assert RequestSlot.match(step="s") == cmds[-1]
     rec, (submit,) = run_again(rec, T0 + 3)
     assert SubmitJob(step="s", attempt=2, restart=True) == submit
     assert 1 == rec.restarts
     rec, _ = decide(rec, TimerFired(name="walltime", attempt=2), now=T0 + 5)
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 5), now=T0 + 5)
-    assert [(S.TIMEDOUT, True)] == published(cmds)
-    assert "timeout" == cmds[0].kind
+    assert [pub(S.TIMEDOUT, True, kind="timeout", retryable=False)] == published(cmds)
 
 
 def test_stale_walltime_timer_of_an_earlier_attempt_is_ignored() -> None:
@@ -86,18 +91,18 @@ def test_failed_exit_is_retried_with_exponential_backoff_then_fails() -> None:
     delays = []
     for n in (1, 2):
         rec, cmds = decide(rec, JobExited(exit_code=1, time=T0), now=T0)
-        assert [(S.FAILED, False), (S.WAITING, False)] == published(cmds)
-        assert cmds[0].retryable
-        timer = cmds[-1]
-        assert isinstance(timer, StartTimer) and "retry" == timer.name
-        delays.append(timer.delay)
+        assert [pub(S.FAILED, False, kind="exit_code", retryable=True), pub(S.WAITING, False)
+                ] == published(cmds)
+        assert StartTimer.match(step="s", name="retry", attempt=rec.attempt) == cmds[-1]
+        delays.append(cmds[-1].delay)
         assert not rec.queued, "no slot is asked for before the backoff ends"
-        rec, cmds = decide(rec, TimerFired(name="retry", attempt=rec.attempt), now=T0 + timer.delay)
-        assert isinstance(cmds[-1], RequestSlot)
+        rec, cmds = decide(rec, TimerFired(name="retry", attempt=rec.attempt),
+                           now=T0 + delays[-1])
+        assert [RequestSlot.match(step="s")] == cmds
         rec, _ = run_again(rec, T0)
     assert [1.0, 2.0] == delays
     rec, cmds = decide(rec, JobExited(exit_code=1, time=T0), now=T0)
-    assert [(S.FAILED, True)] == published(cmds)
+    assert [pub(S.FAILED, True, kind="exit_code", retryable=False)] == published(cmds)
     assert (3, 2) == (rec.attempt, rec.retries)
 
 
@@ -119,10 +124,10 @@ def test_node_failure_is_resubmitted_up_to_the_limit() -> None:
     rec = start(StepPolicy(hw_limit=2))
     for _ in range(2):
         rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
-        assert [(S.HWFAILURE, False), (S.WAITING, False)] == published(cmds)
+        assert [pub(S.HWFAILURE, False, kind="lost"), pub(S.WAITING, False)] == published(cmds)
         rec, _ = run_again(rec, T0)
     rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
-    assert [(S.HWFAILURE, True)] == published(cmds)
+    assert [pub(S.HWFAILURE, True, kind="lost")] == published(cmds)
 
 
 MERLIN = StepPolicy(merlin=True, max_retries=2, retry_delay=0.5)
@@ -140,26 +145,27 @@ def test_merlin_restart_and_retry_run_again_after_retry_delay_up_to_max_retries(
         rec, (submit,) = run_again(rec, T0 + 0.5)
         assert use_restart == submit.restart
     rec, cmds = decide(rec, JobExited(exit_code=code, time=T0), now=T0)
-    assert [(S.FAILED, True)] == published(cmds)
+    assert [pub(S.FAILED, True, kind="exit_code")] == published(cmds)
     assert "max_retries" in rec.reason
 
 
 def test_merlin_soft_fail_is_a_final_failure_marked_soft() -> None:
     rec, cmds = decide(start(MERLIN), JobExited(exit_code=101, time=T0), now=T0)
     assert S.FAILED == rec.state
-    assert (True, True) == (cmds[0].final, cmds[0].soft)
+    assert [pub(S.FAILED, True, soft=True)] == published(cmds)
 
 
 @pytest.mark.parametrize("code", [102, 105])
 def test_merlin_hard_fail_and_stop_workers_stop_the_study(code: int) -> None:
     rec, cmds = decide(start(MERLIN), JobExited(exit_code=code, time=T0), now=T0)
     assert S.FAILED == rec.state
-    assert isinstance(cmds[-1], StopStudy)
+    assert StopStudy.match(step="s") == cmds[-1]
 
 
 def test_merlin_codes_mean_nothing_special_in_a_maestro_spec() -> None:
     rec, cmds = decide(start(StepPolicy()), JobExited(exit_code=104, time=T0), now=T0)
-    assert [(S.FAILED, True)] == published(cmds)
+    assert [pub(S.FAILED, True, soft=False)] == published(cmds)
+    assert not any(isinstance(c, StopStudy) for c in cmds)
 
 
 def test_cancel_during_a_walltime_stop_ends_cancelled_not_restarted() -> None:
@@ -170,7 +176,7 @@ def test_cancel_during_a_walltime_stop_ends_cancelled_not_restarted() -> None:
     rec, cmds = decide(rec, CancelRequested(reason="user"), now=T0 + 1)
     assert [] == cmds
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 1), now=T0 + 1)
-    assert [(S.CANCELLED, True)] == published(cmds)
+    assert [pub(S.CANCELLED, True, reason="user")] == published(cmds)
 
 
 @pytest.mark.parametrize(

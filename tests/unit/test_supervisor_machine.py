@@ -1,24 +1,31 @@
 """The pure supervisor machine: FIFO throttles per scope, live throttle changes, study
-completion."""
+completion, cancel and stop of the study, and race groups."""
 
 from __future__ import annotations
 
 import pytest
 
 from engine.errors import InvalidTransition
-from engine.machines.supervisor import SupervisorState, decide, study_outcome
+from engine.machines.race import new_race_book
+from engine.machines.supervisor import SupervisorState, decide, new_supervisor, study_outcome
 from engine.messages import (
+    CancelStep,
+    CheckRace,
+    EndStudy,
     GrantSlot,
+    KillAllJobs,
+    RaceChecked,
     SlotReleased,
     SlotRequested,
     SlotWithdrawn,
     StepEnded,
     StepState,
+    StopRequested,
     StudyCancelRequested,
-    EndStudy,
     StudyState,
     ThrottleChanged,
 )
+from engine.spec.graph import StepInstance, StudyGraph
 
 NOW = 0.0
 G = ("global",)
@@ -134,5 +141,105 @@ def test_study_outcome_follows_maestro(states, cancelled, expected) -> None:  # 
     if cancelled:
         st, _ = run(st, StudyCancelRequested())
     _, cmds = run(st, *(StepEnded(step=str(i), state=s) for i, s in enumerate(states)))
-    assert expected == cmds[-1].state
+    assert EndStudy.match(state=expected) == cmds[-1]
     assert expected == study_outcome(cmds[-1].counts, cancelled=cancelled)
+
+
+# ------------------------------------------------------------------ cancel and stop
+
+STEPS = ("c", "a", "b")  # status order, deliberately not alphabetical
+
+
+def test_the_first_cancel_of_the_study_cancels_every_step_in_status_order() -> None:
+    st, cmds = run(new_supervisor(STEPS, limits={}), StudyCancelRequested(reason="user"))
+    assert [CancelStep(step=s, reason="user", lost_race=False) for s in STEPS] == cmds
+    assert (True, 1) == (st.cancelled, st.cancels)
+
+
+def test_a_second_cancel_kills_every_job_instead_of_cancelling_again() -> None:
+    st, _ = run(new_supervisor(STEPS, limits={}), StudyCancelRequested())
+    st, cmds = run(st, StudyCancelRequested())
+    assert [KillAllJobs()] == cmds
+    _, cmds = run(st, StudyCancelRequested())
+    assert [KillAllJobs()] == cmds, "and every later one"
+
+
+def test_a_stop_asked_by_a_step_cancels_every_step_once() -> None:
+    st, cmds = run(new_supervisor(STEPS, limits={}),
+                   StopRequested(step="a", reason="a: hard fail"))
+    assert [CancelStep.match(step=s, reason="a: hard fail") for s in STEPS] == cmds
+    st2, cmds = run(st, StopRequested(step="b", reason="b: hard fail"))
+    assert (st, []) == (st2, cmds)
+
+
+def test_a_stop_after_a_cancel_changes_nothing() -> None:
+    st, _ = run(new_supervisor(STEPS, limits={}), StudyCancelRequested())
+    st2, cmds = run(st, StopRequested(step="a", reason="a: hard fail"))
+    assert (st, []) == (st2, cmds)
+
+
+# ------------------------------------------------------------------ races
+
+def race_supervisor(check: str = "") -> SupervisorState:
+    """Members a, b, c of race ``g`` (with ``check``) and a step x outside it."""
+    steps = tuple(StepInstance(name=n, step=n, description="", workspace=f"/s/{n}", cmd="true",
+                               race="g" if n != "x" else "") for n in "abcx")
+    troupe = {"races": {"g": {"check": check}}} if check else {}
+    g = StudyGraph(name="t", description="t", spec_path="/t.yaml", study_dir="/s",
+                   steps=steps, troupe=troupe)
+    return new_supervisor(tuple(g.bfs_order()), limits={}, races=new_race_book(g))
+
+
+def finished(step: str) -> StepEnded:
+    return StepEnded(step=step, state=StepState.FINISHED)
+
+
+def test_without_a_check_the_first_member_to_finish_wins_and_the_rivals_lose() -> None:
+    st, cmds = run(race_supervisor(), finished("b"))
+    assert [CancelStep.match(step="a", lost_race=True, reason="race lost to b"),
+            CancelStep.match(step="c", lost_race=True, reason="race lost to b")] == cmds
+    assert {"g": "b"} == st.races.winners
+    _, cmds = run(st, finished("a"))
+    assert [] == cmds, "the race is decided"
+
+
+def test_a_step_outside_the_race_finishing_decides_nothing() -> None:
+    st, cmds = run(race_supervisor(), finished("x"))
+    assert ([], {}) == (cmds, st.races.winners)
+
+
+def test_a_member_that_ends_failed_is_no_candidate() -> None:
+    st, cmds = run(race_supervisor(), StepEnded(step="a", state=StepState.FAILED), finished("c"))
+    assert [CancelStep.match(step="a", lost_race=True), CancelStep.match(step="b", lost_race=True)
+            ] == cmds
+    assert {"g": "c"} == st.races.winners
+
+
+def test_with_a_check_candidates_are_checked_one_at_a_time_in_order_of_end() -> None:
+    st, cmds = run(race_supervisor("test -f ok"), finished("b"))
+    assert [CheckRace(group="g", step="b", check="test -f ok")] == cmds
+    st, cmds = run(st, finished("a"))
+    assert [] == cmds, "a waits until b's check is done"
+    st, cmds = run(st, RaceChecked(group="g", step="b", passed=False))
+    assert [CheckRace(group="g", step="a", check="test -f ok")] == cmds
+    assert {} == st.races.winners
+    st, cmds = run(st, RaceChecked(group="g", step="a", passed=True))
+    assert [CancelStep.match(step="b", lost_race=True, reason="race lost to a"),
+            CancelStep.match(step="c", lost_race=True, reason="race lost to a")] == cmds
+    assert {"g": "a"} == st.races.winners
+
+
+def test_a_check_result_after_the_race_is_decided_changes_nothing() -> None:
+    st, _ = run(race_supervisor("test -f ok"), finished("b"),
+                RaceChecked(group="g", step="b", passed=True))
+    st2, cmds = run(st, RaceChecked(group="g", step="b", passed=True))
+    assert ([], {"g": "b"}) == (cmds, st2.races.winners)
+    st2, cmds = run(st, finished("c"), RaceChecked(group="g", step="c", passed=True))
+    assert ([], {"g": "b"}) == (cmds, st2.races.winners)
+
+
+def test_lost_races_do_not_make_the_study_cancelled() -> None:
+    st, cmds = run(race_supervisor(), finished("b"), finished("x"),
+                   StepEnded(step="a", state=StepState.CANCELLED, benign=True),
+                   StepEnded(step="c", state=StepState.CANCELLED, benign=True))
+    assert EndStudy(state=StudyState.FINISHED, counts={"FINISHED": 2, "CANCELLED": 2}) == cmds[-1]
