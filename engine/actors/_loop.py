@@ -4,9 +4,10 @@ child tasks whose events come back into the inbox.
 Every actor of a study (each step instance, addressed by name, and the supervisor,
 addressed by ``SUPERVISOR``) shares one inbox, a memory stream of ``(target, event)``.
 ``ActorLoop.run`` drains it: each event goes to its target's pure ``decide``, and the
-returned commands are carried out depth first, in order. A command addressed to another
-actor (``route`` turns it into that actor's event, such as a slot request for the
-supervisor) is decided at once, in the same pass, so a step asking for a slot and the
+returned commands are carried out in order, first in first out. A command addressed to
+another actor (``route`` turns it into that actor's event, such as a slot request for the
+supervisor) is decided in the same pass (its commands join the end of the queue, so a
+cancel of the study reaches every step before a freed slot is granted), so a step asking for a slot and the
 supervisor granting it happen without a trip through the inbox. ``StartTimer`` is
 handled here. Every other command goes to ``execute``, the owner's shell. Slow work
 runs in child tasks (``spawn``) that yield events; each one goes back into the inbox,
@@ -98,7 +99,7 @@ class ActorLoop:
                 return
 
     async def dispatch(self, target: Target, event: Event) -> None:
-        """Feed ``event`` to its actor and carry out the commands, depth first."""
+        """Feed ``event`` to its actor and carry out the commands, first in first out."""
         work: deque[tuple[Command, str]] = deque()
         cause = event.event_id
         work.extend((c, cause) for c in self._decide(target, event))

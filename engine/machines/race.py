@@ -8,7 +8,10 @@ the shell runs the check in the candidate's workspace (``CheckRace``) and report
 (``RaceChecked``); a passing candidate wins unless the group is decided already, a failing
 one lets the next candidate be checked. The winner's rivals are cancelled with
 ``lost_race`` set, so their CANCELLED state does not make the study CANCELLED; a member
-that finished before the winner keeps its state.
+that finished before the winner keeps its state. A step whose command uses
+``$(race.<group>)`` gets no throttle slot while that race is open (``waits_for_race``):
+it runs once the group has a winner, or once every member ended with none (the token
+then stays literal).
 
 Nothing here does I/O: the supervisor (``engine.machines.supervisor``) holds a
 ``RaceBook`` and calls these functions from its ``decide``.
@@ -22,14 +25,17 @@ from msgspec.structs import replace
 from engine.messages import CancelStep, CheckRace, Command
 from engine.spec.graph import StepInstance, StudyGraph
 
-__all__ = ["RaceBook", "candidate_finished", "check_done", "new_race_book", "substitute"]
+__all__ = [
+    "RaceBook", "candidate_finished", "check_done", "member_ended", "new_race_book",
+    "substitute", "waits_for_race",
+]
 
 
 class RaceBook(Struct, frozen=True, kw_only=True):
     """The race groups of one study.
 
     Invariants: ``checking[g]`` is a member of ``g`` and not in ``waiting[g]``; a group in
-    ``winners`` has nothing checking or waiting.
+    ``winners`` has nothing checking or waiting; ``ended[g] <= len(members[g])``.
     """
 
     members: dict[str, tuple[str, ...]] = {}  # group -> member instance names
@@ -38,6 +44,8 @@ class RaceBook(Struct, frozen=True, kw_only=True):
     winners: dict[str, str] = {}  # group -> winning member
     checking: dict[str, str] = {}  # group -> the candidate whose check runs
     waiting: dict[str, tuple[str, ...]] = {}  # group -> candidates to check next, in order
+    ended: dict[str, int] = {}  # group -> members that ended (in any state)
+    users: dict[str, tuple[str, ...]] = {}  # step -> the groups its command names
 
 
 def new_race_book(graph: StudyGraph) -> RaceBook:
@@ -50,11 +58,38 @@ def new_race_book(graph: StudyGraph) -> RaceBook:
         return RaceBook()
     settings = graph.troupe.get("races") or {}
     checks = {g: str((settings.get(g) or {}).get("check", "") or "") for g in members}
+    users = {}
+    for inst in graph.steps:
+        if "$(race." in inst.cmd or "$(race." in inst.restart:
+            named = tuple(g for g in members if f"$(race.{g})" in inst.cmd
+                          or f"$(race.{g})" in inst.restart)
+            if named:
+                users[inst.name] = named
     return RaceBook(
         members={g: tuple(ms) for g, ms in members.items()},
         group_of={m: g for g, ms in members.items() for m in ms},
-        checks=checks,
+        checks=checks, users=users,
     )
+
+
+def _settled(book: RaceBook, group: str) -> bool:
+    """The group has a winner, or can no longer get one."""
+    return group in book.winners or (
+        book.ended.get(group, 0) >= len(book.members[group])
+        and group not in book.checking and not book.waiting.get(group))
+
+
+def waits_for_race(book: RaceBook, step: str) -> bool:
+    """``step`` names a race (``$(race.<group>)``) that is still open."""
+    return any(not _settled(book, g) for g in book.users.get(step, ()))
+
+
+def member_ended(book: RaceBook, step: str) -> RaceBook:
+    """``step`` reached a terminal state: count it for its group (if it races)."""
+    group = book.group_of.get(step)
+    if group is None:
+        return book
+    return replace(book, ended={**book.ended, group: book.ended.get(group, 0) + 1})
 
 
 def _win(book: RaceBook, group: str, step: str) -> tuple[RaceBook, list[Command]]:

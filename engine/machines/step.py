@@ -384,9 +384,15 @@ def decide(
         case JobExited() if state in ACTIVE_STATES:
             return _on_exit(rec, event)
         case SubmitFailed() if state == StepState.PENDING:
-            new = replace(rec, state=StepState.FAILED, reason=event.detail, end_time=now)
+            release = ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)
+            if rec.cancelling and not rec.timing_out:
+                # Cancelled while being submitted, and it never started: as asked.
+                new = replace(rec, state=StepState.CANCELLED, end_time=now, cancelling=False)
+                return new, [_publish(new, state, now), release]
+            new = replace(rec, state=StepState.FAILED, reason=event.detail, end_time=now,
+                          cancelling=False, timing_out=False, lost_race=False)
             pub = _publish(new, state, now, kind="submit_rejected", retryable=event.retryable)
-            return new, [pub, ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
+            return new, [pub, release]
         case CancelRequested() if state in ACTIVE_STATES:
             if rec.cancelling and not rec.timing_out:
                 return rec, []  # cancelling twice changes nothing

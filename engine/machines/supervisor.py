@@ -17,7 +17,13 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
-from engine.machines.race import RaceBook, candidate_finished, check_done
+from engine.machines.race import (
+    RaceBook,
+    candidate_finished,
+    check_done,
+    member_ended,
+    waits_for_race,
+)
 from engine.messages import (
     FAILURE_STATES,
     CancelStep,
@@ -69,7 +75,9 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
 
     ``steps`` are the study's instances in status order (a cancel goes to each);
     ``cancels`` counts the cancel requests and stops (the first cancels every step, a
-    further request kills what still runs); ``races`` are the race groups.
+    further request kills what still runs); ``races`` are the race groups; ``parked``
+    holds the slot requests of steps that name an open race (``$(race.<group>)``), made
+    once the race is decided.
 
     Invariants: every ``running`` count >= 0; no step is queued twice; ``done <= total``;
     ``cancelled`` iff ``cancels > 0``.
@@ -89,6 +97,7 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     benign: int = 0
     cancels: int = 0
     races: RaceBook = RaceBook()
+    parked: dict[str, tuple[str, ...]] = {}  # step -> scopes: asks for a slot once its race ends
 
 
 def new_supervisor(steps: tuple[str, ...], *, limits: dict[str, int],
@@ -162,6 +171,32 @@ def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
     return replace(st, queues=queues, running=running), grants
 
 
+def _request(st: SupervisorState, step: str,
+             scopes: tuple[str, ...]) -> tuple[SupervisorState, list[Command]]:
+    """Grant ``step`` a slot at once if nothing waits and there is room, else queue it."""
+    # A step asks at most once per WAITING period (the step machine's invariant), so a
+    # duplicate check here would only cost a scan of the queue.
+    if not st.queues and not st.paused and _has_room(st, scopes):
+        return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
+    q = st.queues.get(scopes, ())
+    queues = {**st.queues, scopes: (*q, (st.seq, step))}
+    return _fill(replace(st, queues=queues, seq=st.seq + 1))
+
+
+def _unpark(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
+    """Ask for the slots of the parked steps whose race is no longer open."""
+    ready = [(s, sc) for s, sc in st.parked.items() if not waits_for_race(st.races, s)]
+    if not ready:
+        return st, []
+    st = replace(st, parked={s: sc for s, sc in st.parked.items()
+                             if waits_for_race(st.races, s)})
+    grants: list[Command] = []
+    for step, scopes in ready:
+        st, cmds = _request(st, step, scopes)
+        grants += cmds
+    return st, grants
+
+
 def decide(
     st: SupervisorState, event: Event, *, now: float
 ) -> tuple[SupervisorState, list[Command]]:
@@ -184,19 +219,17 @@ def decide(
     del now
     match event:
         case SlotRequested(step=step, scopes=scopes):
-            # A step asks at most once per WAITING period (the step machine's invariant),
-            # so a duplicate check here would only cost a scan of the queue.
             if st.ended:
                 raise InvalidTransition("supervisor", "ended", event)
-            if not st.queues and not st.paused and _has_room(st, scopes):
-                return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
-            q = st.queues.get(scopes, ())
-            queues = {**st.queues, scopes: (*q, (st.seq, step))}
-            return _fill(replace(st, queues=queues, seq=st.seq + 1))
+            if waits_for_race(st.races, step):
+                return replace(st, parked={**st.parked, step: scopes}), []
+            return _request(st, step, scopes)
         case SlotReleased(scopes=scopes):
             if any(st.running.get(s, 0) <= 0 for s in scopes):
                 raise InvalidTransition("supervisor", f"running={st.running}", event)
             return _fill(replace(st, running=_take(st.running, scopes, -1)))
+        case SlotWithdrawn(step=step) if step in st.parked:
+            return replace(st, parked={k: v for k, v in st.parked.items() if k != step}), []
         case SlotWithdrawn(step=step):
             for scopes, q in st.queues.items():
                 kept = tuple(e for e in q if e[1] != step)
@@ -221,17 +254,23 @@ def decide(
         case StopRequested(reason=reason):
             return (st, []) if st.cancels else _cancel_all(st, reason)
         case RaceChecked(group=group, step=step, passed=passed):
+            if st.ended:
+                return st, []
             races, cmds = check_done(st.races, group, step, passed)
-            return replace(st, races=races), [] if st.ended else cmds
+            st, grants = _unpark(replace(st, races=races))
+            return st, [*cmds, *grants]
         case StepEnded(step=step, state=state, benign=benign):
             if st.ended or st.done >= st.total:
                 raise InvalidTransition("supervisor", "ended", event)
             counts = {**st.counts, state.value: st.counts.get(state.value, 0) + 1}
             st = replace(st, done=st.done + 1, counts=counts, benign=st.benign + benign)
             cmds: list[Command] = []
-            if state == StepState.FINISHED and step in st.races.group_of:
-                races, cmds = candidate_finished(st.races, step)
-                st = replace(st, races=races)
+            if step in st.races.group_of:
+                races = member_ended(st.races, step)
+                if state == StepState.FINISHED:
+                    races, cmds = candidate_finished(races, step)
+                st, grants = _unpark(replace(st, races=races))
+                cmds += grants
             if st.done < st.total:
                 return st, cmds
             outcome = study_outcome(counts, cancelled=st.cancelled, benign=st.benign)

@@ -92,9 +92,6 @@ async def test_race_in_a_later_steps_command_is_the_winners_workspace(tmp_path: 
     assert StudyState.FINISHED == rt.outcome
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a step waiting with any(solver_*.completed) runs as soon as a member FINISHES, "
-    "before the group's check decided the race: $(race.g) is submitted unresolved"))
 async def test_race_with_a_check_is_decided_before_a_later_step_uses_it(tmp_path: Path) -> None:
     bus, ad = FakeBus(), RecordingAdapter()
     g = graph(*members(tmp_path, "a", "b", ok=("b",)), report("solver_a", "solver_b"),

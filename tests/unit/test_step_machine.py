@@ -104,7 +104,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         retry_timer=SAME),
     "PENDING/cancelling": _row(
         started="PENDING/cancelling", exit0="CANCELLED", exit1="CANCELLED",
-        submit_failed="FAILED", **_WHILE_CANCELLING),
+        submit_failed="CANCELLED", **_WHILE_CANCELLING),
     "PENDING/timing_out": _row(
         started="PENDING/timing_out", exit0="WAITING/queued", exit1="WAITING/queued",
         submit_failed="FAILED", cancel="PENDING/cancelling",
@@ -121,12 +121,7 @@ EXPECTED: dict[str, dict[str, str]] = {
 }
 
 # Pairs where the machine breaks its own invariants (xfail until fixed).
-KNOWN_BUGS = {
-    ("PENDING/cancelling", "submit_failed"): "a submit failure while cancelling leaves "
-    "cancelling=True on the FAILED record (invariant: cancelling only in PENDING/RUNNING)",
-    ("PENDING/timing_out", "submit_failed"): "a submit failure while cancelling leaves "
-    "cancelling/timing_out on the FAILED record",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _flags(rec: StepRecord) -> tuple[StepState, bool, bool, bool]:

@@ -181,9 +181,11 @@ def test_a_stop_after_a_cancel_changes_nothing() -> None:
 # ------------------------------------------------------------------ races
 
 def race_supervisor(check: str = "") -> SupervisorState:
-    """Members a, b, c of race ``g`` (with ``check``) and a step x outside it."""
-    steps = tuple(StepInstance(name=n, step=n, description="", workspace=f"/s/{n}", cmd="true",
-                               race="g" if n != "x" else "") for n in "abcx")
+    """Members a, b, c of race ``g`` (with ``check``), a step x outside it, and a step u
+    whose command uses the winner's workspace."""
+    steps = tuple(StepInstance(name=n, step=n, description="", workspace=f"/s/{n}",
+                               cmd="cat $(race.g)/out" if n == "u" else "true",
+                               race="g" if n in "abc" else "") for n in "abcxu")
     troupe = {"races": {"g": {"check": check}}} if check else {}
     g = StudyGraph(name="t", description="t", spec_path="/t.yaml", study_dir="/s",
                    steps=steps, troupe=troupe)
@@ -239,7 +241,38 @@ def test_a_check_result_after_the_race_is_decided_changes_nothing() -> None:
 
 
 def test_lost_races_do_not_make_the_study_cancelled() -> None:
-    st, cmds = run(race_supervisor(), finished("b"), finished("x"),
+    st, cmds = run(race_supervisor(), finished("b"), finished("x"), finished("u"),
                    StepEnded(step="a", state=StepState.CANCELLED, benign=True),
                    StepEnded(step="c", state=StepState.CANCELLED, benign=True))
-    assert EndStudy(state=StudyState.FINISHED, counts={"FINISHED": 2, "CANCELLED": 2}) == cmds[-1]
+    assert EndStudy(state=StudyState.FINISHED, counts={"FINISHED": 3, "CANCELLED": 2}) == cmds[-1]
+
+
+def test_a_step_naming_an_open_race_gets_its_slot_once_the_check_decides_it() -> None:
+    st, cmds = run(race_supervisor("test -f ok"), finished("a"),
+                   SlotRequested(step="u", scopes=("global",)))
+    assert [CheckRace.match(step="a")] == cmds, "u waits: the race is open"
+    assert {"u": ("global",)} == st.parked
+    st, cmds = run(st, RaceChecked(group="g", step="a", passed=True))
+    assert [CancelStep.match(step="b"), CancelStep.match(step="c"), GrantSlot(step="u")] == cmds
+    assert {} == st.parked
+
+
+def test_a_step_naming_a_race_nobody_won_runs_once_every_member_ended() -> None:
+    st, cmds = run(race_supervisor(), SlotRequested(step="u", scopes=("global",)),
+                   StepEnded(step="a", state=StepState.FAILED),
+                   StepEnded(step="b", state=StepState.FAILED))
+    assert [] == cmds
+    st, cmds = run(st, StepEnded(step="c", state=StepState.CANCELLED))
+    assert [GrantSlot(step="u")] == cmds
+
+
+def test_a_parked_step_that_is_cancelled_leaves_the_park() -> None:
+    st, _ = run(race_supervisor(), SlotRequested(step="u", scopes=("global",)),
+                SlotWithdrawn(step="u"))
+    st, cmds = run(st, finished("a"))
+    assert GrantSlot(step="u") not in cmds and {} == st.parked
+
+
+def test_a_step_outside_any_race_is_never_parked() -> None:
+    st, cmds = run(race_supervisor(), SlotRequested(step="x", scopes=("global",)))
+    assert ([GrantSlot(step="x")], {}) == (cmds, st.parked)
