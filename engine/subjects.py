@@ -13,6 +13,7 @@ digits (``say_hi_NAME.Pam`` -> ``say_hi_NAME~2ePam``). The encoding is reversibl
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -40,6 +41,7 @@ _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 _HEX = re.compile(r"[0-9a-f]{2}")
 
 
+@functools.lru_cache(maxsize=4096)  # the study id and the steps of the moment: 4 events each
 def encode_token(name: str) -> str:
     """Encode any string as one NATS subject token (see the module docstring)."""
     if not name:

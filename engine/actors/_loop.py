@@ -5,7 +5,7 @@ Every actor of a study (each step instance, addressed by name, and the superviso
 addressed by ``SUPERVISOR``) shares one inbox, a memory stream of ``(target, event)``.
 ``ActorLoop.run`` drains it: each event goes to its target's pure ``decide``, and the
 returned commands are carried out in order, first in first out. A command addressed to
-another actor (``route`` turns it into that actor's event, such as a slot request for the
+another actor (``routes`` turn it into that actor's event, such as a slot request for the
 supervisor) is decided in the same pass (its commands join the end of the queue, so a
 cancel of the study reaches every step before a freed slot is granted), so a step asking for a slot and the
 supervisor granting it happen without a trip through the inbox. ``StartTimer`` is
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -31,8 +31,8 @@ from engine.messages import Command, Event, StartTimer, TimerFired, new_event_id
 __all__ = ["ActorLoop"]
 
 Decide = Callable[[Target, Event], Sequence[Command]]
-Route = Callable[[Command, str], "tuple[Target, Event] | None"]
-Execute = Callable[[Command, str], Awaitable[None]]
+Route = Callable[[Any, str], "tuple[Target, Event]"]
+Execute = Callable[[Command, str], "Awaitable[None] | None"]
 
 
 class ActorLoop:
@@ -41,15 +41,18 @@ class ActorLoop:
     Args:
         decide: Feeds an event to its target's machine, stores the new state, and
             returns the machine's commands.
-        route: Turns a command meant for another actor into ``(target, event)``; None
-            for a command the shell carries out.
-        execute: Carries out a command (publish, submit, cancel, ...); ``cause`` is the
-            id of the event that led to it.
+        routes: For each type of command meant for another actor, the function that
+            turns it into ``(target, event)``.
+        execute: Carries out any other command (publish, submit, cancel, ...); ``cause``
+            is the id of the event that led to it. It returns an awaitable for a command
+            whose I/O the dispatch must wait for (publishing, so that a step's events
+            leave in order), else None.
     """
 
-    def __init__(self, *, decide: Decide, route: Route, execute: Execute) -> None:
+    def __init__(self, *, decide: Decide, routes: Mapping[type[Command], Route],
+                 execute: Execute) -> None:
         self._decide = decide
-        self._route = route
+        self._routes = dict(routes)
         self._execute = execute
         self._send, self._recv = anyio.create_memory_object_stream[tuple[Target, Event]](
             math.inf)
@@ -81,9 +84,15 @@ class ActorLoop:
         self._tg.start_soon(func, *args)
 
     async def _pump(self, target: Target, events: AsyncIterator[Event]) -> None:
-        async with aclosing(events):  # type: ignore[type-var]
+        send = self._send.send_nowait
+        try:
             async for event in events:
-                self.send(target, event)
+                send((target, event))
+        except BaseException:
+            # Cancelled (or failed) part way: run the generator's clean-up now, not at
+            # garbage collection. An exhausted one needs none.
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
 
     def attach(self, tg: anyio.abc.TaskGroup) -> None:
         """Start child tasks in ``tg`` from now on (call before ``spawn``)."""
@@ -100,19 +109,22 @@ class ActorLoop:
 
     async def dispatch(self, target: Target, event: Event) -> None:
         """Feed ``event`` to its actor and carry out the commands, first in first out."""
+        decide, routes = self._decide, self._routes
         work: deque[tuple[Command, str]] = deque()
         cause = event.event_id
-        work.extend((c, cause) for c in self._decide(target, event))
+        work.extend((c, cause) for c in decide(target, event))
         while work:
             cmd, cause = work.popleft()
-            delivery = self._route(cmd, cause)
-            if delivery is not None:
-                to, follow = delivery
-                work.extend((c, follow.event_id) for c in self._decide(to, follow))
-            elif isinstance(cmd, StartTimer):
+            route = routes.get(type(cmd))
+            if route is not None:
+                to, follow = route(cmd, cause)
+                work.extend((c, follow.event_id) for c in decide(to, follow))
+            elif type(cmd) is StartTimer:
                 self.spawn(cmd.step, _timer(cmd.name, cmd.attempt, cmd.delay))
             else:
-                await self._execute(cmd, cause)
+                pending = self._execute(cmd, cause)
+                if pending is not None:
+                    await pending
 
 
 async def _timer(name: str, attempt: int, delay: float) -> AsyncIterator[Event]:

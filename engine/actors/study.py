@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import anyio
@@ -44,6 +44,7 @@ from engine.machines.policy import StepPolicy
 from engine.machines.race import new_race_book, substitute
 from engine.machines.recovery import Recovered, initial_records, replay_plan
 from engine.machines.supervisor import SUPERVISOR, Target
+from engine.machines.wiring import ROUTES
 from engine.messages import (
     ACTIVE_STATES,
     FAILURE_STATES,
@@ -51,20 +52,12 @@ from engine.messages import (
     CacheHit,
     CancelJob,
     CancelRequested,
-    CancelStep,
     CheckRace,
     Command,
     EndStudy,
     Event,
-    GrantSlot,
     KillAllJobs,
     PublishState,
-    ReleaseSlot,
-    RequestSlot,
-    SlotGranted,
-    SlotReleased,
-    SlotRequested,
-    SlotWithdrawn,
     StepState,
     StepStateChanged,
     StopRequested,
@@ -77,7 +70,6 @@ from engine.messages import (
     SubmissionsPaused,
     SubmitJob,
     ThrottleChanged,
-    WithdrawSlotRequest,
     WriteScript,
     new_event_id,
 )
@@ -151,8 +143,8 @@ class StudyRuntime:
             races=new_race_book(graph),
             running=recovered.running if recovered is not None else None)
         self.persister = Persister(store) if store is not None else None
-        self._loop = ActorLoop(decide=self._decide, route=self._between_actors,
-                               execute=self._execute)
+        self._loop = ActorLoop(decide=self._decide, execute=self._execute,
+                               routes={**ROUTES, StopStudy: self._stop_requested})
         self._router = Router(study_id, graph.children, self._loop.send, url=bus.url)
         self._jobs = JobShell(adapter, graph, study_id=study_id, records=self.records,
                               resolve=self._resolve, persister=self.persister, clock=clock)
@@ -324,30 +316,16 @@ class StudyRuntime:
                                                              now=now)
         return cmds
 
-    def _between_actors(self, cmd: Command, cause: str) -> tuple[Target, Event] | None:
-        """The event a command addressed to another actor becomes (None: not one)."""
-        match cmd:
-            case RequestSlot(step=s, scopes=scopes):
-                return SUPERVISOR, SlotRequested(event_id=cause, step=s, scopes=scopes)
-            case ReleaseSlot(step=s, scopes=scopes):
-                return SUPERVISOR, SlotReleased(event_id=cause, step=s, scopes=scopes)
-            case WithdrawSlotRequest(step=s):
-                return SUPERVISOR, SlotWithdrawn(event_id=cause, step=s)
-            case GrantSlot(step=s):
-                return s, SlotGranted(event_id=new_event_id(), cause_id=cause)
-            case CancelStep(step=s, reason=reason, lost_race=lost_race):
-                return s, CancelRequested(event_id=new_event_id(), cause_id=cause,
-                                          reason=reason, lost_race=lost_race)
-            case StopStudy(step=s, reason=reason):
-                self._log.warning("study_stopping", reason=reason)
-                return SUPERVISOR, StopRequested(event_id=new_event_id(), cause_id=cause,
-                                                 step=s, reason=reason)
-        return None
+    def _stop_requested(self, cmd: StopStudy, cause: str) -> tuple[Target, Event]:
+        self._log.warning("study_stopping", reason=cmd.reason)
+        return SUPERVISOR, StopRequested(event_id=new_event_id(), cause_id=cause,
+                                         step=cmd.step, reason=cmd.reason)
 
-    async def _execute(self, cmd: Command, cause: str) -> None:
+    def _execute(self, cmd: Command, cause: str) -> Awaitable[None] | None:
+        """Carry out a command for the shells; publishing is awaited by the loop."""
         match cmd:
             case PublishState():
-                await self._publish(cmd, cause)
+                return self._publish(cmd, cause)
             case SubmitJob(step=s, attempt=a, restart=restart):
                 self._loop.spawn(s, self._jobs.run(s, a, restart))
             case CancelJob(step=s, attempt=a):
@@ -363,6 +341,7 @@ class StudyRuntime:
                 self.outcome, self.counts = state, counts
             case _:
                 raise AssertionError(f"unhandled command {cmd!r}")
+        return None
 
     def _resolve(self, inst: StepInstance) -> StepInstance:
         """The instance as submitted now: ``$(race.<group>)`` of decided races resolved."""

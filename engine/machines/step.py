@@ -347,15 +347,6 @@ def decide(
             return _on_dependency(rec, event, now)
         case DependencyEnded() if rec.condition is not None:
             return rec, []  # decided early (e.g. 'a.completed or b.completed'): b is late
-        case CacheHit() if state == StepState.INITIALIZED:
-            return _enter(rec, StepState.CACHED, now, remaining=0,
-                          reason="reused from an earlier study with the same cache key")
-        case AttemptLost(attempt=attempt) if state == StepState.INITIALIZED:
-            # The step itself starts over (INITIALIZED); the lost attempt is reported.
-            return rec, [PublishState(
-                step=rec.name, state=StepState.FAILED, previous=StepState.RUNNING, attempt=attempt, time=now,
-                kind="lost", retryable=True,
-                reason="the attempt was lost with the engine; running it again")]
         case CancelRequested() if state == StepState.INITIALIZED:
             return _enter(rec, StepState.CANCELLED, now, reason=event.reason, end_time=now,
                           lost_race=event.lost_race)
@@ -401,5 +392,14 @@ def decide(
             if rec.cancelling:
                 return new, []  # already being stopped (for its walltime): now for good
             return new, [CancelJob(step=rec.name, attempt=rec.attempt)]
+        case CacheHit() if state == StepState.INITIALIZED:
+            return _enter(rec, StepState.CACHED, now, remaining=0,
+                          reason="reused from an earlier study with the same cache key")
+        case AttemptLost(attempt=attempt) if state == StepState.INITIALIZED:
+            # The step itself starts over (INITIALIZED); the lost attempt is reported.
+            return rec, [PublishState(
+                step=rec.name, state=StepState.FAILED, previous=StepState.RUNNING, attempt=attempt, time=now,
+                kind="lost", retryable=True,
+                reason="the attempt was lost with the engine; running it again")]
         case _:
             raise InvalidTransition(rec.name, state, event)

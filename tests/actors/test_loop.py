@@ -47,20 +47,19 @@ class Actors:
         self.executed.append((cmd, cause))
 
     def loop(self) -> ActorLoop:
-        return ActorLoop(decide=self.decide, route=route, execute=self.execute)
+        return ActorLoop(decide=self.decide, routes=ROUTES, execute=self.execute)
 
     def got(self, target: Target, kind: type[Event]) -> list[Event]:
         return [e for t, e in self.decided if t == target and isinstance(e, kind)]
 
 
-def route(cmd: Command, cause: str) -> tuple[Target, Event] | None:
-    """Slot requests go to the supervisor, grants to their step (as the runtime does)."""
-    match cmd:
-        case RequestSlot(step=s):
-            return SUPERVISOR, SlotRequested(event_id=f"req-{s}", cause_id=cause, step=s)
-        case GrantSlot(step=s):
-            return s, SlotGranted(event_id=f"grant-{s}", cause_id=cause)
-    return None
+# Slot requests go to the supervisor, grants to their step (as the runtime's routes do).
+ROUTES = {
+    RequestSlot: lambda cmd, cause: (SUPERVISOR, SlotRequested(
+        event_id=f"req-{cmd.step}", cause_id=cause, step=cmd.step)),
+    GrantSlot: lambda cmd, cause: (cmd.step, SlotGranted(
+        event_id=f"grant-{cmd.step}", cause_id=cause)),
+}
 
 
 async def test_one_dispatch_carries_out_the_whole_cascade_in_order_before_the_next_event() -> None:
