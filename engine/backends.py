@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from adapters.base import DEFAULT_KILL_GRACE, Adapter, JobHandle, JobRequest, JobResult
 from adapters.local import LocalAdapter
 from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
-from engine.store import StepEntry
+
+if TYPE_CHECKING:
+    from engine.store import StepEntry
 
 __all__ = ["BACKENDS", "Backends", "check_backends", "make_backends", "notify_env"]
 

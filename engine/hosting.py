@@ -19,6 +19,7 @@ import enum
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -36,7 +37,9 @@ from engine.settings import (
 )
 from engine.spec.graph import StudyGraph
 from engine.spec.naming import make_safe_path
-from engine.store import Store
+
+if TYPE_CHECKING:
+    from engine.store import Store
 
 __all__ = ["HostedStudy", "Start", "StudyOptions", "build_runtime", "check_study",
            "make_study_id"]

@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from engine.errors import StoreError
+from engine.machines.step import StepRecord
 from engine.store import STEPS_BUCKET, StepEntry, Store, step_key
 
 __all__ = ["Persister", "WriteFailure"]
@@ -103,6 +104,12 @@ class Persister:
         self._limit = anyio.Semaphore(concurrency)
         self._log = structlog.get_logger("troupe.persist")
         self.failed: list[WriteFailure] = []
+
+    def put_record(self, rec: StepRecord, *, study_id: str, worker: str = "",
+                   final: bool = False, soft: bool = False) -> None:
+        """Schedule the entry of a step's record (``StepEntry.from_record``) to be stored."""
+        self.put(StepEntry.from_record(rec, study_id=study_id, worker=worker, final=final,
+                                       soft=soft))
 
     def put(self, entry: StepEntry) -> None:
         """Schedule ``entry`` to be stored (replacing any older pending one)."""

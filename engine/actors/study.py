@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -34,7 +35,6 @@ from engine import subjects
 from engine.actors._loop import ActorLoop
 from engine.actors.control import serve_control
 from engine.actors.jobs import JobShell
-from engine.actors.persist import Persister
 from engine.actors.race import run_race_check
 from engine.actors.router import Router
 from engine.bus import Bus
@@ -75,7 +75,10 @@ from engine.messages import (
 )
 from engine.spec.graph import StepInstance, StudyGraph
 from engine.status import StatusTable, StatusWriter, state_counts
-from engine.store import StepEntry, Store
+
+if TYPE_CHECKING:
+    from engine.actors.persist import Persister
+    from engine.store import Store
 
 __all__ = ["StudyRuntime"]
 
@@ -142,7 +145,11 @@ class StudyRuntime:
             tuple(self._order), limits=limits if limits is not None else {"global": throttle},
             races=new_race_book(graph),
             running=recovered.running if recovered is not None else None)
-        self.persister = Persister(store) if store is not None else None
+        self.persister: Persister | None = None
+        if store is not None:  # (imported here: `run`, which stores nothing, never needs it)
+            from engine.actors import persist
+
+            self.persister = persist.Persister(store)
         self._loop = ActorLoop(decide=self._decide, execute=self._execute,
                                routes={**ROUTES, StopStudy: self._stop_requested})
         self._router = Router(study_id, graph.children, self._loop.send, url=bus.url)
@@ -359,9 +366,8 @@ class StudyRuntime:
         if self.persister is not None:
             # The entry shows the step as it stands now (a later command of the same
             # dispatch may have moved it on): the store keeps the latest.
-            self.persister.put(StepEntry.from_record(
-                self.records[cmd.step], study_id=self.study_id, worker=self.worker,
-                final=cmd.final, soft=cmd.soft))
+            self.persister.put_record(self.records[cmd.step], study_id=self.study_id,
+                                      worker=self.worker, final=cmd.final, soft=cmd.soft)
         if self._status is not None:
             self._status.changed()
         # Every transition is on the bus already; the log keeps failures at INFO (and the
