@@ -19,6 +19,8 @@ that did not produce them all is an error, not a number):
 Columns (each timed as the whole command, interpreter start included):
 
 - troupe-run: ``enginectl run SPEC -o DIR`` (embedded NATS, durable JetStream, defaults);
+- troupe-run@baseline (with ``--baseline CHECKOUT``): the same with another checkout's
+  ``enginectl`` (its own ``.venv``), alternating with troupe-run, to compare two versions;
 - troupe-submit: ``enginectl submit SPEC -o DIR --wait --state-dir S`` to one
   ``enginectl serve --state-dir S`` started once for all runs (its RSS is the serve tree);
 - floor: ``bench/floor.py`` (asyncio, /bin/sh -c, dependency order, concurrency = CPUs);
@@ -343,12 +345,14 @@ def run_column(col: str, w: Workload, run_dir: Path, ctx: dict, timeout: float) 
     out = run_dir / "out"
     out.mkdir()
     log = run_dir / "log.txt"
-    if col in ("troupe-run", "troupe-submit", "maestro-s0", "maestro-s60"):
+    if col in ("troupe-run", "troupe-run@baseline", "troupe-submit", "maestro-s0",
+               "maestro-s60"):
         spec = run_dir / "spec.yaml"
         spec.write_text(w.spec(out))
         study = run_dir / "study"
-        if col == "troupe-run":
-            argv = [ENGINECTL, "run", str(spec), "-o", str(study)]
+        if col in ("troupe-run", "troupe-run@baseline"):
+            exe = ctx["baseline"] if col == "troupe-run@baseline" else ENGINECTL
+            argv = [exe, "run", str(spec), "-o", str(study)]
             res = timed(argv, timeout=timeout, log=log)
         elif col == "troupe-submit":
             argv = [ENGINECTL, "submit", str(spec), "-o", str(study), "--wait",
@@ -575,6 +579,9 @@ def main() -> None:
     ap.add_argument("--no-extras", action="store_true")
     ap.add_argument("--no-scale", action="store_true", help="skip the 10,000/100,000 items")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                    help="another checkout (with its own .venv) to time beside troupe-run, "
+                         "in alternation: the column troupe-run@baseline")
     ap.add_argument("--workdir", default=None,
                     help="where runs write (default: a new directory under $TMPDIR)")
     args = ap.parse_args()
@@ -582,6 +589,15 @@ def main() -> None:
     wls = [WORKLOADS[k] for k in args.workloads.split(",") if k]
 
     ctx: dict = {"py": {p: venv_python(p) for p in ("parsl", "snakemake", "dask")}}
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        ctx["baseline"] = str(base / ".venv" / "bin" / "enginectl")
+        subprocess.run([str(base / ".venv" / "bin" / "python"), "-m", "compileall", "-q",
+                        str(base / "engine"), str(base / "adapters")], check=True,
+                       stdout=subprocess.DEVNULL)
+        if "troupe-run@baseline" not in cols:
+            cols.insert(cols.index("troupe-run") + 1 if "troupe-run" in cols else 0,
+                        "troupe-run@baseline")
     notes: dict[str, str] = {}
     for c in cols:
         peer = PEER_OF.get(c)
