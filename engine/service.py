@@ -25,7 +25,7 @@ import structlog
 from engine import subjects
 from engine.actors.control import answer_control, answer_not_hosted
 from engine.bus import Bus
-from engine.errors import EngineError
+from engine.errors import BusError, EngineError, StoreError
 from engine.actors.study import StudyRuntime
 from engine.hosting import (
     HostedStudy,
@@ -298,7 +298,7 @@ class EngineService:
             try:
                 await op()
                 return
-            except Exception as exc:  # noqa: BLE001 - a NATS outage is retried, then re-raised
+            except (StoreError, BusError) as exc:  # a NATS outage: retried, then re-raised
                 if waited >= limit:
                     raise
                 self._log.warning("store_write_retried", error=str(exc) or type(exc).__name__)
