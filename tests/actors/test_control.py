@@ -22,7 +22,6 @@ from engine.messages import (
 from engine.testing import FakeBus
 from tests.actors.support import GUARD, RecordingAdapter, graph, inst, running
 
-S = StepState
 
 
 def study(bus: object, ad: RecordingAdapter, **kw: object) -> StudyRuntime:
@@ -50,7 +49,7 @@ async def test_cancelling_the_study_matches_every_step_and_cancels_them_all() ->
         reply = answer_control(rt, cancel())
         assert (True, "study cancelled", 3) == said(reply)
     assert StudyState.CANCELLED == rt.outcome
-    assert {"a": S.CANCELLED, "b": S.CANCELLED, "c": S.CANCELLED} == {
+    assert {"a": StepState.CANCELLED, "b": StepState.CANCELLED, "c": StepState.CANCELLED} == {
         n: r.state for n, r in rt.records.items()}
     assert {("a", 1), ("c", 1)} == set(ad.cancelled)
 
@@ -66,7 +65,7 @@ async def test_cancelling_one_step_by_glob_leaves_the_others_running() -> None:
         await anyio.wait_all_tasks_blocked()
         assert [("a", 1)] == ad.cancelled
         ad.finish("c")
-    assert {"a": S.CANCELLED, "b": S.CANCELLED, "c": S.FINISHED} == {
+    assert {"a": StepState.CANCELLED, "b": StepState.CANCELLED, "c": StepState.FINISHED} == {
         n: r.state for n, r in rt.records.items()}
 
 
@@ -135,7 +134,7 @@ def test_a_study_not_hosted_here_is_answered_by_whether_it_is_known(
 async def test_serve_control_answers_a_cancel_request_over_nats(nats_server: str) -> None:
     ad = RecordingAdapter()
     async with open_bus(nats_server) as bus, bus.subscribe(
-            subjects.step_event("sid", "b", S.CANCELLED)) as b_cancelled:
+            subjects.step_event("sid", "b", StepState.CANCELLED)) as b_cancelled:
         rt = study(bus, ad)
         async with running(rt):
             await ad.wait_submitted("a")
@@ -151,9 +150,9 @@ async def test_serve_control_answers_a_cancel_request_over_nats(nats_server: str
         with anyio.fail_after(GUARD):
             event = await anext(aiter(b_cancelled))
     assert isinstance(event, StepStateChanged)
-    assert ("sid", "b", S.INITIALIZED, "not needed", True) == (
+    assert ("sid", "b", StepState.INITIALIZED, "not needed", True) == (
         event.study_id, event.step, event.previous, event.reason, event.final)
     assert StudyState.CANCELLED == rt.outcome
-    assert {"a": S.FINISHED, "b": S.CANCELLED, "c": S.FINISHED} == {
+    assert {"a": StepState.FINISHED, "b": StepState.CANCELLED, "c": StepState.FINISHED} == {
         n: r.state for n, r in rt.records.items()}
     assert [("a", 1), ("c", 1)] == sorted(ad.submitted), "b never ran"

@@ -15,7 +15,6 @@ from engine.spec.graph import StepInstance
 from engine.testing import FakeBus
 from tests.actors.support import RecordingAdapter, changes, graph, inst, running
 
-S = StepState
 
 
 def members(tmp_path: Path, *names: str, ok: tuple[str, ...] = ()) -> list[StepInstance]:
@@ -50,9 +49,9 @@ async def test_first_member_to_finish_wins_and_the_rivals_are_cancelled_as_lost(
     assert {("solver_a", 1), ("solver_c", 1)} == set(ad.cancelled)
     for loser in ("solver_a", "solver_c"):
         end = changes(bus, loser)[-1]
-        assert (S.CANCELLED, True, True, "race lost to solver_b") == (
+        assert (StepState.CANCELLED, True, True, "race lost to solver_b") == (
             end.state, end.final, end.lost_race, end.reason)
-    assert (S.FINISHED, False) == (changes(bus, "solver_b")[-1].state,
+    assert (StepState.FINISHED, False) == (changes(bus, "solver_b")[-1].state,
                                    changes(bus, "solver_b")[-1].lost_race)
     assert {"FINISHED": 1, "CANCELLED": 2} == rt.counts
 
@@ -71,7 +70,7 @@ async def test_a_member_failing_the_check_loses_to_the_next_finisher_that_passes
         ad.finish("solver_b")
     assert {"g": "solver_b"} == rt.supervisor.races.winners
     assert [("solver_c", 1)] == ad.cancelled, "only the member still running is stopped"
-    assert {"solver_a": S.FINISHED, "solver_b": S.FINISHED, "solver_c": S.CANCELLED} == {
+    assert {"solver_a": StepState.FINISHED, "solver_b": StepState.FINISHED, "solver_c": StepState.CANCELLED} == {
         n: r.state for n, r in rt.records.items()}
     assert changes(bus, "solver_c")[-1].lost_race
     assert StudyState.FINISHED == rt.outcome

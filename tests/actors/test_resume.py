@@ -15,7 +15,6 @@ from engine.store import StepEntry
 from engine.testing import FakeBus
 from tests.actors.support import RecordingAdapter, changes, graph, inst, running
 
-S = StepState
 
 
 def entry(step: str, state: StepState, **fields: object) -> StepEntry:
@@ -23,7 +22,7 @@ def entry(step: str, state: StepState, **fields: object) -> StepEntry:
                      **fields)  # type: ignore[arg-type]
 
 
-def in_flight(step: str, attempt: int, state: StepState = S.RUNNING) -> StepEntry:
+def in_flight(step: str, attempt: int, state: StepState = StepState.RUNNING) -> StepEntry:
     """A step whose attempt was in flight when the engine stopped."""
     return entry(step, state, attempt=attempt, job_id="77", submit_time=5.0, start_time=5.0,
                  intent_attempt=attempt, intent_key=f"sid/{step}/{attempt}")
@@ -40,7 +39,7 @@ def resumed(g: StudyGraph, entries: dict[str, StepEntry],
 async def test_a_child_of_a_finished_parent_starts_without_the_parent_running_again() -> None:
     ad = RecordingAdapter()
     rt, bus = resumed(graph(inst("a"), inst("b", "a")),
-                      {"a": entry("a", S.FINISHED, attempt=1, exit_code=0, end_time=9.0,
+                      {"a": entry("a", StepState.FINISHED, attempt=1, exit_code=0, end_time=9.0,
                                   final=True)}, {}, ad)
     async with running(rt):
         await ad.wait_submitted("b")
@@ -63,7 +62,7 @@ async def test_an_adopted_jobs_exit_is_applied_to_its_step() -> None:
         await ad.wait_submitted("b")
         ad.finish("b")
     first = changes(bus, "a")[0]
-    assert (S.FINISHED, S.RUNNING, 2, "77") == (first.state, first.previous, first.attempt,
+    assert (StepState.FINISHED, StepState.RUNNING, 2, "77") == (first.state, first.previous, first.attempt,
                                                 first.job_id)
     assert [("b", 1)] == ad.submitted, "the adopted job is not submitted again"
     assert StudyState.FINISHED == rt.outcome
@@ -75,9 +74,9 @@ async def test_an_exit_seen_while_the_engine_was_away_is_applied_without_a_new_a
                       {"a": JobResult(outcome=JobOutcome.FAILED, exit_code=3)}, ad)
     async with running(rt):
         pass
-    assert [(S.FAILED, 3, "exit_code")] == [(m.state, m.exit_code, m.kind)
+    assert [(StepState.FAILED, 3, "exit_code")] == [(m.state, m.exit_code, m.kind)
                                             for m in changes(bus, "a")]
-    assert (S.FAILED, "dependency") == (rt.records["b"].state, changes(bus, "b")[-1].kind)
+    assert (StepState.FAILED, "dependency") == (rt.records["b"].state, changes(bus, "b")[-1].kind)
     assert ([], StudyState.FAILURE) == (ad.submitted, rt.outcome)
 
 
@@ -88,9 +87,9 @@ async def test_a_lost_attempt_is_published_failed_lost_then_runs_again_as_the_ne
         await ad.wait_submitted("a")
         ad.finish("a", 0, attempt=2)
     lost, *rest = changes(bus, "a")
-    assert (S.FAILED, S.RUNNING, 1, "lost", True, False) == (
+    assert (StepState.FAILED, StepState.RUNNING, 1, "lost", True, False) == (
         lost.state, lost.previous, lost.attempt, lost.kind, lost.retryable, lost.final)
-    assert [(S.WAITING, 1), (S.PENDING, 2), (S.RUNNING, 2), (S.FINISHED, 2)] == [
+    assert [(StepState.WAITING, 1), (StepState.PENDING, 2), (StepState.RUNNING, 2), (StepState.FINISHED, 2)] == [
         (m.state, m.attempt) for m in rest]
     assert ["sid/a/2"] == [r.key for r in ad.requests]
     assert StudyState.FINISHED == rt.outcome
@@ -104,8 +103,8 @@ async def test_a_replayed_race_is_won_by_the_member_that_ended_first() -> None:
     ad.adopt(handle)
     g = graph(*(inst(f"solver_{m}", step="solver", race="g") for m in "abc"))
     rt, bus = resumed(g, {
-        "solver_a": entry("solver_a", S.FINISHED, attempt=1, end_time=20.0, final=True),
-        "solver_b": entry("solver_b", S.FINISHED, attempt=1, end_time=10.0, final=True),
+        "solver_a": entry("solver_a", StepState.FINISHED, attempt=1, end_time=20.0, final=True),
+        "solver_b": entry("solver_b", StepState.FINISHED, attempt=1, end_time=10.0, final=True),
         "solver_c": in_flight("solver_c", 1),
     }, {"solver_c": handle}, ad)
     async with running(rt):
@@ -113,5 +112,5 @@ async def test_a_replayed_race_is_won_by_the_member_that_ended_first() -> None:
     assert {"g": "solver_b"} == rt.supervisor.races.winners
     assert ([], [("solver_c", 1)]) == (ad.submitted, ad.cancelled)
     end = changes(bus, "solver_c")[-1]
-    assert (S.CANCELLED, True, "race lost to solver_b") == (end.state, end.lost_race, end.reason)
+    assert (StepState.CANCELLED, True, "race lost to solver_b") == (end.state, end.lost_race, end.reason)
     assert StudyState.FINISHED == rt.outcome

@@ -11,7 +11,6 @@ from engine.messages import AttemptLost, DependencyEnded, JobExited, StepEnded, 
 from engine.spec.graph import StepInstance, StudyGraph
 from engine.store import StepEntry
 
-S = StepState
 NOW = 1_000.0
 
 
@@ -38,11 +37,11 @@ def in_flight(step: str) -> StepEntry:
 
 
 ENTRIES = {
-    "a": final("a", S.FINISHED, 30.0),
-    "f": final("f", S.FINISHED, 40.0),
-    "c": final("c", S.FINISHED, 10.0),
-    "s": final("s", S.FAILED, 20.0, soft=True),
-    "l": final("l", S.CANCELLED, 5.0, lost_race=True),
+    "a": final("a", StepState.FINISHED, 30.0),
+    "f": final("f", StepState.FINISHED, 40.0),
+    "c": final("c", StepState.FINISHED, 10.0),
+    "s": final("s", StepState.FAILED, 20.0, soft=True),
+    "l": final("l", StepState.CANCELLED, 5.0, lost_race=True),
     "b": in_flight("b"),
     "e": in_flight("e"),
 }
@@ -53,14 +52,14 @@ def test_replay_feeds_losses_then_ends_in_order_of_end_then_exits_seen_while_awa
     plan = replay_plan(recover_records(GRAPH, ENTRIES, {}, FOUND), GRAPH, now=NOW)
     assert [
         ("b", AttemptLost.match(attempt=1)),
-        (SUPERVISOR, StepEnded.match(step="l", state=S.CANCELLED, benign=True)),
-        (SUPERVISOR, StepEnded.match(step="c", state=S.FINISHED, benign=False)),
-        ("d", DependencyEnded.match(dependency="c", state=S.FINISHED, soft=False)),
-        (SUPERVISOR, StepEnded.match(step="s", state=S.FAILED, benign=False)),
-        ("t", DependencyEnded.match(dependency="s", state=S.FAILED, soft=True)),
-        (SUPERVISOR, StepEnded.match(step="a", state=S.FINISHED)),
-        ("b", DependencyEnded.match(dependency="a", state=S.FINISHED)),
-        (SUPERVISOR, StepEnded.match(step="f", state=S.FINISHED)),
+        (SUPERVISOR, StepEnded.match(step="l", state=StepState.CANCELLED, benign=True)),
+        (SUPERVISOR, StepEnded.match(step="c", state=StepState.FINISHED, benign=False)),
+        ("d", DependencyEnded.match(dependency="c", state=StepState.FINISHED, soft=False)),
+        (SUPERVISOR, StepEnded.match(step="s", state=StepState.FAILED, benign=False)),
+        ("t", DependencyEnded.match(dependency="s", state=StepState.FAILED, soft=True)),
+        (SUPERVISOR, StepEnded.match(step="a", state=StepState.FINISHED)),
+        ("b", DependencyEnded.match(dependency="a", state=StepState.FINISHED)),
+        (SUPERVISOR, StepEnded.match(step="f", state=StepState.FINISHED)),
         ("e", JobExited.match(exit_code=3, outcome="FAILED", time=NOW)),
     ] == plan
 

@@ -32,16 +32,15 @@ from engine.messages import (
     WriteScript,
 )
 
-S = StepState
 NOW = 1_700_000_000.0
 INVALID = "invalid"  # decide raises InvalidTransition
 SAME = "same"  # decide returns the record unchanged
 
 EVENTS: dict[str, Event] = {
     "opened": StudyOpened(),
-    "dep_finished": DependencyEnded(dependency="a", state=S.FINISHED),
-    "dep_failed": DependencyEnded(dependency="a", state=S.FAILED),
-    "dep_cancelled": DependencyEnded(dependency="a", state=S.CANCELLED),
+    "dep_finished": DependencyEnded(dependency="a", state=StepState.FINISHED),
+    "dep_failed": DependencyEnded(dependency="a", state=StepState.FAILED),
+    "dep_cancelled": DependencyEnded(dependency="a", state=StepState.CANCELLED),
     "granted": SlotGranted(),
     "started": JobStarted(job_id="42", time=NOW),
     "exit0": JobExited(exit_code=0, time=NOW),
@@ -61,15 +60,15 @@ ROWS: dict[str, StepRecord] = {
     # One parent outstanding.
     "INITIALIZED": _BASE,
     # Attempt 1 ended: queued for attempt 2, or waiting for the retry's backoff timer.
-    "WAITING/queued": replace(_BASE, state=S.WAITING, remaining=0, attempt=1, queued=True),
-    "WAITING/backoff": replace(_BASE, state=S.WAITING, remaining=0, attempt=1),
-    "PENDING": replace(_ACTIVE, state=S.PENDING),
-    "PENDING/cancelling": replace(_ACTIVE, state=S.PENDING, cancelling=True),
-    "PENDING/timing_out": replace(_ACTIVE, state=S.PENDING, cancelling=True, timing_out=True),
-    "RUNNING": replace(_ACTIVE, state=S.RUNNING, job_id="42", start_time=NOW),
-    "RUNNING/cancelling": replace(_ACTIVE, state=S.RUNNING, job_id="42", start_time=NOW,
+    "WAITING/queued": replace(_BASE, state=StepState.WAITING, remaining=0, attempt=1, queued=True),
+    "WAITING/backoff": replace(_BASE, state=StepState.WAITING, remaining=0, attempt=1),
+    "PENDING": replace(_ACTIVE, state=StepState.PENDING),
+    "PENDING/cancelling": replace(_ACTIVE, state=StepState.PENDING, cancelling=True),
+    "PENDING/timing_out": replace(_ACTIVE, state=StepState.PENDING, cancelling=True, timing_out=True),
+    "RUNNING": replace(_ACTIVE, state=StepState.RUNNING, job_id="42", start_time=NOW),
+    "RUNNING/cancelling": replace(_ACTIVE, state=StepState.RUNNING, job_id="42", start_time=NOW,
                                   cancelling=True),
-    "RUNNING/timing_out": replace(_ACTIVE, state=S.RUNNING, job_id="42", start_time=NOW,
+    "RUNNING/timing_out": replace(_ACTIVE, state=StepState.RUNNING, job_id="42", start_time=NOW,
                                   cancelling=True, timing_out=True),
     **{s.value: replace(_ACTIVE, state=s, end_time=NOW) for s in TERMINAL_STATES},
 }
@@ -130,7 +129,7 @@ def _flags(rec: StepRecord) -> tuple[StepState, bool, bool, bool]:
 
 def check_invariants(rec: StepRecord) -> None:
     assert [] == invariant_violations(rec)
-    if rec.state == S.RUNNING:
+    if rec.state == StepState.RUNNING:
         assert rec.job_id
 
 
@@ -138,7 +137,7 @@ def test_the_table_covers_every_state_sub_state_and_event() -> None:
     assert set(ROWS) == set(EXPECTED)
     assert set(StepState) == {rec.state for rec in ROWS.values()}
     assert {(False, False, False), (True, False, False)} == {
-        _flags(r)[1:] for r in ROWS.values() if r.state == S.WAITING}
+        _flags(r)[1:] for r in ROWS.values() if r.state == StepState.WAITING}
     for state in ACTIVE_STATES:
         assert {(False, False, False), (False, True, False), (False, True, True)} == {
             _flags(r)[1:] for r in ROWS.values() if r.state == state}
@@ -179,60 +178,60 @@ def test_each_state_event_pair_transitions_or_raises_invalid_transition(
 
 def test_root_step_asks_for_a_slot_when_the_study_opens() -> None:
     rec, cmds = decide(new_record("a", 0), StudyOpened(), now=NOW)
-    assert S.WAITING == rec.state
-    assert [PublishState.match(state=S.WAITING, previous=S.INITIALIZED, final=False),
+    assert StepState.WAITING == rec.state
+    assert [PublishState.match(state=StepState.WAITING, previous=StepState.INITIALIZED, final=False),
             RequestSlot.match(step="a")] == cmds
 
 
 def test_step_waits_for_every_parent_before_asking_for_a_slot() -> None:
     rec = new_record("c", 2)
-    rec, cmds = decide(rec, DependencyEnded(dependency="a", state=S.FINISHED), now=NOW)
-    assert (S.INITIALIZED, 1, []) == (rec.state, rec.remaining, cmds)
-    rec, cmds = decide(rec, DependencyEnded(dependency="b", state=S.FINISHED), now=NOW)
-    assert S.WAITING == rec.state
-    assert [PublishState.match(state=S.WAITING),
+    rec, cmds = decide(rec, DependencyEnded(dependency="a", state=StepState.FINISHED), now=NOW)
+    assert (StepState.INITIALIZED, 1, []) == (rec.state, rec.remaining, cmds)
+    rec, cmds = decide(rec, DependencyEnded(dependency="b", state=StepState.FINISHED), now=NOW)
+    assert StepState.WAITING == rec.state
+    assert [PublishState.match(state=StepState.WAITING),
             RequestSlot(step="c", scopes=("global",))] == cmds
 
 
 def test_granted_step_is_submitted_as_its_next_attempt() -> None:
     rec, cmds = decide(ROWS["WAITING/queued"], SlotGranted(), now=NOW)
-    assert (S.PENDING, 2, NOW) == (rec.state, rec.attempt, rec.submit_time)
-    assert [PublishState.match(state=S.PENDING, attempt=2),
+    assert (StepState.PENDING, 2, NOW) == (rec.state, rec.attempt, rec.submit_time)
+    assert [PublishState.match(state=StepState.PENDING, attempt=2),
             SubmitJob(step="b", attempt=2, restart=False)] == cmds
 
 
 def test_nonzero_exit_fails_the_step_and_releases_its_slot() -> None:
     rec, cmds = decide(ROWS["RUNNING"], JobExited(exit_code=3, time=NOW + 1), now=NOW + 1)
-    assert (S.FAILED, 3, NOW + 1) == (rec.state, rec.exit_code, rec.end_time)
-    assert [PublishState.match(state=S.FAILED, kind="exit_code", exit_code=3, job_id="42",
+    assert (StepState.FAILED, 3, NOW + 1) == (rec.state, rec.exit_code, rec.end_time)
+    assert [PublishState.match(state=StepState.FAILED, kind="exit_code", exit_code=3, job_id="42",
                                final=True),
             ReleaseSlot(step="b", scopes=("global",))] == cmds
 
 
 def test_failed_parent_fails_the_child_with_kind_dependency() -> None:
     rec, cmds = decide(new_record("b", 2), EVENTS["dep_failed"], now=NOW)
-    assert S.FAILED == rec.state
-    assert [PublishState.match(state=S.FAILED, kind="dependency", final=True)] == cmds
+    assert StepState.FAILED == rec.state
+    assert [PublishState.match(state=StepState.FAILED, kind="dependency", final=True)] == cmds
     assert "a" in rec.reason
 
 
 def test_cancelled_parent_cancels_the_child() -> None:
     rec, cmds = decide(new_record("b", 1), EVENTS["dep_cancelled"], now=NOW)
-    assert S.CANCELLED == rec.state
-    assert [PublishState.match(state=S.CANCELLED, final=True, lost_race=False)] == cmds
+    assert StepState.CANCELLED == rec.state
+    assert [PublishState.match(state=StepState.CANCELLED, final=True, lost_race=False)] == cmds
 
 
 def test_cancelling_a_waiting_step_withdraws_its_slot_request() -> None:
     rec, cmds = decide(ROWS["WAITING/queued"], CancelRequested(), now=NOW)
-    assert S.CANCELLED == rec.state
-    assert [PublishState.match(state=S.CANCELLED, final=True),
+    assert StepState.CANCELLED == rec.state
+    assert [PublishState.match(state=StepState.CANCELLED, final=True),
             WithdrawSlotRequest(step="b")] == cmds
 
 
 def test_cancelling_a_step_waiting_for_its_backoff_has_no_request_to_withdraw() -> None:
     rec, cmds = decide(ROWS["WAITING/backoff"], CancelRequested(), now=NOW)
-    assert S.CANCELLED == rec.state
-    assert [PublishState.match(state=S.CANCELLED, final=True)] == cmds
+    assert StepState.CANCELLED == rec.state
+    assert [PublishState.match(state=StepState.CANCELLED, final=True)] == cmds
 
 
 def test_cancelling_a_running_step_stops_its_job_then_records_cancelled_on_exit() -> None:
@@ -241,8 +240,8 @@ def test_cancelling_a_running_step_stops_its_job_then_records_cancelled_on_exit(
     rec2, cmds2 = decide(rec, CancelRequested(), now=NOW)
     assert (rec, []) == (rec2, cmds2), "cancelling twice changes nothing"
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=NOW), now=NOW)
-    assert S.CANCELLED == rec.state
-    assert [PublishState.match(state=S.CANCELLED, previous=S.RUNNING, final=True),
+    assert StepState.CANCELLED == rec.state
+    assert [PublishState.match(state=StepState.CANCELLED, previous=StepState.RUNNING, final=True),
             ReleaseSlot(step="b", scopes=("global",))] == cmds
 
 
@@ -252,8 +251,8 @@ def test_a_running_step_that_lost_its_race_ends_cancelled_with_lost_race() -> No
     assert [CancelJob(step="b", attempt=1)] == cmds
     assert (True, True) == (rec.cancelling, rec.lost_race)
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=NOW), now=NOW)
-    assert (S.CANCELLED, True, "race lost to x") == (rec.state, rec.lost_race, rec.reason)
-    assert [PublishState.match(state=S.CANCELLED, lost_race=True, reason="race lost to x",
+    assert (StepState.CANCELLED, True, "race lost to x") == (rec.state, rec.lost_race, rec.reason)
+    assert [PublishState.match(state=StepState.CANCELLED, lost_race=True, reason="race lost to x",
                                final=True),
             ReleaseSlot.match(step="b")] == cmds
 
@@ -261,8 +260,8 @@ def test_a_running_step_that_lost_its_race_ends_cancelled_with_lost_race() -> No
 def test_a_lost_race_stop_outranks_a_clean_exit_but_a_finished_member_keeps_finished() -> None:
     rec, _ = decide(ROWS["RUNNING"], CancelRequested(lost_race=True), now=NOW)
     rec, cmds = decide(rec, JobExited(exit_code=0, time=NOW), now=NOW)
-    assert (S.CANCELLED, True) == (rec.state, rec.lost_race), "the stop was asked for first"
-    assert [PublishState.match(state=S.CANCELLED, lost_race=True), ReleaseSlot.match()] == cmds
+    assert (StepState.CANCELLED, True) == (rec.state, rec.lost_race), "the stop was asked for first"
+    assert [PublishState.match(state=StepState.CANCELLED, lost_race=True), ReleaseSlot.match()] == cmds
     rec, cmds = decide(ROWS["FINISHED"], CancelRequested(lost_race=True), now=NOW)
     assert (ROWS["FINISHED"], []) == (rec, cmds)
 
@@ -279,27 +278,27 @@ def test_grant_arriving_after_cancellation_gives_the_slot_back() -> None:
 
 def test_dry_run_step_becomes_dryrun_and_writes_its_script() -> None:
     rec, cmds = decide(new_record("a", 0, dry_run=True), StudyOpened(), now=NOW)
-    assert S.DRYRUN == rec.state
-    assert [WriteScript(step="a"), PublishState.match(state=S.DRYRUN, final=True)] == cmds
+    assert StepState.DRYRUN == rec.state
+    assert [WriteScript(step="a"), PublishState.match(state=StepState.DRYRUN, final=True)] == cmds
 
 
 def test_submit_failure_is_data_with_kind_submit_rejected() -> None:
     rec, cmds = decide(ROWS["PENDING"], SubmitFailed(detail="exec format error"), now=NOW)
-    assert S.FAILED == rec.state
-    assert [PublishState.match(state=S.FAILED, kind="submit_rejected",
+    assert StepState.FAILED == rec.state
+    assert [PublishState.match(state=StepState.FAILED, kind="submit_rejected",
                                reason="exec format error", retryable=False, final=True),
             ReleaseSlot(step="b", scopes=("global",))] == cmds
 
 
 def test_a_cache_hit_makes_a_waiting_step_cached_and_final_at_once() -> None:
     rec, cmds = decide(new_record("b", 2), CacheHit(), now=NOW)
-    assert (S.CACHED, 0) == (rec.state, rec.remaining)
-    assert [PublishState.match(state=S.CACHED, previous=S.INITIALIZED, final=True)] == cmds
+    assert (StepState.CACHED, 0) == (rec.state, rec.remaining)
+    assert [PublishState.match(state=StepState.CACHED, previous=StepState.INITIALIZED, final=True)] == cmds
 
 
 def test_a_lost_attempt_is_published_failed_lost_and_leaves_the_record_as_it_was() -> None:
     rec = replace(new_record("b", 0), attempt=3)
     new, cmds = decide(rec, AttemptLost(attempt=3), now=NOW)
     assert rec == new, "the step starts over from INITIALIZED"
-    assert [PublishState.match(step="b", state=S.FAILED, previous=S.RUNNING, attempt=3,
+    assert [PublishState.match(step="b", state=StepState.FAILED, previous=StepState.RUNNING, attempt=3,
                                kind="lost", retryable=True, final=False)] == cmds

@@ -24,7 +24,6 @@ from engine.messages import (
 )
 from engine.spec.policy import RetryPolicy, parse_walltime
 
-S = StepState
 T0 = 1_000.0
 
 
@@ -38,7 +37,7 @@ def start(policy: StepPolicy) -> StepRecord:
 
 def run_again(rec: StepRecord, now: float) -> tuple[StepRecord, list]:
     """From WAITING (queued): grant and start the next attempt."""
-    assert (S.WAITING, True) == (rec.state, rec.queued)
+    assert (StepState.WAITING, True) == (rec.state, rec.queued)
     rec, cmds = decide(rec, SlotGranted(), now=now)
     submit = cmds[-1]
     rec, _ = decide(rec, JobStarted(job_id=str(rec.attempt), time=now), now=now)
@@ -59,7 +58,7 @@ def test_walltime_timer_stops_the_job_and_restart_runs_the_restart_script() -> N
     rec, cmds = decide(rec, TimerFired(name="walltime", attempt=1), now=T0 + 2)
     assert [CancelJob(step="s", attempt=1)] == cmds
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 2.1), now=T0 + 2.1)
-    assert [pub(S.TIMEDOUT, False, kind="timeout", retryable=True), pub(S.WAITING, False)
+    assert [pub(StepState.TIMEDOUT, False, kind="timeout", retryable=True), pub(StepState.WAITING, False)
             ] == published(cmds)
     assert RequestSlot.match(step="s") == cmds[-1]
     rec, (submit,) = run_again(rec, T0 + 3)
@@ -67,7 +66,7 @@ def test_walltime_timer_stops_the_job_and_restart_runs_the_restart_script() -> N
     assert 1 == rec.restarts
     rec, _ = decide(rec, TimerFired(name="walltime", attempt=2), now=T0 + 5)
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 5), now=T0 + 5)
-    assert [pub(S.TIMEDOUT, True, kind="timeout", retryable=False)] == published(cmds)
+    assert [pub(StepState.TIMEDOUT, True, kind="timeout", retryable=False)] == published(cmds)
 
 
 def test_stale_walltime_timer_of_an_earlier_attempt_is_ignored() -> None:
@@ -91,7 +90,7 @@ def test_failed_exit_is_retried_with_exponential_backoff_then_fails() -> None:
     delays = []
     for n in (1, 2):
         rec, cmds = decide(rec, JobExited(exit_code=1, time=T0), now=T0)
-        assert [pub(S.FAILED, False, kind="exit_code", retryable=True), pub(S.WAITING, False)
+        assert [pub(StepState.FAILED, False, kind="exit_code", retryable=True), pub(StepState.WAITING, False)
                 ] == published(cmds)
         assert StartTimer.match(step="s", name="retry", attempt=rec.attempt) == cmds[-1]
         delays.append(cmds[-1].delay)
@@ -102,7 +101,7 @@ def test_failed_exit_is_retried_with_exponential_backoff_then_fails() -> None:
         rec, _ = run_again(rec, T0)
     assert [1.0, 2.0] == delays
     rec, cmds = decide(rec, JobExited(exit_code=1, time=T0), now=T0)
-    assert [pub(S.FAILED, True, kind="exit_code", retryable=False)] == published(cmds)
+    assert [pub(StepState.FAILED, True, kind="exit_code", retryable=False)] == published(cmds)
     assert (3, 2) == (rec.attempt, rec.retries)
 
 
@@ -124,10 +123,10 @@ def test_node_failure_is_resubmitted_up_to_the_limit() -> None:
     rec = start(StepPolicy(hw_limit=2))
     for _ in range(2):
         rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
-        assert [pub(S.HWFAILURE, False, kind="lost"), pub(S.WAITING, False)] == published(cmds)
+        assert [pub(StepState.HWFAILURE, False, kind="lost"), pub(StepState.WAITING, False)] == published(cmds)
         rec, _ = run_again(rec, T0)
     rec, cmds = decide(rec, JobExited(exit_code=None, outcome=JobOutcome.NODE_FAIL, time=T0), now=T0)
-    assert [pub(S.HWFAILURE, True, kind="lost")] == published(cmds)
+    assert [pub(StepState.HWFAILURE, True, kind="lost")] == published(cmds)
 
 
 MERLIN = StepPolicy(merlin=True, max_retries=2, retry_delay=0.5)
@@ -145,26 +144,26 @@ def test_merlin_restart_and_retry_run_again_after_retry_delay_up_to_max_retries(
         rec, (submit,) = run_again(rec, T0 + 0.5)
         assert use_restart == submit.restart
     rec, cmds = decide(rec, JobExited(exit_code=code, time=T0), now=T0)
-    assert [pub(S.FAILED, True, kind="exit_code")] == published(cmds)
+    assert [pub(StepState.FAILED, True, kind="exit_code")] == published(cmds)
     assert "max_retries" in rec.reason
 
 
 def test_merlin_soft_fail_is_a_final_failure_marked_soft() -> None:
     rec, cmds = decide(start(MERLIN), JobExited(exit_code=101, time=T0), now=T0)
-    assert S.FAILED == rec.state
-    assert [pub(S.FAILED, True, soft=True)] == published(cmds)
+    assert StepState.FAILED == rec.state
+    assert [pub(StepState.FAILED, True, soft=True)] == published(cmds)
 
 
 @pytest.mark.parametrize("code", [102, 105])
 def test_merlin_hard_fail_and_stop_workers_stop_the_study(code: int) -> None:
     rec, cmds = decide(start(MERLIN), JobExited(exit_code=code, time=T0), now=T0)
-    assert S.FAILED == rec.state
+    assert StepState.FAILED == rec.state
     assert StopStudy.match(step="s") == cmds[-1]
 
 
 def test_merlin_codes_mean_nothing_special_in_a_maestro_spec() -> None:
     rec, cmds = decide(start(StepPolicy()), JobExited(exit_code=104, time=T0), now=T0)
-    assert [pub(S.FAILED, True, soft=False)] == published(cmds)
+    assert [pub(StepState.FAILED, True, soft=False)] == published(cmds)
     assert not any(isinstance(c, StopStudy) for c in cmds)
 
 
@@ -176,7 +175,7 @@ def test_cancel_during_a_walltime_stop_ends_cancelled_not_restarted() -> None:
     rec, cmds = decide(rec, CancelRequested(reason="user"), now=T0 + 1)
     assert [] == cmds
     rec, cmds = decide(rec, JobExited(exit_code=-15, time=T0 + 1), now=T0 + 1)
-    assert [pub(S.CANCELLED, True, reason="user")] == published(cmds)
+    assert [pub(StepState.CANCELLED, True, reason="user")] == published(cmds)
 
 
 @pytest.mark.parametrize(
