@@ -140,8 +140,9 @@ class LocalAdapter(Adapter):
                 (e.g. a bad shebang or a missing shell).
         """
         step, attempt = request.step, request.attempt
-        with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError},
-                            step.name):
+        # ValueError: an argument or variable Popen refuses (an embedded NUL byte).
+        with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError,
+                             ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
             job = self._spawn(step, attempt, restart=request.restart)
         self._jobs[(step.name, attempt)] = job

@@ -260,6 +260,9 @@ def _print_studies(reply: StatusReply) -> None:
     rows = [[s.study_id, s.name, s.state, ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items())),
              s.study_dir] for s in reply.studies]
     click.echo(_table(rows, ["STUDY", "NAME", "STATE", "STEPS", "DIRECTORY"]))
+    for s in reply.studies:
+        if s.error:
+            click.echo(f"{s.study_id}: not hosted: {s.error!r}")
 
 
 @click.command(name="list")

@@ -279,6 +279,7 @@ class StudySummary(msgspec.Struct, frozen=True, kw_only=True):
     created: float
     ended: float | None = None
     counts: dict[str, int] = {}
+    error: str = ""  # why the engine could not host it
 
 
 class StatusReply(BusMessage, tag="status_reply"):

@@ -22,6 +22,7 @@ import anyio.abc
 import msgspec
 import structlog
 
+from adapters.base import AdapterError
 from engine import subjects
 from engine.actors.control import answer_control, answer_not_hosted
 from engine.bus import Bus
@@ -47,6 +48,8 @@ from engine.messages import (
     SetThrottle,
     StatusReply,
     StatusRequest,
+    StudyEnded,
+    StudyState,
     StudySummary,
     SubmitReply,
     SubmitRequest,
@@ -57,7 +60,10 @@ from engine.spec.graph import StudyGraph
 from engine.status import state_counts
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 
-__all__ = ["EngineService"]
+__all__ = ["QUARANTINE_AFTER", "EngineService"]
+
+QUARANTINE_AFTER = 2
+"""A study whose hosting failed this many times is not restarted again."""
 
 _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
                 "out_dir", "reuse", "use_cache")  # fmt: skip
@@ -195,9 +201,15 @@ class EngineService:
             return ControlReply(event_id=rid, ok=False, detail=f"unknown study {study_id}")
         if study_id in self.hosted:
             return ControlReply(event_id=rid, ok=False, detail=f"study {study_id} is running")
-        entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None})
+        if entry.hosting_failures >= QUARANTINE_AFTER:
+            return ControlReply(event_id=rid, ok=False, detail=(
+                f"study {study_id} is quarantined: the engine failed to host it "
+                f"{entry.hosting_failures} times (last: {entry.error})"))
+        entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None, "error": ""})
         await self.store.put_study(entry)
-        await self._launch(entry, start=Start.RESTART)
+        if not await self._launch(entry, start=Start.RESTART):
+            return ControlReply(event_id=rid, ok=False,
+                                detail=f"study {study_id} could not be restarted: see its error")
         return ControlReply(event_id=rid, ok=True, detail=f"study {study_id} restarted")
 
     async def _status(self, req: StatusRequest) -> StatusReply:
@@ -235,17 +247,23 @@ class EngineService:
                           pargs=pargs)
 
     async def _launch(self, entry: StudyEntry, *, graph: StudyGraph | None = None,
-                      start: Start) -> None:
-        opts = StudyOptions.from_stored(entry.options)
-        if graph is None:
-            graph = self._load(entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
-                               str(entry.options.get("pgen") or "") or None,
-                               tuple(entry.options.get("pargs") or ()),  # type: ignore[arg-type]
-                               dt.datetime.now())
-        study = await build_runtime(
-            graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
-            store=self.store, worker=self.worker,
-            notify_user=self._notify_creds[0], notify_password=self._notify_creds[1])
+                      start: Start) -> bool:
+        """Build the study's runtime and host it; False (the study recorded FAILURE with
+        the error) if it cannot be built."""
+        try:
+            opts = StudyOptions.from_stored(entry.options)
+            if graph is None:
+                graph = self._load(entry.spec_path, entry.spec_text, entry.study_dir,
+                                   entry.cwd, str(entry.options.get("pgen") or "") or None,
+                                   tuple(entry.options.get("pargs") or ()),  # type: ignore[arg-type]
+                                   dt.datetime.now())
+            study = await build_runtime(
+                graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
+                store=self.store, worker=self.worker,
+                notify_user=self._notify_creds[0], notify_password=self._notify_creds[1])
+        except Exception as exc:  # noqa: BLE001 - one study must not stop the engine
+            await self._hosting_failed(entry, exc, counts={})
+            return False
         hosted = _Hosted(study=study)
         self.hosted[entry.study_id] = hosted
         run_id = f"{entry.study_id}.{new_event_id()}"
@@ -254,6 +272,7 @@ class EngineService:
                                           started=time.time()))
         assert self._tg is not None
         self._tg.start_soon(self._host, entry, hosted, run_id, start is Start.FRESH)
+        return True
 
     async def _host(self, entry: StudyEntry, hosted: _Hosted, run_id: str, fresh: bool) -> None:
         rt = hosted.runtime
@@ -266,6 +285,13 @@ class EngineService:
         except EngineError as exc:
             self._log.warning("study_failed_to_start", study_id=entry.study_id, error=str(exc))
             state_name = "FAILURE"
+        except Exception as exc:  # noqa: BLE001 - one study must not stop the engine
+            # Its runtime broke: stop what it started, record why, and keep serving.
+            await self._stop_jobs(hosted)
+            hosted.done.set()
+            self.hosted.pop(entry.study_id, None)
+            await self._hosting_failed(entry, exc, counts=rt.state_counts(), run_id=run_id)
+            return
         else:
             state_name = state.value if state is not None else ""
         finally:
@@ -283,6 +309,38 @@ class EngineService:
             run_id=run_id, study_id=entry.study_id, workspace=rt.graph.study_dir,
             worker=self.worker, started=ended, state=state_name, ended=ended)))
         self.hosted.pop(entry.study_id, None)
+
+    async def _hosting_failed(self, entry: StudyEntry, exc: Exception, *,
+                              counts: dict[str, int], run_id: str = "") -> None:
+        """Record that the engine could not host ``entry`` (FAILURE, with the error), and
+        tell its watchers it ended."""
+        error = _describe(exc)
+        failures = entry.hosting_failures + 1
+        self._log.error("study_hosting_failed", study_id=entry.study_id, error=error,
+                        failures=failures, exc_info=exc)
+        ended = time.time()
+        await self._retrying(lambda: self.store.put_study(StudyEntry(**{
+            **_fields(entry), "state": "FAILURE", "ended": ended, "counts": counts,
+            "error": error, "hosting_failures": failures})))
+        if run_id:
+            await self._retrying(lambda: self.store.put_run(RunEntry(
+                run_id=run_id, study_id=entry.study_id, workspace=entry.study_dir,
+                worker=self.worker, started=ended, state="FAILURE", ended=ended)))
+        with anyio.move_on_after(30):
+            await self.bus.publish_event(
+                subjects.study_event(entry.study_id, "ended"),
+                StudyEnded(event_id=new_event_id(), study_id=entry.study_id,
+                           state=StudyState.FAILURE, time=ended, counts=counts), fence=True)
+
+    async def _stop_jobs(self, hosted: _Hosted) -> None:
+        """Stop every job a broken runtime left (shielded, bounded)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+            for handle in hosted.runtime.active_jobs().values():
+                try:
+                    await hosted.study.adapter.cancel(handle)
+                except AdapterError as exc:
+                    self._log.warning("job_not_cancelled", step=handle.step, error=str(exc))
+            hosted.study.adapter.kill_all_now()
 
     async def _heartbeat(self, started: float) -> None:
         while True:
@@ -338,6 +396,14 @@ class EngineService:
         self._log.info("engine_stopped")
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an error (the first one inside task groups' exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _fields(entry: StudyEntry) -> dict[str, object]:
     return {f: getattr(entry, f) for f in entry.__struct_fields__}
 
@@ -345,7 +411,7 @@ def _fields(entry: StudyEntry) -> dict[str, object]:
 def _study(entry: StudyEntry, counts: dict[str, int]) -> StudySummary:
     return StudySummary(study_id=entry.study_id, name=entry.name, state=entry.state,
                         study_dir=entry.study_dir, created=entry.created, ended=entry.ended,
-                        counts=counts)
+                        counts=counts, error=entry.error)
 
 
 def _order(stored: dict[str, StepEntry]) -> list[str]:

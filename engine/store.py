@@ -54,6 +54,8 @@ class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     ended: float | None = None
     counts: dict[str, int] = {}
+    error: str = ""  # why the engine could not host it (its state is then FAILURE)
+    hosting_failures: int = 0  # how many times hosting it failed (quarantined at 2)
 
 
 class RunEntry(msgspec.Struct, frozen=True, kw_only=True):
