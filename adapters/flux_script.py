@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import JobOutcome, SubmitError
 from adapters.jobwatch import JobState
 from adapters.launcher import expand_flux_run, merge_flux_args, split_flux_exclusive
-from adapters.slurm_script import is_scheduled, supports_trailer, wrap_with_trailer
+from adapters.slurm_script import check_header, is_scheduled, supports_trailer, wrap_with_trailer
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -157,6 +157,7 @@ def flux_script(
                   f"{d}--error={name}.{{{{id}}}}.err"]  # fmt: skip
         if res.exclusive:
             lines.append(f"{d}--exclusive")
+    check_header(lines, step=step.name)
     if exit_file is not None and supports_trailer(shell):
         cmd = wrap_with_trailer(cmd, exit_file)
     return "\n".join(lines) + f"\n\n{cmd}\n"

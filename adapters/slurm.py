@@ -44,7 +44,7 @@ from adapters.slurm_parse import (
     classify_sbatch_error, comment_with_key, parse_sacct, parse_sbatch, parse_squeue,
 )  # fmt: skip
 from adapters.slurm_script import (
-    is_scheduled, job_name, script_name, slurm_exit_file, slurm_script,
+    HeaderError, is_scheduled, job_name, script_name, slurm_exit_file, slurm_script,
 )  # fmt: skip
 from engine.spec.naming import make_safe_path
 
@@ -157,7 +157,8 @@ class SlurmAdapter(SchedulerAdapter):
         step = request.step
         if not is_scheduled(step):
             return await self._local_adapter().submit(request)
-        with map_exceptions({OSError: SubmitError, LauncherError: SubmitError}, step.name):
+        with map_exceptions({OSError: SubmitError, LauncherError: SubmitError,
+                             HeaderError: SubmitError}, step.name):
             script = self._write(step, restart=request.restart, trailer=True)
         args = ["--parsable", f"--comment={comment_with_key(request.key, step.description)}"]
         if self.batch.get("reservation"):

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
 
 __all__ = [
+    "HeaderError",
+    "check_header",
     "POSIX_SHELLS",
     "is_scheduled",
     "job_name",
@@ -62,6 +64,34 @@ def script_name(step: StepInstance, *, restart: bool = False) -> str:
     return f"{make_safe_path(step.name)}{'.restart' if restart else ''}.slurm.sh"
 
 
+class HeaderError(ValueError):
+    """Raised when a value bound for a scheduler script's header (a step name, a batch
+    setting) holds a control character: a newline there would end the directive and make
+    the rest of the value a line of the script.
+
+    Attributes:
+        step: The step instance name.
+        line: The header line as it would have been written.
+    """
+
+    def __init__(self, step: str, line: str) -> None:
+        self.step = step
+        self.line = line
+        super().__init__(f"step {step!r}: a control character in the scheduler header line "
+                         f"{line!r}")
+
+
+def check_header(lines: list[str], *, step: str) -> None:
+    """Refuse header lines that hold a control character (see ``HeaderError``).
+
+    Raises:
+        HeaderError: naming the first such line.
+    """
+    for line in lines:
+        if any(ord(c) < 32 or ord(c) == 127 for c in line):
+            raise HeaderError(step, line)
+
+
 def job_name(step: StepInstance) -> str:
     """Maestro's ``--job-name``: the instance name with spaces replaced by ``_``."""
     return step.name.replace(" ", "_")
@@ -81,6 +111,7 @@ def slurm_header(step: StepInstance, batch: Mapping[str, Any], *, shell: str) ->
 
     Raises:
         ValueError: the step is not scheduled (neither nodes nor procs).
+        HeaderError: a value holds a control character.
     """
     if not is_scheduled(step):
         raise ValueError(
@@ -133,6 +164,7 @@ def slurm_header(step: StepInstance, batch: Mapping[str, Any], *, shell: str) ->
         lines.append("#SBATCH --exclusive")
     if merged.get("qos"):
         lines.append(f"#SBATCH --qos={merged['qos']}")
+    check_header(lines, step=step.name)
     return "\n".join(lines)
 
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from adapters.flux_script import flux_script
 from adapters.slurm_script import (
-    is_scheduled, script_name, slurm_exit_file, slurm_header, slurm_script, supports_trailer,
+    HeaderError, is_scheduled, script_name, slurm_exit_file, slurm_header, slurm_script,
+    supports_trailer,
 )  # fmt: skip
 from engine.spec import load_study
 from tests.adapters.support import make_step
@@ -137,3 +140,24 @@ def test_trailer_writes_nothing_when_the_shell_is_killed(tmp_path: Path) -> None
     rc, exit_file = _run_job(tmp_path, "$(LAUNCHER) true\nkill -TERM $$\nsleep 1\n")
     assert -15 == rc  # bash itself died of SIGTERM
     assert not exit_file.exists()
+
+
+@pytest.mark.parametrize("name", ["sim_P.a\nrm -rf ~", "sim\rx", "sim\x00x"])
+def test_a_control_character_never_reaches_a_scheduler_header(tmp_path: Path, name: str) -> None:
+    """A newline in a step name would end ``#SBATCH --job-name=`` and make the rest a line
+    of the script; such a header is refused, for Slurm and for Flux."""
+    (tmp_path / "ws").mkdir()
+    step = make_step(tmp_path / "ws", "ok", "hostname", nodes=1, procs=1)
+    step = msgspec.structs.replace(step, name=name)
+    with pytest.raises(HeaderError) as info:
+        slurm_header(step, {"type": "slurm"}, shell="/bin/bash")
+    assert name == info.value.step
+    with pytest.raises(HeaderError):
+        flux_script(step, {"type": "flux"}, shell="/bin/bash")
+
+
+def test_a_control_character_in_a_batch_setting_is_refused_too(tmp_path: Path) -> None:
+    step = make_step(tmp_path, "ok", "hostname", nodes=1, procs=1)
+    with pytest.raises(HeaderError, match=r"partition"):
+        slurm_header(step, {"type": "slurm", "queue": "pbatch\n#SBATCH --uid=0"},
+                     shell="/bin/bash")
