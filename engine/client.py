@@ -50,6 +50,7 @@ from engine.messages import (
 __all__ = ["client_commands", "default_state_dir", "resolve_connection"]
 
 _TIMEOUT = 4.0
+_SUBMIT_TIMEOUT = 600.0  # a submit waits this long for a busy engine (it is idempotent)
 
 
 def default_state_dir() -> Path:
@@ -118,16 +119,24 @@ async def _with_bus(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]])
             await stack.__aexit__(None, None, None)
 
 
-async def _ask(bus: Bus, verb: str, msg: BusMessage) -> AnyBusMessage:
+async def _ask(bus: Bus, verb: str, msg: BusMessage, *,
+               timeout: float = _TIMEOUT, retry_silence: bool = False) -> AnyBusMessage:
     """Send an API request; while nobody serves it (an engine reconnecting to its NATS
-    server after an outage), ask again for up to the client's deadline."""
-    deadline = anyio.current_time() + _TIMEOUT
+    server after an outage), ask again for up to ``timeout`` seconds. With
+    ``retry_silence`` (an idempotent request, such as a submit with its request id), an
+    engine that is busy and does not answer in time is asked again too."""
+    now = anyio.current_time()
+    absent_deadline, deadline = now + _TIMEOUT, now + timeout
     while True:
-        left = deadline - anyio.current_time()
+        now = anyio.current_time()
         try:
-            return await bus.request(subjects.api(verb), msg, timeout=max(left, 0.1))
+            return await bus.request(subjects.api(verb), msg,
+                                     timeout=max(min(deadline - now, _TIMEOUT), 0.1))
         except BusError as exc:
-            if "nobody serves" in str(exc) and left > 0.3:
+            # No engine at all: give up soon. A busy one (idempotent requests only): wait.
+            absent = "nobody serves" in str(exc) and absent_deadline - now > 0.3
+            busy = retry_silence and "no reply" in str(exc) and deadline - now > 0.3
+            if absent or busy:
                 await anyio.sleep(0.2)
                 continue
             raise BusError(f"the engine did not answer ({exc}); is 'enginectl serve' "
@@ -214,11 +223,13 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
         run_local=kwargs["run_local"], pgen=os.path.abspath(kwargs["pgen"]) if kwargs["pgen"] else "",
         pargs=tuple(kwargs["pargs"]),
         reuse=os.path.abspath(kwargs["reuse"]) if kwargs["reuse"] else "",
-        use_cache=not kwargs["no_cache"],
+        use_cache=not kwargs["no_cache"], request_id=os.urandom(12).hex(),
     )
 
     async def body(bus: Bus) -> int:
-        reply = await _ask(bus, "submit", req)
+        # The request id makes a retried submit safe: a busy engine (a big spec expands
+        # for seconds) is asked again, and answers with the one study it made.
+        reply = await _ask(bus, "submit", req, timeout=_SUBMIT_TIMEOUT, retry_silence=True)
         if not isinstance(reply, SubmitReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "submission refused"))
         for w in reply.warnings:

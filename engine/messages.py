@@ -218,6 +218,8 @@ class SubmitRequest(BusMessage, tag="submit_request"):
         reuse: An earlier study directory whose FINISHED steps with the same cache key
             are reused (CACHED), as ``run --reuse``; "" for none.
         use_cache: False (``--no-cache``): neither record nor reuse cache keys.
+        request_id: Made by the client; a submit sent again with the same id (a retry)
+            gets the first one's answer, never a second study.
     """
 
     spec_text: str
@@ -233,6 +235,7 @@ class SubmitRequest(BusMessage, tag="submit_request"):
     pargs: tuple[str, ...] = ()
     reuse: str = ""
     use_cache: bool = True
+    request_id: str = ""
 
 
 class SubmitReply(BusMessage, tag="submit_reply"):
@@ -335,12 +338,8 @@ BUS_DECODER = msgspec.json.Decoder(AnyBusMessage)
 class _Matchable:
     @classmethod
     def match(cls, **fields: object) -> Matcher:
-        """A partial matcher for tests (dask's ``Instruction.match``):
-        ``PublishState.match(state=StepState.WAITING) == cmd``.
-
-        Raises:
-            TypeError: a field the message does not have.
-        """
+        """A partial matcher for tests: ``PublishState.match(state=WAITING) == cmd``
+        (``engine.matching``; TypeError for a field the message does not have)."""
         from engine.matching import Matcher
 
         return Matcher(cls, fields)

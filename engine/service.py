@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import anyio
@@ -65,8 +66,19 @@ __all__ = ["QUARANTINE_AFTER", "EngineService"]
 QUARANTINE_AFTER = 2
 """A study whose hosting failed this many times is not restarted again."""
 
+_EXPAND_TIMEOUT = 600.0  # seconds a submitted spec may take to load and expand
+_REMEMBERED_SUBMITS = 4096  # request ids whose answer is kept for a retried submit
+
 _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
                 "out_dir", "reuse", "use_cache")  # fmt: skip
+
+
+class _Submission:
+    """One submit request's answer, shared with the retries of the same request id."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: SubmitReply | None = None
 
 
 @dataclass
@@ -99,6 +111,7 @@ class EngineService:
         self.drain_timeout = drain_timeout
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
         self.hosted: dict[str, _Hosted] = {}
+        self._submissions: OrderedDict[str, _Submission] = OrderedDict()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._stop = anyio.Event()
@@ -123,8 +136,13 @@ class EngineService:
             tg.start_soon(self._heartbeat, started)
             for verb in ("submit", "status", "cancel", "restart", "throttle", "events"):
                 await tg.start(self._serve_verb, verb)
-            for entry in await self.store.list_studies(state="RUNNING"):
-                await self._launch(entry, start=Start.RESUME)
+            for entry in await self.store.list_studies():
+                if entry.request_id:
+                    self._remember(entry.request_id, SubmitReply(
+                        event_id="", ok=True, study_id=entry.study_id,
+                        study_dir=entry.study_dir))
+                if entry.state == "RUNNING":
+                    await self._launch(entry, start=Start.RESUME)
             self._log.info("engine_ready", studies=len(self.hosted))
             task_status.started()
             await self._stop.wait()
@@ -171,23 +189,61 @@ class EngineService:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")
 
+    def _remember(self, request_id: str, reply: SubmitReply) -> _Submission:
+        sub = _Submission()
+        sub.reply = reply
+        sub.done.set()
+        self._submissions[request_id] = sub
+        while len(self._submissions) > _REMEMBERED_SUBMITS:
+            self._submissions.popitem(last=False)
+        return sub
+
     async def _submit(self, req: SubmitRequest) -> SubmitReply:
+        """Answer a submit; a retry of one already seen (same ``request_id``) gets the
+        first one's answer, waiting for it if it is still being prepared."""
+        if not req.request_id:
+            return await self._submit_once(req)
+        sub = self._submissions.get(req.request_id)
+        if sub is None:
+            sub = self._submissions[req.request_id] = _Submission()
+            try:
+                sub.reply = await self._submit_once(req)
+            finally:
+                sub.done.set()
+        await sub.done.wait()
+        if sub.reply is None:  # the first copy failed unexpectedly: try again
+            self._submissions.pop(req.request_id, None)
+            return await self._submit(req)
+        return msgspec.structs.replace(sub.reply, event_id=new_event_id())
+
+    async def _submit_once(self, req: SubmitRequest) -> SubmitReply:
         rid = new_event_id()
         if self._stopping:
             return SubmitReply(event_id=rid, ok=False, error="the engine is stopping")
-        try:
+        opts = {k: getattr(req, k) for k in _SUBMIT_KEYS}
+
+        def prepare() -> StudyGraph:
+            # In a worker thread: a big spec takes seconds to expand, and the engine
+            # answers everyone else meanwhile.
             graph = self._load(req.spec_path, req.spec_text, req.out_dir or None, req.cwd,
                                req.pgen or None, req.pargs, dt.datetime.now())
-            opts = {k: getattr(req, k) for k in _SUBMIT_KEYS}
             check_study(graph, StudyOptions.from_stored(opts))
             prepare_study_dir(graph, pgen=req.pgen or None, spec_text=req.spec_text)
+            return graph
+
+        try:
+            with anyio.fail_after(_EXPAND_TIMEOUT):
+                graph = await anyio.to_thread.run_sync(prepare, abandon_on_cancel=True)
         except EngineError as exc:
             return SubmitReply(event_id=rid, ok=False, error=str(exc))
+        except TimeoutError:
+            return SubmitReply(event_id=rid, ok=False, error=(
+                f"{req.spec_path}: the spec took over {_EXPAND_TIMEOUT:g} s to expand"))
         study_id = make_study_id(graph.name)
         entry = StudyEntry(
             study_id=study_id, name=graph.name, spec_path=req.spec_path, spec_text=req.spec_text,
             study_dir=graph.study_dir, cwd=req.cwd, state="RUNNING", created=time.time(),
-            options=opts,
+            options=opts, request_id=req.request_id,
         )
         await self.store.put_study(entry)
         await self._launch(entry, graph=graph, start=Start.FRESH)
@@ -252,11 +308,11 @@ class EngineService:
         the error) if it cannot be built."""
         try:
             opts = StudyOptions.from_stored(entry.options)
-            if graph is None:
-                graph = self._load(entry.spec_path, entry.spec_text, entry.study_dir,
-                                   entry.cwd, str(entry.options.get("pgen") or "") or None,
-                                   tuple(entry.options.get("pargs") or ()),  # type: ignore[arg-type]
-                                   dt.datetime.now())
+            if graph is None:  # (expanded in a worker thread, as a submit is)
+                graph = await anyio.to_thread.run_sync(
+                    self._load, entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
+                    str(entry.options.get("pgen") or "") or None,
+                    tuple(entry.options.get("pargs") or ()), dt.datetime.now())
             study = await build_runtime(
                 graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
                 store=self.store, worker=self.worker,

@@ -55,6 +55,7 @@ class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
     ended: float | None = None
     counts: dict[str, int] = {}
     error: str = ""  # why the engine could not host it (its state is then FAILURE)
+    request_id: str = ""  # the submit request's id (a retried submit finds its study)
     hosting_failures: int = 0  # how many times hosting it failed (quarantined at 2)
 
 

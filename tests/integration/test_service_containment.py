@@ -6,6 +6,7 @@ faults are injected."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,3 +146,73 @@ async def test_a_study_that_cannot_be_built_fails_without_stopping_the_engine(
         assert ("FAILURE", "FINISHED") == (await ended(store, bad), await ended(store, good))
         assert "ValueError: embedded null byte" == (await store.get_study(bad)).error
         assert time.monotonic() - started < DEADLINE
+
+
+@pytest.fixture
+def slow_expansion(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Loading a spec blocks (in whatever thread runs it) until the test lets it go."""
+    gate = threading.Event()
+    calls: list[str] = []
+    original = EngineService._load
+
+    def load(self, spec_path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(spec_path)
+        if not gate.wait(timeout=DEADLINE):
+            raise RuntimeError("the test never released the expansion")
+        return original(self, spec_path, *args, **kwargs)
+
+    monkeypatch.setattr(EngineService, "_load", load)
+    return gate, calls
+
+
+async def test_the_engine_answers_others_while_a_big_spec_expands(
+    nats_server: str, tmp_path: Path, slow_expansion  # type: ignore[no-untyped-def]
+) -> None:
+    gate, calls = slow_expansion
+    async with engine_service(nats_server) as (bus, store):
+        async with anyio.create_task_group() as tg:
+            ids: list[str] = []
+
+            async def submitting() -> None:
+                ids.append(await submit(bus, spec(tmp_path, "big"), tmp_path / "big"))
+
+            tg.start_soon(submitting)
+            with anyio.fail_after(DEADLINE):
+                while not calls:  # the expansion has begun, and blocks
+                    await anyio.sleep(0.01)
+            reply = await bus.request(subjects.api("status"),
+                                      StatusRequest(event_id=new_event_id()), timeout=5)
+            assert isinstance(reply, StatusReply) and reply.ok
+            gate.set()
+        assert "FINISHED" == await ended(store, ids[0])
+
+
+async def test_a_retried_submit_gets_the_first_study_never_a_second(
+    nats_server: str, tmp_path: Path, slow_expansion  # type: ignore[no-untyped-def]
+) -> None:
+    gate, calls = slow_expansion
+    path = spec(tmp_path, "once")
+    request = SubmitRequest(event_id=new_event_id(), spec_text=path.read_text(),
+                            spec_path=str(path), cwd=str(tmp_path),
+                            out_dir=str(tmp_path / "once"), request_id="req-1")
+    async with engine_service(nats_server) as (bus, store):
+        replies: list[SubmitReply] = []
+
+        async def send() -> None:
+            reply = await bus.request(subjects.api("submit"), request, timeout=DEADLINE)
+            assert isinstance(reply, SubmitReply)
+            replies.append(reply)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            with anyio.fail_after(DEADLINE):
+                while not calls:
+                    await anyio.sleep(0.01)
+            tg.start_soon(send)  # the client's retry, while the first is still expanding
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        await send()  # and once more after it was answered
+        assert 3 == len(replies) and all(r.ok for r in replies), replies
+        assert 1 == len({r.study_id for r in replies})
+        assert 1 == len(calls), "the spec was expanded once"
+        assert [replies[0].study_id] == [s.study_id for s in await store.list_studies()]
