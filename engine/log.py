@@ -94,11 +94,36 @@ def configure_logging(verbosity: int = 0, *, stream=None) -> None:  # type: igno
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _StudyLogHandler(logging.FileHandler):
+    """The study's log file. If it cannot be written (a full disk), that is said once, on
+    stderr, in one line, and the file is given up: the standard handler would print a
+    traceback for every record instead."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or error or "unknown error"
+        try:
+            sys.stderr.write(f"warning: cannot write the study's log {self.baseFilename!r}: "
+                             f"{reason}; it is no longer written\n")
+        except OSError:
+            pass  # stderr is gone too: nothing left to tell
+
+
 @contextmanager
 def study_log_file(path: Path) -> Iterator[None]:
-    """While the block runs, also write every INFO+ log line to ``path`` as JSON."""
+    """While the block runs, also write every INFO+ log line to ``path`` as JSON (given up,
+    with one warning, if the file cannot be written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _StudyLogHandler(path, encoding="utf-8")
     handler.setFormatter(_json_formatter())
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
@@ -107,4 +132,7 @@ def study_log_file(path: Path) -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:
+            pass  # its last flush failed: already said once

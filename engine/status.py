@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
+import structlog
 
 from engine.machines.step import StepRecord
 from engine.messages import StepState
@@ -137,6 +138,7 @@ class StatusWriter:
         self._clock = clock
         self._interval = interval
         self._dirty = anyio.Event()
+        self._failing = False
 
     def changed(self) -> None:
         """A step changed: write the table soon."""
@@ -154,8 +156,17 @@ class StatusWriter:
             await anyio.sleep(max(self._interval, 10 * spent))
 
     def write_now(self) -> None:
-        """Write the table now."""
-        write_status(self.path, self._table.render(self._records, now=self._clock()))
+        """Write the table now. A write that fails (a full disk) leaves the last table in
+        place, says so once in the log, and is tried again at the next change."""
+        try:
+            write_status(self.path, self._table.render(self._records, now=self._clock()))
+        except OSError as exc:
+            if not self._failing:
+                structlog.get_logger("troupe.status").warning(
+                    "status_not_written", path=str(self.path), error=exc.strerror or str(exc))
+            self._failing = True
+        else:
+            self._failing = False
 
 
 def render_status(
@@ -173,9 +184,13 @@ def write_status(path: str | os.PathLike[str], text: str) -> None:
     """Atomically replace ``path`` with ``text``."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the old table stays whole
+        raise
 
 
 def read_status(path: str | os.PathLike[str]) -> list[dict[str, str]]:
