@@ -126,38 +126,40 @@ def _inspect(loader: SpecLoader, root: yaml.Node, limit: int) -> None:
     Raises:
         Refused: a rule is broken (the first node found).
     """
-    state: dict[int, int] = {}  # id -> 1 open, 2 done
-    size: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    size: dict[int, int] = {}  # id -> alias-expanded size, once done
+    open_: set[int] = set()
+    search = _TEXT_BAD.search
+    stack: list[tuple[yaml.Node, str, list[yaml.Node] | None]] = [(root, "", None)]
     while stack:
-        node, path, done = stack.pop()
+        node, path, kids = stack.pop()
         nid = id(node)
-        kids = _children(node, path)
-        if done:
-            total = 1 + sum(size[id(k)] for k, _ in kids)
+        if kids is not None:  # every child is done: this node is too
+            total = 1 + sum(size[id(k)] for k in kids)
             if total > limit:
                 raise Refused(path, f"the YAML has more than {limit} YAML nodes once aliases are "
                               f"expanded (line {node.start_mark.line + 1}); raise the limit with "
                               "the environment variable TROUPE_MAX_YAML_NODES")  # fmt: skip
             size[nid] = total
-            state[nid] = 2
+            open_.discard(nid)
             continue
-        seen = state.get(nid)
-        if seen == 2:
+        if nid in size:
             continue
-        if seen == 1:
+        if nid in open_:
             raise Refused(path, f"the alias at line {node.start_mark.line + 1} refers to itself")
-        state[nid] = 1
         if isinstance(node, yaml.ScalarNode):
-            bad = _TEXT_BAD.search(node.value)
+            bad = search(node.value)
             if bad:
                 raise Refused(path, f"control character '{printable(bad.group())}' in "
                               f"'{printable(node.value[:80])}' at line {node.start_mark.line + 1}"
                               " (only tab and newline are allowed, and only in free text)")
-        elif isinstance(node, yaml.MappingNode):
+            size[nid] = 1
+            continue
+        if isinstance(node, yaml.MappingNode):
             _check_keys(loader, node, path)
-        stack.append((node, path, True))
-        stack.extend((k, p, False) for k, p in reversed(kids))
+        children = _children(node, path)
+        open_.add(nid)
+        stack.append((node, path, [k for k, _ in children]))
+        stack.extend((k, p, None) for k, p in reversed(children))
 
 
 def _children(node: yaml.Node, path: str) -> list[tuple[yaml.Node, str]]:

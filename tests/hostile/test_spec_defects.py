@@ -233,7 +233,7 @@ def test_a_5000_digit_integer_is_a_spec_error_not_a_traceback(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("troupe", "field"),
     [
-        ("{retry: {cap: 1.0e400}}", "troupe.retry.cap"),
+        ("{retry: {cap: 1.0e+400}}", "troupe.retry.cap"),
         ("{retry: {factor: .inf}}", "troupe.retry.factor"),
         (f"{{throttle: {10**400}}}", "troupe.throttle"),
         (f"{{kill_grace: {10**400}}}", "troupe.kill_grace"),
