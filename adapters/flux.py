@@ -39,7 +39,7 @@ from adapters.flux_script import (
 from adapters.jobwatch import JobState
 from adapters.scheduler import SchedulerAdapter, text
 from adapters.slurm_script import is_scheduled
-from engine.spec.naming import make_safe_path
+from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
     from adapters.base import Adapter
@@ -103,7 +103,8 @@ class FluxAdapter(SchedulerAdapter):
         word = shlex.quote(str(exit_file)) if exit_file is not None else None
         paths = {}
         for is_restart in (False, True) if step.restart else (False,):
-            path = ws / f"{make_safe_path(step.name)}{'.restart' if is_restart else ''}.flux.sh"
+            path = Path(contained_path(
+                ws, f"{step.name}{'.restart' if is_restart else ''}.flux.sh"))
             path.write_text(flux_script(step, self.batch, shell=self.shell, restart=is_restart,
                                         exit_file=word))  # fmt: skip
             path.chmod(_EXEC)
@@ -204,7 +205,7 @@ class FluxAdapter(SchedulerAdapter):
 
 def _exit_file(step: StepInstance, key: str) -> Path:
     token = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(step.workspace) / f"{make_safe_path(step.name)}.{token}.exit"
+    return Path(contained_path(step.workspace, f"{step.name}.{token}.exit"))
 
 
 def _cancel_with_bindings(job: int, uri: str | None) -> None:

@@ -39,7 +39,7 @@ from adapters.base import (
     SubmitError,
     map_exceptions,
 )
-from engine.spec.naming import make_safe_path
+from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -65,7 +65,7 @@ _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 def script_path(step: StepInstance, *, restart: bool = False) -> Path:
     """Where the step's script lives: ``<workspace>/<safe name>[.restart].sh``."""
     suffix = ".restart.sh" if restart else ".sh"
-    return Path(step.workspace) / f"{make_safe_path(step.name)}{suffix}"
+    return Path(contained_path(step.workspace, f"{step.name}{suffix}"))
 
 
 def output_stem(step: StepInstance) -> str:

@@ -46,7 +46,7 @@ from adapters.slurm_parse import (
 from adapters.slurm_script import (
     HeaderError, is_scheduled, job_name, script_name, slurm_exit_file, slurm_script,
 )  # fmt: skip
-from engine.spec.naming import make_safe_path
+from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
     from adapters.base import Adapter
@@ -59,7 +59,7 @@ _EXEC = 0o755
 
 def exit_file_path(step: StepInstance, job_id: str) -> Path:
     """Where the trailer of ``step``'s job ``job_id`` writes its exit status."""
-    return Path(step.workspace) / f"{make_safe_path(step.name)}.{job_id}.exit"
+    return Path(contained_path(step.workspace, f"{step.name}.{job_id}.exit"))
 
 
 class _Sbatch(NamedTuple):
@@ -137,7 +137,7 @@ class SlurmAdapter(SchedulerAdapter):
         exit_file = slurm_exit_file(step.workspace, step) if trailer else None
         paths = {}
         for is_restart in (False, True) if step.restart else (False,):
-            path = ws / script_name(step, restart=is_restart)
+            path = Path(contained_path(ws, script_name(step, restart=is_restart)))
             path.write_text(slurm_script(step, self.batch, shell=self.shell,
                                          restart=is_restart, exit_file=exit_file))  # fmt: skip
             path.chmod(_EXEC)

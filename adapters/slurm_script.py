@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapters.launcher import expand_srun
-from engine.spec.naming import make_safe_path
+from engine.spec.naming import contained_path, make_safe_path
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -246,5 +246,5 @@ def wrap_with_trailer(cmd: str, exit_file: str) -> str:
 
 def slurm_exit_file(workspace: str, step: StepInstance) -> str:
     """The shell word for a Slurm job's exit file: ``<ws>/<safe name>.<jobid>.exit``."""
-    prefix = os.path.join(workspace, make_safe_path(step.name))
+    prefix = contained_path(workspace, step.name)
     return shlex.quote(prefix + ".") + '"${SLURM_JOB_ID:-unknown}"' + shlex.quote(".exit")

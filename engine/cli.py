@@ -23,7 +23,7 @@ import click
 from engine import __version__
 from engine import log as _log  # noqa: F401  # first: it imports structlog without rich
 from engine.bus import Credentials
-from engine.errors import EngineError
+from engine.errors import EngineError, printable
 
 __all__ = ["main"]
 
@@ -31,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)  # one line, whatever it quotes
     sys.exit(code)
 
 
@@ -79,7 +79,7 @@ def _load(spec: str, out: str | None, pgen: str | None, pargs: Sequence[str]):  
 
     graph = load_study(spec, out_dir=out, now=dt.datetime.now(), cwd=os.getcwd(), pgen=pgen, pargs=pargs)
     for warning in graph.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {printable(warning)}", err=True)
     return graph
 
 
@@ -166,7 +166,10 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
 def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...],
              explain: bool, reuse: str | None) -> None:
     """Check SPEC and print its expanded steps, workspaces and dependencies."""
+    from engine.settings import CliOverrides, step_policies
+
     graph = _load(spec, out, pgen, pargs)
+    step_policies(graph, CliOverrides())  # what `run` refuses next (an undeclared group...)
     root = Path(graph.study_dir)
     click.echo(f"{graph.name}: {len(graph.steps)} steps, study directory {root}")
     by_name = graph.by_name

@@ -15,7 +15,17 @@ __all__ = [
     "SpecError",
     "StoreConflict",
     "StoreError",
+    "printable",
 ]
+
+_CONTROL = {c: repr(chr(c))[1:-1] for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_CONTROL |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped as ``repr`` would (``\\n``, ``\\x00``),
+    so that a name taken from a spec prints as one line and cannot forge another."""
+    return text.translate(_CONTROL)
 
 
 class EngineError(Exception):
@@ -35,14 +45,17 @@ class SpecError(ConfigError):
         field: The field path inside the spec, e.g. ``study[2].run.depends``; empty when
             the problem concerns the whole file (e.g. malformed YAML).
         message: What is wrong, without the file and field.
+
+    Control characters in all three are escaped (:func:`printable`): the message is one
+    line even when it quotes a hostile name.
     """
 
     def __init__(self, file: str, field: str, message: str) -> None:
         self.file = str(file)
-        self.field = field
-        self.message = message
-        prefix = f"{self.file}: {field}: " if field else f"{self.file}: "
-        super().__init__(prefix + message)
+        self.field = printable(field)
+        self.message = printable(message)
+        prefix = f"{self.file}: {self.field}: " if field else f"{self.file}: "
+        super().__init__(printable(prefix) + self.message)
 
 
 class InvalidTransition(EngineError):

@@ -13,6 +13,7 @@ import gc
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TextIO
 
 import anyio
@@ -28,6 +29,7 @@ from engine.log import study_log_file
 from engine.messages import StudyState
 from engine.natsserver import open_embedded_server
 from engine.spec.graph import StudyGraph
+from engine.spec.naming import contained_path
 
 __all__ = ["RunOptions", "default_progress_stream", "run_study"]
 
@@ -61,7 +63,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
     check_study(graph, opts.study)
     root = prepare_study_dir(graph, pgen=opts.pgen)
     study_id = make_study_id(graph.name)
-    log_path = root / "logs" / f"{graph.name}.log"
+    # Maestro's logs/<raw name>.log, sanitised: a name like '../../x' must stay in logs/.
+    log_path = Path(contained_path(root / "logs", f"{graph.name}.log", keep_spaces=True))
     with study_log_file(log_path):
         log = structlog.get_logger("troupe.run").bind(study_id=study_id)
         log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))

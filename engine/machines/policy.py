@@ -107,7 +107,11 @@ def backoff_delay(policy: RetryPolicy, retry: int, *, key: str = "") -> float:
     Returns:
         The delay in seconds, >= 0.
     """
-    base = min(policy.cap, policy.initial_delay * policy.factor ** max(retry - 1, 0))
+    try:
+        grown = policy.initial_delay * policy.factor ** max(retry - 1, 0)
+    except OverflowError:  # factor**n beyond a float (many retries): the cap applies
+        grown = policy.cap
+    base = min(policy.cap, grown)
     if policy.jitter <= 0 or base <= 0:
         return base
     spread = zlib.crc32(f"{key}#{retry}".encode()) / 0xFFFFFFFF  # in [0, 1]

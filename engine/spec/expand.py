@@ -29,9 +29,16 @@ from engine.spec.environment import (
 from engine.spec.graph import GitDependency, PathDependency, Resources, StepInstance, StudyGraph
 from engine.spec.loader import funnel_target, load_spec
 from engine.spec.model import INT_RESOURCE_KEYS, Spec, Step
-from engine.spec.naming import make_safe_path, study_dir_for, unsafe_dir_reason
+from engine.spec.naming import (
+    UnsafePath,
+    contained_path,
+    make_safe_path,
+    study_dir_for,
+    unsafe_dir_reason,
+)
 from engine.spec.pgen import ParameterTable, load_generator
-from engine.spec.policy import MERLIN_CODES
+from engine.spec.policy import MERLIN_CODES, parse_walltime
+from engine.spec.safety import DEFAULT_MAX_INSTANCES, name_problem
 
 __all__ = ["expand_study", "load_study", "maestro_topological_order"]
 
@@ -39,6 +46,7 @@ _SOURCE = "_source"
 # Maestro's WSREGEX character class, minus '$', '(' and ')': with them, two references that
 # touch ('$(a.workspace)/x:$(b.workspace)') are read as one step named 'a.workspace)/x:$(b'.
 _WS_REF = re.compile(r"\$\(([-!%\^&\*_\+\|~=`{}\[\]:;<>\?,\./\w]+)\.workspace\)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # a resource lands in a scheduler header
 _INT_FIELDS = {k.replace(" ", "_") for k in INT_RESOURCE_KEYS}
 
 
@@ -188,9 +196,18 @@ class _Expander:
         self.out: dict[str, StepInstance] = {}
         self.by_workspace: dict[str, str] = {}  # workspace -> first instance using it
         self.warnings: list[str] = []
+        limits = spec.troupe.get("limits") or {}
+        self.max_instances: int = limits.get("max_instances", DEFAULT_MAX_INSTANCES)
 
     def fail(self, field: str, message: str) -> NoReturn:
         raise SpecError(self.spec.path, field, message)
+
+    def path(self, field: str, *parts: str) -> str:
+        """``contained_path`` under the study directory, its refusal as a SpecError."""
+        try:
+            return contained_path(self.study_dir, *parts)
+        except UnsafePath as exc:
+            self.fail(field, str(exc))
 
     def stage(self, i: int, node: _Node) -> None:
         name, field = node.name, f"study[{i}].run"
@@ -221,10 +238,9 @@ class _Expander:
             if ref not in funnels:
                 used |= self.used[ref]
         self.used[name] = used
-        step_dir = make_safe_path(name)
         self.instances[name] = []
         if not used:
-            ws = os.path.join(self.study_dir, step_dir)
+            ws = self.path(f"study[{i}].name", name)
             self.workspaces[name] = ws
             self.emit(i, node, name, ws, None, refs, funnels)
             return
@@ -233,11 +249,10 @@ class _Expander:
             inst = f"{name}_{combo_str}"
             if inst in self.out and self.out[inst].step == name:
                 continue  # same labels as an earlier combination: one instance (Maestro)
-            leaf = make_safe_path(combo_str)
-            reason = unsafe_dir_reason(leaf, top_level=False)
+            reason = unsafe_dir_reason(make_safe_path(combo_str), top_level=False)
             if reason:
                 self.fail("global.parameters", f"step '{name}': combination '{combo_str}' {reason}")
-            ws = os.path.join(self.study_dir, step_dir, leaf)
+            ws = self.path("global.parameters", name, combo_str)
             self.workspaces[inst] = ws
             self.emit(i, node, inst, ws, combo, refs, funnels)
 
@@ -248,14 +263,27 @@ class _Expander:
         if inst in self.out:
             self.fail(f"study[{i}].name", f"instance name '{inst}' is already taken by an "
                       f"instance of step '{self.out[inst].step}'")  # fmt: skip
+        problem = name_problem(inst)
+        if problem:
+            self.fail("global.parameters" if combo else f"study[{i}].name",
+                      f"step instance name {inst[:80]!r} {problem}")
+        if len(self.out) >= self.max_instances:
+            self.fail("troupe.limits.max_instances", f"the study expands to more than "
+                      f"{self.max_instances} step instances; raise the limit with "
+                      "troupe: {limits: {max_instances: N}}")  # fmt: skip
+        # Invariant: one workspace per instance. Its script and output files are named after
+        # the instance inside it, so no two instances can share those either.
         other = self.by_workspace.setdefault(ws, inst)
         if other != inst:  # e.g. labels 'P.a/b' and 'P.a:b' both sanitise to 'P.ab'
-            self.warnings.append(f"instances '{other}' and '{inst}' share the workspace {ws}")
+            self.fail(f"study[{i}]", f"instances '{other}' and '{inst}' would share the "
+                      f"workspace {os.path.relpath(ws, self.study_dir)} (and its script and "
+                      "output files); give the parameter values or labels that differ in "
+                      "more than punctuation")  # fmt: skip
         apply = combo.apply if combo is not None else (lambda s: s)
         cmd, restart = apply(node.cmd), apply(node.restart)
         for ref in refs:
             if ref in funnels or not self.used[ref]:  # a funnel's: the dir of all its combos
-                target = os.path.join(self.study_dir, make_safe_path(ref))
+                target = self.path(f"study[{i}].run.cmd", ref)
             else:
                 assert combo is not None  # a parameterised ref makes this step parameterised
                 target = self.workspaces[f"{ref}_{combo.param_string(self.used[ref])}"]
@@ -283,7 +311,7 @@ class _Expander:
                 parents.append(target)
         used = self.used[node.name]
         params = tuple(sorted((k, str(combo.values[k])) for k in used)) if combo else ()
-        resources = self.resources(node, apply)
+        resources = self.resources(node, apply, i)
         self.warn(node.name, [*unresolved_tokens(cmd), *unresolved_tokens(restart)])
         self.out[inst] = StepInstance(
             name=inst, step=node.name, description=apply(node.description), workspace=ws,
@@ -293,17 +321,25 @@ class _Expander:
         )  # fmt: skip
         self.instances[node.name].append(inst)
 
-    def resources(self, node: _Node, apply: Any) -> Resources:
+    def resources(self, node: _Node, apply: Any, i: int) -> Resources:
         fields: dict[str, Any] = {}
         for key, value in node.resources.items():
             if isinstance(value, str):
                 value = apply(value)
+                if _CONTROL.search(value):
+                    self.fail(f"study[{i}].run.{key}", f"{value[:80]!r} must be one line once "
+                              "variables and parameters are substituted")  # fmt: skip
                 self.warn(node.name, unresolved_tokens(value), f" in run.{key}")
                 if key in _INT_FIELDS and value.isdigit():
                     value = int(value)
                 elif key == "exclusive" and value.lower() in ("true", "false"):
                     value = value.lower() == "true"
             fields[key] = value
+        if "walltime" in fields:  # as engine.settings parses it at run time: refuse it now
+            try:
+                parse_walltime(fields["walltime"])
+            except ValueError as exc:
+                self.fail(f"study[{i}].run.walltime", str(exc))
         return Resources(**fields)
 
     def warn(self, step: str, tokens: list[str], where: str = "") -> None:

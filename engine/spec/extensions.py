@@ -32,6 +32,13 @@ import msgspec
 from engine.spec.conditions import ConditionError, references
 from engine.spec.conditions import parse as parse_condition
 from engine.spec.policy import RetryPolicy
+from engine.spec.safety import (
+    DEFAULT_MAX_INSTANCES,
+    MAX_COUNT,
+    MAX_SECONDS,
+    bounded_int,
+    bounded_number,
+)
 
 __all__ = [
     "MERLIN_RUN_KEYS",
@@ -46,7 +53,8 @@ MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
-                "hw_limit", "races", "cache")  # fmt: skip
+                "hw_limit", "races", "cache", "limits")  # fmt: skip
+_LIMIT_KEYS = ("max_instances",)
 
 Fail = Callable[[str, str], NoReturn]
 
@@ -66,6 +74,8 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
         cache: A cache directory shared by runs of this spec (memoized steps).
         races: Per race group, ``{check: CMD}``: a finished racer wins only if CMD exits 0
             in its workspace (default: exit code 0 alone wins).
+        limits: Bounds on what the spec may cause: ``max_instances`` (step instances after
+            expansion, default 1,000,000; see ``engine.spec.safety``).
     """
 
     throttle: int | None = None
@@ -78,14 +88,26 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
     hw_limit: int | None = None
     races: dict[str, dict[str, str]] = {}
     cache: str = ""
+    limits: dict[str, int] = {}
+
+    @property
+    def max_instances(self) -> int:
+        """The most step instances the study may expand to."""
+        return self.limits.get("max_instances", DEFAULT_MAX_INSTANCES)
 
 
 def _is_int(v: Any, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return bounded_int(v, low, MAX_COUNT)
 
 
 def _is_num(v: Any, low: float) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
+    return bounded_number(v, low, MAX_SECONDS)
+
+
+def _shown(v: Any) -> str:
+    """A value for a message: long numbers are cut (a 4,000-digit int is one line too)."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _check_retry(value: Any, field: str, fail: Fail) -> None:
@@ -99,8 +121,9 @@ def _check_retry(value: Any, field: str, fail: Fail) -> None:
         if key == "jitter":
             ok = ok and val <= 1
         if not ok:
-            fail(f"{field}.{key}", f"must be a number >= {low}" + (" and <= 1" if key == "jitter"
-                 else "") + f", not {val!r}")  # fmt: skip
+            high = 1 if key == "jitter" else MAX_COUNT if key == "max_attempts" else MAX_SECONDS
+            fail(f"{field}.{key}", f"must be a finite number from {low} to {high:g}, "
+                 f"not {_shown(val)}")  # fmt: skip
 
 
 def _check_limits(value: Any, field: str, fail: Fail) -> None:
@@ -110,7 +133,18 @@ def _check_limits(value: Any, field: str, fail: Fail) -> None:
         if not isinstance(name, str) or not name:
             fail(field, f"names must be non-empty strings, not {name!r}")
         if not _is_int(limit, 0):
-            fail(f"{field}.{name}", f"must be an integer >= 0 (0 = unlimited), not {limit!r}")
+            fail(f"{field}.{name}", f"must be an integer from 0 (unlimited) to {MAX_COUNT}, "
+                 f"not {_shown(limit)}")
+
+
+def _check_limit_block(value: Any, field: str, fail: Fail) -> None:
+    if not isinstance(value, dict):
+        fail(field, f"must be a mapping ({', '.join(_LIMIT_KEYS)}), not {_shown(value)}")
+    for key, val in value.items():
+        if key not in _LIMIT_KEYS:
+            fail(f"{field}.{key}", f"unknown key '{key}' (allowed: {', '.join(_LIMIT_KEYS)})")
+        if not _is_int(val, 1):
+            fail(f"{field}.{key}", f"must be an integer from 1 to {MAX_COUNT}, not {_shown(val)}")
 
 
 def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
@@ -124,11 +158,14 @@ def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
         if key not in _TROUPE_KEYS:
             fail(field, f"unknown key '{key}' (allowed: {', '.join(_TROUPE_KEYS)})")
         if key in ("throttle", "rlimit", "hw_limit") and not _is_int(value, 0):
-            fail(field, f"must be an integer >= 0, not {value!r}")
+            fail(field, f"must be an integer from 0 to {MAX_COUNT}, not {_shown(value)}")
         if key == "attempts" and not _is_int(value, 1):
-            fail(field, f"must be an integer >= 1, not {value!r}")
+            fail(field, f"must be an integer from 1 to {MAX_COUNT}, not {_shown(value)}")
         if key == "kill_grace" and not _is_num(value, 0):
-            fail(field, f"must be a number of seconds >= 0, not {value!r}")
+            fail(field, f"must be a number of seconds from 0 to {MAX_SECONDS:g}, "
+                 f"not {_shown(value)}")
+        if key == "limits":
+            _check_limit_block(value, field, fail)
         if key in ("throttles", "groups"):
             _check_limits(value, field, fail)
         if key == "retry":
@@ -155,7 +192,7 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
         fail(f"{field}.group", f"must be a non-empty string, not {run['group']!r}")
     if "restart_limit" in run and not _is_int(run["restart_limit"], 0):
         fail(f"{field}.restart_limit", f"must be an integer >= 0 (0 = unlimited), "
-             f"not {run['restart_limit']!r}")  # fmt: skip
+             f"not {_shown(run['restart_limit'])}")  # fmt: skip
     if "retry" in run:
         _check_retry(run["retry"], f"{field}.retry", fail)
     if "when" in run:
@@ -171,9 +208,9 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
         if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
             fail(f"{field}.group_by", f"must be a list of parameter names, not {keys!r}")
     if "max_retries" in run and not _is_int(run["max_retries"], 0):
-        fail(f"{field}.max_retries", f"must be an integer >= 0, not {run['max_retries']!r}")
+        fail(f"{field}.max_retries", f"must be an integer >= 0, not {_shown(run['max_retries'])}")
     if "retry_delay" in run and not _is_num(run["retry_delay"], 0):
-        fail(f"{field}.retry_delay", f"must be a number of seconds >= 0, not {run['retry_delay']!r}")
+        fail(f"{field}.retry_delay", f"must be a number of seconds >= 0, not {_shown(run['retry_delay'])}")
     for key in ("shell", "task_queue"):
         if key in run and not (isinstance(run[key], str) and run[key].strip()):
             fail(f"{field}.{key}", f"must be a non-empty string, not {run[key]!r}")

@@ -27,6 +27,13 @@ from engine.spec.extensions import (
 )
 from engine.spec.model import INT_RESOURCE_KEYS, RUN_KEYS, Description, Env, Parameter, Spec, Step
 from engine.spec.naming import make_safe_path, unsafe_dir_reason
+from engine.spec.safety import (
+    MAX_COUNT,
+    Refused,
+    SpecLoader,
+    check_spec_names,
+    max_spec_bytes,
+)
 
 __all__ = ["funnel_target", "load_spec", "parse_spec", "validate_spec"]
 
@@ -63,25 +70,33 @@ def load_spec(
         return validate_spec(file, parse_spec(file, text))
     try:
         with open(os.path.join(cwd or "", file), encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(max_spec_bytes() + 1)  # never read more than the limit allows
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(file, "", f"cannot read spec: {exc}") from exc
     return validate_spec(file, parse_spec(file, text))
 
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def parse_spec(file: str, text: str) -> Any:
     """Parse YAML text with ``yaml.safe_load`` (anchors and ``<<:`` merges work; tags do not).
 
+    The loader is :class:`~engine.spec.safety.SpecLoader`: ``safe_load``'s semantics, with
+    the size, alias-expansion, duplicate-key and control-character rules of
+    :mod:`engine.spec.safety` checked before any object is built.
+
     Raises:
-        SpecError: Malformed YAML (with line and column) or a Python/unknown tag.
+        SpecError: Malformed YAML (with line and column), a Python/unknown tag, or a
+            broken safety rule (naming the field and the limit).
     """
+    limit = max_spec_bytes()
+    if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise SpecError(file, "", f"the spec is larger than {limit} bytes; raise the limit with "
+                        "the environment variable TROUPE_MAX_SPEC_BYTES")  # fmt: skip
     try:
         # safe_load's semantics, with libyaml's C parser when PyYAML has it (10x faster on
         # big sweeps): CSafeLoader builds plain data only, exactly like SafeLoader.
-        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a safe loader
+    except Refused as exc:
+        raise SpecError(file, exc.field, exc.message) from exc
     except yaml.constructor.ConstructorError as exc:
         where = _where(exc)
         tag = re.search(r"tag '([^']*)'", str(exc.problem))
@@ -165,6 +180,7 @@ class _Validator:
         study = self.study(top.get("study"))
         params = self.parameters(top.get("global.parameters") or {})
         self.namespace(env, params)
+        check_spec_names(top, self.fail)
         try:
             return Spec(
                 path=self.file,
@@ -287,7 +303,8 @@ class _Validator:
         for key, low in INT_RESOURCE_KEYS.items():
             if key in run and not _int_or_ref(run[key], low):
                 self.fail(f"{field}.{key}", f"must be an integer >= {low} or exactly '$(VAR)', "
-                          f"not {run[key]!r}")  # fmt: skip
+                          f"not {_short(run[key])}" + (f" (at most {MAX_COUNT})" if isinstance(
+                              run[key], int) and run[key] > MAX_COUNT else ""))  # fmt: skip
         if "walltime" in run and not (
             _int_or_ref(run["walltime"], 0) or (isinstance(run["walltime"], str) and run["walltime"])
         ):
@@ -390,7 +407,7 @@ def _int_or_ref(value: Any, low: int) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return value >= low
+        return low <= value <= MAX_COUNT
     return isinstance(value, str) and _VAR_REF.match(value) is not None
 
 
@@ -410,6 +427,11 @@ def _find_path(start: str, goal: str, names: dict[str, int], steps: list) -> lis
     return []
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -418,7 +440,7 @@ def _kind(value: Any) -> str:
     if value == "":
         return "an empty string"
     return {dict: "a mapping", list: "a list", str: "a string"}.get(
-        type(value), f"{type(value).__name__} {value!r}"
+        type(value), f"{type(value).__name__} {_short(value)}"
     )
 
 

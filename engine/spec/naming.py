@@ -14,10 +14,20 @@ import os
 import string
 from typing import TYPE_CHECKING
 
+from engine.errors import ConfigError, printable
+
 if TYPE_CHECKING:
     from engine.spec.model import Spec
 
-__all__ = ["RESERVED_DIRS", "SAFE_CHARS", "make_safe_path", "study_dir_for", "unsafe_dir_reason"]
+__all__ = [
+    "RESERVED_DIRS",
+    "SAFE_CHARS",
+    "UnsafePath",
+    "contained_path",
+    "make_safe_path",
+    "study_dir_for",
+    "unsafe_dir_reason",
+]
 
 #: Characters Maestro keeps in a path component (``maestrowf.utils.make_safe_path``).
 SAFE_CHARS = frozenset("-_.() " + string.ascii_letters + string.digits)
@@ -44,6 +54,57 @@ def make_safe_path(s: str) -> str:
         The sanitised component.
     """
     return "".join(c for c in s if c in SAFE_CHARS).replace(" ", "_")
+
+
+class UnsafePath(ConfigError):
+    """Raised by :func:`contained_path` when a name from a spec cannot be a path component
+    (empty, ``.`` or ``..`` once sanitised) or the path would leave its root.
+
+    Attributes:
+        root: The directory the path must stay in.
+        component: The offending component, as given.
+        reason: Why it was refused.
+    """
+
+    def __init__(self, root: str, component: str, reason: str) -> None:
+        self.root = root
+        self.component = component
+        self.reason = reason
+        super().__init__(f"path component {printable(component)!r} under {root} {reason}")
+
+
+def contained_path(root: str | os.PathLike[str], *parts: str, keep_spaces: bool = False) -> str:
+    """Join names from a spec under ``root``, each sanitised, and check the result stays there.
+
+    This is the one way a path is built from spec content (study, step, combination, log and
+    script names). Each part goes through :func:`make_safe_path` (Maestro's rule, so names
+    Maestro accepts give Maestro's paths), must not then be empty, ``.`` or ``..``, and the
+    joined, normalised path must lie strictly inside ``root``.
+
+    Args:
+        root: The directory the path must stay inside (the study directory, a workspace).
+        parts: Path components, one name each (a ``/`` in a name is dropped, not followed).
+        keep_spaces: Keep spaces instead of turning them into ``_``, for the files Maestro
+            names after the raw study name (``logs/<name>.log``).
+
+    Returns:
+        The joined path.
+
+    Raises:
+        UnsafePath: A part is empty or a dot name once sanitised, or the path escapes.
+    """
+    base = os.path.normpath(os.fspath(root))
+    safe: list[str] = []
+    for part in parts:
+        name = "".join(c for c in part if c in SAFE_CHARS)
+        name = name if keep_spaces else name.replace(" ", "_")
+        if name in ("", ".", ".."):
+            raise UnsafePath(base, part, "is empty or a dot name once sanitised")
+        safe.append(name)
+    path = os.path.join(base, *safe)
+    if os.path.commonpath([base, os.path.normpath(path)]) != base or path == base:
+        raise UnsafePath(base, "/".join(parts), "would leave the directory")
+    return path
 
 
 def unsafe_dir_reason(component: str, *, top_level: bool) -> str | None:

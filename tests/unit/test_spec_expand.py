@@ -111,16 +111,23 @@ def test_workspaces_are_sanitised_but_names_keep_raw_characters():
         graph.by_name[name].params)  # fmt: skip
 
 
-def test_unsafe_characters_are_dropped_from_workspaces_and_a_shared_one_is_warned(tmp_path):
+def test_unsafe_characters_are_dropped_from_workspaces_and_a_shared_one_is_refused(tmp_path):
     graph = expand(tmp_path, """\
         study:
             - {name: a, description: d, run: {cmd: echo $(P)}}
         global.parameters:
-            P: {values: [a/b, "a:b"], label: P.%%}
+            P: {values: [a/b, "a:c"], label: P.%%}
         """)  # fmt: skip
-    assert ["a_P.a/b", "a_P.a:b"] == names(graph)
-    assert ["a/P.ab", "a/P.ab"] == [rel(graph, n) for n in names(graph)]
-    assert ("instances 'a_P.a/b' and 'a_P.a:b' share the workspace /s/a/P.ab",) == graph.warnings
+    assert ["a_P.a/b", "a_P.a:c"] == names(graph)
+    assert ["a/P.ab", "a/P.ac"] == [rel(graph, n) for n in names(graph)]
+    with pytest.raises(SpecError, match=r"^.*: study\[0\]: instances 'a_P.a/b' and 'a_P.a:b' "
+                       r"would share the workspace a/P.ab .*$"):  # fmt: skip
+        expand(tmp_path, """\
+            study:
+                - {name: a, description: d, run: {cmd: echo $(P)}}
+            global.parameters:
+                P: {values: [a/b, "a:b"], label: P.%%}
+            """)  # fmt: skip
 
 
 def test_a_combination_that_would_leave_its_step_directory_is_rejected(tmp_path):
