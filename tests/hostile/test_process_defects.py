@@ -206,6 +206,19 @@ def test_serve_replaces_credentials_it_did_not_write_with_mode_0600(
     assert 1 == refused.returncode
 
 
+def test_serve_replaces_credentials_another_user_owns(engine: Engine) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    engine.state.mkdir(mode=0o700)
+    planted = engine.state / "credentials.json"
+    planted.write_text(json.dumps({"user": "troupe", "password": "known-to-others"}))
+    os.chmod(planted, 0o600)
+    os.chown(planted, 65534, 65534)
+    engine.start()
+    assert "known-to-others" != json.loads(planted.read_text())["password"]
+    assert os.geteuid() == os.stat(planted).st_uid
+
+
 def test_serve_keeps_its_own_credentials_across_restarts(engine: Engine) -> None:
     engine.start()
     first = (engine.state / "credentials.json").read_text()
