@@ -14,7 +14,9 @@ a step that is still running, or to learn how it ended. Under ``enginectl run``,
 nothing resumes, the script is executed directly (one process per step). Completion is
 pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
-once its leader is gone so that no process of the step survives it.
+once its leader is gone so that no process of the step survives it. Given a
+``GroupWatchdog`` (``enginectl run``), each running step's group is also SIGKILLed if
+the engine itself dies (see ``adapters.watchdog``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from adapters.base import (
 from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
+    from adapters.watchdog import GroupWatchdog
     from engine.spec.graph import StepInstance
 
 __all__ = ["LocalAdapter", "output_stem", "script_path"]
@@ -88,6 +91,8 @@ class LocalAdapter(Adapter):
             restarts can adopt the attempt or learn how it ended (``enginectl serve``).
             Without it (``enginectl run``, which nothing resumes) the script is the
             process: one process per step, as in the floor.
+        watchdog: Told about every group this adapter starts and reaps, so that the
+            groups still running are killed if the engine dies (``enginectl run``).
     """
 
     name = "local"
@@ -95,9 +100,10 @@ class LocalAdapter(Adapter):
     def __init__(
         self, *, shell: str = "/bin/bash", kill_grace: float = DEFAULT_KILL_GRACE,
         strip_launcher: bool = False, env: dict[str, str] | None = None,
-        adoptable: bool = True,
+        adoptable: bool = True, watchdog: GroupWatchdog | None = None,
     ) -> None:
         self.shell = shell
+        self.watchdog = watchdog
         self.adoptable = adoptable
         self.strip_launcher = strip_launcher
         self.kill_grace = kill_grace
@@ -145,6 +151,8 @@ class LocalAdapter(Adapter):
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
             job = self._spawn(step, attempt, restart=request.restart)
+        if self.watchdog is not None:
+            self.watchdog.watch(job.pid)
         self._jobs[(step.name, attempt)] = job
         return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
@@ -248,6 +256,8 @@ class LocalAdapter(Adapter):
             # Whatever the cancelled step started in its group dies with it.
             self._cancelled.discard(key)
             _killpg(job.pid, signal.SIGKILL)
+        if self.watchdog is not None:
+            self.watchdog.forget(job.pid)  # reaped: the pgid may be reused from now on
         if code is None:
             return JobResult(outcome=JobOutcome.LOST, detail="adopted process left no exit status")
         outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
@@ -268,6 +278,8 @@ class LocalAdapter(Adapter):
             else:
                 await job.exited.wait()  # set by wait() once the process is gone
         _killpg(job.pid, signal.SIGKILL)
+        if self.watchdog is not None and (job.popen is None or job.popen.returncode is not None):
+            self.watchdog.forget(job.pid)
         self._jobs.pop(key, None)
 
     def kill_all_now(self) -> None:

@@ -114,7 +114,8 @@ def main(verbose: int) -> None:
               help="Runs of a step that fails (default 1: no retry).")
 @click.option("--nats-url", metavar="URL", help="Use this NATS server instead of an embedded one.")
 @click.option("--user", help="NATS user (with --nats-url).")
-@click.option("--password", help="NATS password (with --nats-url).")
+@click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="File holding the NATS password (with --nats-url; else $TROUPE_NATS_PASSWORD).")
 @click.option("--token", help="NATS token (with --nats-url).")
 @click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
@@ -130,23 +131,24 @@ def main(verbose: int) -> None:
 @_friendly_errors
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
         attempts: int | None, nats_url: str | None,
-        user: str | None, password: str | None, token: str | None, creds: str | None,
+        user: str | None, password_file: str | None, token: str | None, creds: str | None,
         tls_ca: str | None, run_local: bool, reuse: str | None, no_cache: bool,
         kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
+    from engine.client import read_password
     from engine.hosting import StudyOptions
     from engine.runner import RunOptions, default_progress_stream, run_study
 
-    if (user or password or token or creds or tls_ca) and not nats_url:
-        _fail("--user/--password/--token/--creds/--tls-ca need --nats-url")
+    if (user or password_file or token or creds or tls_ca) and not nats_url:
+        _fail("--user/--password-file/--token/--creds/--tls-ca need --nats-url")
     graph = _load(spec, out, pgen, pargs)
     study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
                          kill_grace=kill_grace, dry_run=dry, run_local=run_local,
                          reuse=reuse or "", use_cache=not no_cache)
     opts = RunOptions(
         study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
-        credentials=Credentials(user=user, password=password, token=token,
-                                creds_file=creds, tls_ca=tls_ca),
+        credentials=Credentials(user=user, password=read_password(password_file) if nats_url
+                                else None, token=token, creds_file=creds, tls_ca=tls_ca),
     )
     state = anyio.run(run_study, graph, opts)
     click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)
@@ -235,19 +237,22 @@ def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
                    "(default: $TROUPE_STATE_DIR or ~/.local/state/troupe).")
 @click.option("--nats-url", metavar="URL", help="Use this NATS server (needs JetStream).")
 @click.option("--user", help="NATS user (with --nats-url).")
-@click.option("--password", help="NATS password (with --nats-url).")
+@click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="File holding the NATS password (with --nats-url; else $TROUPE_NATS_PASSWORD).")
 @click.option("--token", help="NATS token (with --nats-url).")
 @click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running steps get to finish on SIGTERM.")
 @_friendly_errors
-def serve(state_dir: str | None, nats_url: str | None, user: str | None, password: str | None,
-          token: str | None, creds: str | None, tls_ca: str | None, drain_timeout: float) -> None:
+def serve(state_dir: str | None, nats_url: str | None, user: str | None,
+          password_file: str | None, token: str | None, creds: str | None, tls_ca: str | None,
+          drain_timeout: float) -> None:
     """Run the engine until SIGTERM: studies are submitted to it over NATS."""
-    from engine.client import default_state_dir
+    from engine.client import default_state_dir, read_password
     from engine.daemon import serve_forever
 
+    password = read_password(password_file) if nats_url else None
     credentials = Credentials(user=user, password=password, token=token, creds_file=creds,
                               tls_ca=tls_ca)
     anyio.run(lambda: serve_forever(Path(state_dir) if state_dir else default_state_dir(),

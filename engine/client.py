@@ -5,7 +5,8 @@ command and runs ``engine.daemon``).
 A client finds the engine through ``<state dir>/client.json``, which ``serve`` writes with
 mode 0600 once it answers requests: the URL, plus the user and password of its embedded
 NATS server (only the URL when ``serve`` was given ``--nats-url``). ``--nats-url`` with the
-credential options bypasses the file. Connecting gives up after 4.5 s, and a request is
+credential options bypasses the file; a password is read from ``--password-file`` or
+``$TROUPE_NATS_PASSWORD``, never taken on the command line (``ps`` shows it). Connecting gives up after 4.5 s, and a request is
 asked again while nobody serves it (an engine reconnecting after an outage) for up to 4 s
 in all; either failure is one line on stderr and exit code 1. ``watch`` and
 ``submit --wait`` then follow the study's events with no deadline, and exit 0, 2 or 3 as
@@ -47,10 +48,12 @@ from engine.messages import (
     new_event_id,
 )
 
-__all__ = ["client_commands", "default_state_dir", "resolve_connection"]
+__all__ = ["PASSWORD_ENV", "client_commands", "default_state_dir", "read_password",
+           "resolve_connection"]
 
 _TIMEOUT = 4.0
 _SUBMIT_TIMEOUT = 600.0  # a submit waits this long for a busy engine (it is idempotent)
+PASSWORD_ENV = "TROUPE_NATS_PASSWORD"
 
 
 def default_state_dir() -> Path:
@@ -61,17 +64,33 @@ def default_state_dir() -> Path:
     return Path(base) / "troupe"
 
 
+def read_password(password_file: str | None) -> str | None:
+    """The NATS password: the first line of ``password_file`` if given, else
+    ``$TROUPE_NATS_PASSWORD``, else None.
+
+    Raises:
+        ConfigError: ``password_file`` cannot be read.
+    """
+    if password_file:
+        try:
+            text = Path(password_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{password_file}: unreadable password file: {exc}") from exc
+        return text.splitlines()[0] if text else ""
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
     """The URL and credentials a client command uses.
 
     Raises:
-        ConfigError: no ``--nats-url`` and no readable client config.
+        ConfigError: no ``--nats-url`` and no readable client config, or an unreadable
+            ``--password-file``.
     """
-    creds = Credentials(user=opts.get("user"), password=opts.get("password"),
-                        token=opts.get("token"), creds_file=opts.get("creds"),
-                        tls_ca=opts.get("tls_ca"))
     if opts.get("nats_url"):
-        return opts["nats_url"], creds
+        return opts["nats_url"], Credentials(
+            user=opts.get("user"), password=read_password(opts.get("password_file")),
+            token=opts.get("token"), creds_file=opts.get("creds"), tls_ca=opts.get("tls_ca"))
     path = Path(opts.get("state_dir") or default_state_dir()) / "client.json"
     try:
         cfg = json.loads(path.read_text())
@@ -92,7 +111,8 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "~/.local/state/troupe)."),
         click.option("--nats-url", metavar="URL", help="Talk to the engine through this server."),
         click.option("--user", help="NATS user."),
-        click.option("--password", help="NATS password."),
+        click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help=f"File holding the NATS password (else ${PASSWORD_ENV})."),
         click.option("--token", help="NATS token."),
         click.option("--creds", type=click.Path(exists=True, dir_okay=False), help=".creds file."),
         click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="TLS CA."),
@@ -102,7 +122,7 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _conn_opts(kwargs: dict[str, Any]) -> dict[str, Any]:
-    keys = ("state_dir", "nats_url", "user", "password", "token", "creds", "tls_ca")
+    keys = ("state_dir", "nats_url", "user", "password_file", "token", "creds", "tls_ca")
     return {k: kwargs.pop(k) for k in keys}
 
 

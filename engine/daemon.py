@@ -1,8 +1,12 @@
 """``enginectl serve``: the engine process, its embedded NATS server and its credentials.
 
-Without ``--nats-url``, ``serve`` starts an embedded nats-server with JetStream
+One engine runs per state directory: ``serve`` first checks the directory (``0700``,
+this user's; ``engine.statedir``) and locks ``<state dir>/engine.lock`` for its lifetime;
+a second ``serve`` on it fails without touching anything. Without ``--nats-url``,
+``serve`` starts an embedded nats-server with JetStream
 (``sync_interval: always``) under ``<state dir>/nats``, protected by a user and password
-created on the first start (``<state dir>/credentials.json``, mode 0600); it writes the
+created on the first start (``<state dir>/credentials.json``, mode 0600; new ones if that
+file is not this user's with mode 0600), which dies with the engine; it writes the
 client configuration ``<state dir>/client.json`` (URL, user, password; mode 0600) once
 the engine answers requests, which ``enginectl`` reads by default. A client without it cannot submit, cancel or read state.
 With ``--nats-url`` the given server and credentials are used (JetStream required).
@@ -11,9 +15,6 @@ SIGTERM or SIGINT start a graceful stop; the process exits 0 when it is done.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,28 +27,10 @@ from engine.bus import Credentials, open_bus
 from engine.errors import BusError
 from engine.natsserver import open_embedded_server
 from engine.service import EngineService
+from engine.statedir import check_state_dir, load_credentials, lock_state_dir, write_private
 from engine.store import Store
 
 __all__ = ["serve_forever"]
-
-
-def _write_private(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def _credentials(state_dir: Path) -> tuple[str, str]:
-    path = state_dir / "credentials.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        return data["user"], data["password"]
-    user, password = "troupe", secrets.token_urlsafe(24)
-    _write_private(path, {"user": user, "password": password})
-    return user, password
 
 
 async def serve_forever(
@@ -61,16 +44,20 @@ async def serve_forever(
 
     Raises:
         BusError: the server cannot be started or reached, or has no JetStream.
+        EngineRunning: another engine uses ``state_dir``.
+        ConfigError: ``state_dir`` belongs to another user or others can write to it.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_state_dir(state_dir)
     log = structlog.get_logger("troupe.serve")
     async with AsyncExitStack() as stack:
+        # Invariant: nothing in state_dir is touched before this engine holds the lock.
+        stack.enter_context(lock_state_dir(state_dir))
         client_cfg = state_dir / "client.json"
         client_cfg.unlink(missing_ok=True)  # written again once this engine answers
         if nats_url:
             url, creds = nats_url, credentials or Credentials()
         else:
-            user, password = _credentials(state_dir)
+            user, password = load_credentials(state_dir)
             server = await stack.enter_async_context(
                 open_embedded_server(state_dir / "nats", auth=(user, password)))
             url, creds = server.url, Credentials(user=user, password=password)
@@ -92,9 +79,9 @@ async def serve_forever(
             log.info("engine_starting", url=url, state_dir=str(state_dir))
             await tg.start(service.serve)
             if not nats_url:
-                _write_private(client_cfg, {"url": url, "user": creds.user,
-                                            "password": creds.password})
+                write_private(client_cfg, {"url": url, "user": creds.user,
+                                           "password": creds.password})
             else:
-                _write_private(client_cfg, {"url": url})
+                write_private(client_cfg, {"url": url})
             await service.stopped.wait()
             tg.cancel_scope.cancel()

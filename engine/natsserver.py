@@ -6,11 +6,14 @@ a ports file, so there is no race for the port), with JetStream on, its store un
 ``store_dir/jetstream``, ``sync_interval: always`` (every write is fsynced before it is
 acknowledged; ``sync_always=False`` leaves nats-server's periodic fsync, for a one-shot
 ``enginectl run`` that nothing resumes) and capped memory and disk. It stops the server with SIGTERM (SIGKILL
-after a grace period) when the context exits, whatever happened inside.
+after a grace period) when the context exits, whatever happened inside. On Linux the
+server also dies with the engine (``PR_SET_PDEATHSIG``): an engine killed with SIGKILL
+leaves no open server holding its events behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
 import os
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,9 +32,10 @@ import msgspec
 
 from engine.errors import BusError
 
-__all__ = ["EmbeddedServer", "find_server_binary", "open_embedded_server"]
+__all__ = ["EmbeddedServer", "die_with_parent", "find_server_binary", "open_embedded_server"]
 
 _START_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class EmbeddedServer(msgspec.Struct, frozen=True):
@@ -87,6 +91,35 @@ def _read_ports(ports_dir: Path, pid: int) -> str | None:
         urls = data.get("nats") or []
         return urls[0] if urls else None
     return None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux only).
+
+    The kernel sends the signal when the *thread* that forked the child exits, so the
+    caller must spawn from a thread that lives as long as the engine (the event loop's
+    thread, never a worker thread of ``anyio.to_thread``). ``prctl`` is resolved here, in
+    the parent, so the child between fork and exec makes one foreign call and one system
+    call; PR_SET_PDEATHSIG survives ``execve`` of a binary that is not set-uid.
+
+    Returns:
+        The function to pass as ``preexec_fn``, or None where ``prctl`` does not exist.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def _set_pdeathsig() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            os._exit(126)  # the protection was asked for: never run without it
+        if os.getppid() != parent:
+            os._exit(126)  # the parent died before the prctl: nobody will send the signal
+
+    return _set_pdeathsig
 
 
 def _stop_stale(pidfile: Path) -> None:
@@ -163,6 +196,9 @@ async def open_embedded_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal must not kill the bus first
+            # Invariant: this runs in the event loop's thread (no to_thread here), which
+            # lives as long as the engine, so the server dies with the engine's process.
+            preexec_fn=die_with_parent(),
         )
     except OSError as exc:
         log.close()

@@ -4,7 +4,9 @@
 embedded nats-server (or connects to ``nats_url``), makes sure the event stream exists,
 runs the study, and turns SIGINT/SIGTERM into a clean cancel: every running step's
 process group is stopped, the steps become CANCELLED, and the study ends CANCELLED. A
-second signal SIGKILLs whatever is still running.
+second signal SIGKILLs whatever is still running. If the process is killed outright
+(SIGKILL), its embedded server dies with it (``PR_SET_PDEATHSIG``) and a watchdog
+process kills the process groups of the steps still running (``adapters.watchdog``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import anyio
 import msgspec
 import structlog
 
+from adapters.watchdog import open_group_watchdog
 from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.bus import Credentials, open_bus
@@ -70,6 +73,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))
         await acquire_dependencies(graph)
         async with AsyncExitStack() as stack:
+            # Entered first, so left last: after the runtime has stopped its steps.
+            watchdog = None if opts.study.dry_run else stack.enter_context(open_group_watchdog())
             if opts.nats_url:
                 url = opts.nats_url
             else:
@@ -83,7 +88,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             creds = opts.credentials or Credentials()
             hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
-                                         notify_user=creds.user, notify_password=creds.password)
+                                         notify_user=creds.user, notify_password=creds.password,
+                                         watchdog=watchdog)
             runtime = hosted.runtime
             if runtime.cached:
                 log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))
