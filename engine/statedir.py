@@ -18,7 +18,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import structlog
 
+from engine.authz import ROLES, new_secrets
 from engine.errors import ConfigError
 
 __all__ = ["EngineRunning", "check_state_dir", "load_credentials", "lock_state_dir",
@@ -126,9 +126,10 @@ def write_private(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def load_credentials(state_dir: Path) -> tuple[str, str]:
-    """The embedded server's user and password: ``credentials.json`` if this engine can
-    trust it, else new ones (written with mode 0600).
+def load_credentials(state_dir: Path) -> dict[str, str]:
+    """The embedded server's secrets (a password per role and the secret of the job
+    users, ``engine.authz``): ``credentials.json`` if this engine can trust it and it
+    has them all, else new ones (written with mode 0600).
 
     Raises:
         OSError: new credentials cannot be written.
@@ -138,15 +139,18 @@ def load_credentials(state_dir: Path) -> tuple[str, str]:
     if why is None:
         try:
             data = json.loads(path.read_text())
-            return str(data["user"]), str(data["password"])
+            found = {k: str(data[k]) for k in (*ROLES, "jobs")}
+            if all(found.values()):
+                return found
+            why = "incomplete"
         except (OSError, ValueError, KeyError, TypeError):
-            why = "unreadable"
+            why = "unreadable (or of an older version)"
     if why != "missing":
         structlog.get_logger("troupe.serve").warning(
             "credentials_regenerated", path=str(path), reason=why)
-    user, password = "troupe", secrets.token_urlsafe(24)
-    write_private(path, {"user": user, "password": password})
-    return user, password
+    fresh = new_secrets()
+    write_private(path, dict(fresh))
+    return fresh
 
 
 def _untrusted(path: Path) -> str | None:

@@ -198,7 +198,7 @@ def test_serve_replaces_credentials_it_did_not_write_with_mode_0600(
     os.chmod(planted, mode)
     engine.start()
     creds = json.loads(planted.read_text())
-    assert "known-to-others" != creds["password"]
+    assert "known-to-others" not in creds.values()
     assert 0o600 == stat.S_IMODE(os.stat(planted).st_mode)
     url = json.loads((engine.state / "client.json").read_text())["url"]
     refused = enginectl("list", "--nats-url", url, "--user", "troupe",
@@ -215,7 +215,7 @@ def test_serve_replaces_credentials_another_user_owns(engine: Engine) -> None:
     os.chmod(planted, 0o600)
     os.chown(planted, 65534, 65534)
     engine.start()
-    assert "known-to-others" != json.loads(planted.read_text())["password"]
+    assert "known-to-others" not in json.loads(planted.read_text()).values()
     assert os.geteuid() == os.stat(planted).st_uid
 
 
@@ -284,10 +284,10 @@ def test_password_file_and_environment_variable_authenticate_a_client(engine: En
     creds = json.loads((engine.state / "credentials.json").read_text())
     url = json.loads((engine.state / "client.json").read_text())["url"]
     pwfile = engine.state.parent / "pw"
-    pwfile.write_text(creds["password"] + "\n")
-    by_file = enginectl("list", "--nats-url", url, "--user", "troupe",
+    pwfile.write_text(creds["client"] + "\n")
+    by_file = enginectl("list", "--nats-url", url, "--user", "client",
                         "--password-file", str(pwfile), timeout=30)
     assert 0 == by_file.returncode, by_file.stderr
-    by_env = enginectl("list", "--nats-url", url, "--user", "troupe", timeout=30,
-                       env={"TROUPE_NATS_PASSWORD": creds["password"]})
+    by_env = enginectl("list", "--nats-url", url, "--user", "client", timeout=30,
+                       env={"TROUPE_NATS_PASSWORD": creds["client"]})
     assert 0 == by_env.returncode, by_env.stderr
