@@ -3,12 +3,13 @@
 One engine runs per state directory: ``serve`` first checks the directory (``0700``,
 this user's; ``engine.statedir``) and locks ``<state dir>/engine.lock`` for its lifetime;
 a second ``serve`` on it fails without touching anything. Without ``--nats-url``,
-``serve`` starts an embedded nats-server with JetStream
-(``sync_interval: always``) under ``<state dir>/nats``, protected by a user and password
-created on the first start (``<state dir>/credentials.json``, mode 0600; new ones if that
-file is not this user's with mode 0600), which dies with the engine; it writes the
-client configuration ``<state dir>/client.json`` (URL, user, password; mode 0600) once
-the engine answers requests, which ``enginectl`` reads by default. A client without it cannot submit, cancel or read state.
+``serve`` starts an embedded nats-server with JetStream (``sync_interval: always``) under
+``<state dir>/nats``, which dies with the engine, with one user per role and subject
+permissions (``engine.authz``; the secrets in ``<state dir>/credentials.json``, mode 0600,
+new ones if that file is not this user's with mode 0600), plus a job user per hosted
+study. Once the engine answers requests it writes ``<state dir>/client.json`` (URL and the
+client user; mode 0600), which ``enginectl`` reads by default, and ``monitor.json`` (the
+read-only monitor user). A client without them cannot submit, cancel or read state.
 With ``--nats-url`` the given server and credentials are used (JetStream required).
 SIGTERM or SIGINT start a graceful stop; the process exits 0 when it is done.
 """
