@@ -127,7 +127,7 @@ class Adapter(abc.ABC):
     Declares every operation the engine calls, in the way anyio's ``AsyncBackend``
     declares its backends: the four a backend must implement (``write_script``,
     ``submit``, ``wait``, ``cancel``), and the ones with a default for a backend that has
-    nothing to do (``prepare``, ``lookup``, ``kill_all_now``, ``report``).
+    nothing to do (``prepare``, ``lookup``, ``kill_all_now``, ``report``, ``cleanup``).
 
     Attributes:
         name: The backend's name (``JobHandle.backend``, the ``adapter:<name>`` throttle
@@ -189,6 +189,10 @@ class Adapter(abc.ABC):
             StatusError: the backend could not be asked.
         """
         return None
+
+    async def cleanup(self) -> None:  # noqa: B027 - a no-op by default
+        """The study ended: stop whatever its jobs left running (a daemon a step
+        started). The default does nothing."""
 
     def kill_all_now(self) -> None:  # noqa: B027 - a no-op by default
         """Kill every job this adapter started, at once (a second Ctrl-C).

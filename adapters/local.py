@@ -41,6 +41,7 @@ from adapters.base import (
     SubmitError,
     map_exceptions,
 )
+from adapters.descendants import JOB_KEY_VAR, STUDY_VAR, kill_marked
 from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
@@ -150,13 +151,13 @@ class LocalAdapter(Adapter):
         with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError,
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
-            job = self._spawn(step, attempt, restart=request.restart)
+            job = self._spawn(step, attempt, restart=request.restart, key=request.key)
         if self.watchdog is not None:
             self.watchdog.watch(job.pid)
         self._jobs[(step.name, attempt)] = job
         return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool) -> _Job:
+    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool, key: str) -> _Job:
         if self._prepared.pop(step.name, None) == _script_key(step):
             script = script_path(step)
         else:
@@ -165,10 +166,10 @@ class LocalAdapter(Adapter):
             script = script_path(step, restart=True)
         ws = step.workspace
         env = {**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
-               "TROUPE_WORKSPACE": ws}
+               "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
         exit_path = Path(ws) / f".troupe.{attempt}.exit"
         if not self.adoptable:
-            return self._spawn_direct(step, str(script), env, exit_path)
+            return self._spawn_direct(step, str(script), env, exit_path, key)
         try:
             os.unlink(exit_path)
         except FileNotFoundError:
@@ -178,10 +179,10 @@ class LocalAdapter(Adapter):
              f"{ws}/.troupe.{attempt}.pid", output_stem(step)],
             cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
         )
-        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
+        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
     def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
-                      exit_path: Path) -> _Job:
+                      exit_path: Path, key: str) -> _Job:
         """Execute the script itself, its output in files renamed after its pid."""
         ws = step.workspace
         base = f"{ws}/{output_stem(step)}"
@@ -200,7 +201,7 @@ class LocalAdapter(Adapter):
         # The child holds the descriptors; renaming gives the files Maestro's names.
         os.replace(f"{base}.out.starting", f"{base}.{proc.pid}.out")
         os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
-        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc)
+        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
     async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
         """Find an attempt of a step after an engine restart, through the files its
@@ -235,7 +236,7 @@ class LocalAdapter(Adapter):
             return _read_exit(exit_path)  # superseded earlier, or half written
         if str(exit_path) not in _cmdline(pid):
             return _read_exit(exit_path)  # it ended (or the pid is someone else's now)
-        self._jobs[(step.name, attempt)] = _Job(pid=pid, exit_path=exit_path)
+        self._jobs[(step.name, attempt)] = _Job(pid=pid, exit_path=exit_path, key=request.key)
         return JobHandle(step=step.name, attempt=attempt, job_id=str(pid), backend=self.name)
 
     async def wait(self, handle: JobHandle) -> JobResult:
@@ -253,9 +254,10 @@ class LocalAdapter(Adapter):
         self._jobs.pop(key, None)
         job.exited.set()
         if key in self._cancelled:
-            # Whatever the cancelled step started in its group dies with it.
+            # Whatever the cancelled step started dies with it, in its group or not.
             self._cancelled.discard(key)
             _killpg(job.pid, signal.SIGKILL)
+            kill_marked(JOB_KEY_VAR, job.key)
         if self.watchdog is not None:
             self.watchdog.forget(job.pid)  # reaped: the pgid may be reused from now on
         if code is None:
@@ -271,6 +273,7 @@ class LocalAdapter(Adapter):
             return  # already ended
         self._cancelled.add(key)
         _killpg(job.pid, signal.SIGTERM)
+        kill_marked(JOB_KEY_VAR, job.key, signal.SIGTERM)  # those that left the group
         with anyio.move_on_after(self.kill_grace):
             if job.popen is not None and job.exited.is_set() is False:
                 # Nobody may be waiting any more (the engine is stopping): reap it here.
@@ -278,6 +281,7 @@ class LocalAdapter(Adapter):
             else:
                 await job.exited.wait()  # set by wait() once the process is gone
         _killpg(job.pid, signal.SIGKILL)
+        kill_marked(JOB_KEY_VAR, job.key)
         if self.watchdog is not None and (job.popen is None or job.popen.returncode is not None):
             self.watchdog.forget(job.pid)
         self._jobs.pop(key, None)
@@ -287,6 +291,13 @@ class LocalAdapter(Adapter):
         for key, job in list(self._jobs.items()):
             self._cancelled.add(key)
             _killpg(job.pid, signal.SIGKILL)
+            kill_marked(JOB_KEY_VAR, job.key)
+
+    async def cleanup(self) -> None:
+        """Kill whatever this study's steps left running (``STUDY_VAR`` marks them all)."""
+        study = self._env.get(STUDY_VAR)
+        if study:
+            await anyio.to_thread.run_sync(kill_marked, STUDY_VAR, study)
 
     def running(self) -> int:
         """How many processes this adapter may still have alive."""
@@ -296,11 +307,12 @@ class LocalAdapter(Adapter):
 class _Job:
     """A local job: its process group leader (the wrapper) and where it records its exit."""
 
-    __slots__ = ("exit_path", "exited", "pid", "popen")
+    __slots__ = ("exit_path", "exited", "key", "pid", "popen")
 
-    def __init__(self, *, pid: int, exit_path: Path,
+    def __init__(self, *, pid: int, exit_path: Path, key: str,
                  popen: subprocess.Popen[bytes] | None = None) -> None:
         self.pid = pid
+        self.key = key  # the attempt's key, in TROUPE_JOB_KEY of all its processes
         self.exit_path = exit_path
         self.popen = popen  # None for a process adopted after an engine restart
         self.exited = anyio.Event()

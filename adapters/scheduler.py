@@ -135,6 +135,11 @@ class SchedulerAdapter(Adapter):
         if self._local is not None:
             self._local.kill_all_now()
 
+    async def cleanup(self) -> None:
+        """Stop what the local steps left running (scheduler jobs end with their job)."""
+        if self._local is not None:
+            await self._local.cleanup()
+
     async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
         """Find an attempt after an engine restart: a scheduled step's job by its key in
         the scheduler's records, any other step through the local adapter.

@@ -287,6 +287,8 @@ class StudyRuntime:
 
     async def _finish(self) -> None:
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(10):
+                await self.adapter.cleanup()  # what the steps left running (daemons)
             if self._status is not None:
                 self._status.write_now()
             if self.persister is not None:
