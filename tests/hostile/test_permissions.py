@@ -5,6 +5,8 @@ key-value bucket; only the engine can. A real nats-server enforces it."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from nats.aio.client import Client
 from engine import subjects
 from engine.authz import NatsUser, job_user, new_secrets, role_users
 from engine.bus import Credentials, open_bus
-from engine.messages import ENCODER, StepState, StepStateChanged, new_event_id
+from engine.messages import BUS_DECODER, ENCODER, StepState, StepStateChanged, new_event_id
 from engine.natsserver import open_embedded_server
 from engine.store import Store
 from tests.engine_proc import Engine
@@ -145,3 +147,24 @@ def test_serve_gives_clients_the_client_user_and_jobs_never_the_engine_password(
         assert secrets_["engine"] not in (client["password"], monitor["password"])
     finally:
         engine.stop()
+
+
+async def test_a_job_reports_with_its_own_credential_through_engine_notify(
+    server: tuple[str, dict[str, NatsUser]], tmp_path: Path
+) -> None:
+    url, users = server
+    engine, job = users["engine"], users["job"]
+    nc = await nats.connect(url, user=engine.name, password=engine.password)
+    try:
+        sub = await nc.subscribe(subjects.job_reports(STUDY))
+        await nc.flush()
+        env = {**os.environ, "TROUPE_NOTIFY_USER": job.name,
+               "TROUPE_NOTIFY_PASSWORD": job.password}
+        proc = await anyio.run_process(
+            [sys.executable, "-m", "engine.notify", url, subjects.job_reports(STUDY),
+             str(tmp_path / "job.1.exit"), "3"], env=env, check=False)
+        assert 0 == proc.returncode
+        msg = BUS_DECODER.decode((await sub.next_msg(timeout=10)).data)
+        assert (str(tmp_path / "job.1.exit"), 3) == (msg.exit_file, msg.exit_code)
+    finally:
+        await nc.close()
