@@ -14,9 +14,9 @@ a step that is still running, or to learn how it ended. Under ``enginectl run``,
 nothing resumes, the script is executed directly (one process per step). Completion is
 pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
-once its leader is gone so that no process of the step survives it. Given a
-``GroupWatchdog`` (``enginectl run``), each running step's group is also SIGKILLed if
-the engine itself dies (see ``adapters.watchdog``).
+once its leader is gone so that no process of the step survives it, nor any descendant
+that left the group (``adapters.descendants``). Under ``enginectl run`` a watchdog kills
+the study's processes if the engine itself dies (``adapters.watchdog``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from adapters.descendants import JOB_KEY_VAR, STUDY_VAR, kill_marked
 from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
-    from adapters.watchdog import GroupWatchdog
     from engine.spec.graph import StepInstance
 
 __all__ = ["LocalAdapter", "output_stem", "script_path"]
@@ -92,8 +91,6 @@ class LocalAdapter(Adapter):
             restarts can adopt the attempt or learn how it ended (``enginectl serve``).
             Without it (``enginectl run``, which nothing resumes) the script is the
             process: one process per step, as in the floor.
-        watchdog: Told about every group this adapter starts and reaps, so that the
-            groups still running are killed if the engine dies (``enginectl run``).
     """
 
     name = "local"
@@ -101,10 +98,9 @@ class LocalAdapter(Adapter):
     def __init__(
         self, *, shell: str = "/bin/bash", kill_grace: float = DEFAULT_KILL_GRACE,
         strip_launcher: bool = False, env: dict[str, str] | None = None,
-        adoptable: bool = True, watchdog: GroupWatchdog | None = None,
+        adoptable: bool = True,
     ) -> None:
         self.shell = shell
-        self.watchdog = watchdog
         self.adoptable = adoptable
         self.strip_launcher = strip_launcher
         self.kill_grace = kill_grace
@@ -152,8 +148,6 @@ class LocalAdapter(Adapter):
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
             job = self._spawn(step, attempt, restart=request.restart, key=request.key)
-        if self.watchdog is not None:
-            self.watchdog.watch(job.pid)
         self._jobs[(step.name, attempt)] = job
         return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
@@ -258,8 +252,6 @@ class LocalAdapter(Adapter):
             self._cancelled.discard(key)
             _killpg(job.pid, signal.SIGKILL)
             kill_marked(JOB_KEY_VAR, job.key)
-        if self.watchdog is not None:
-            self.watchdog.forget(job.pid)  # reaped: the pgid may be reused from now on
         if code is None:
             return JobResult(outcome=JobOutcome.LOST, detail="adopted process left no exit status")
         outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
@@ -282,8 +274,6 @@ class LocalAdapter(Adapter):
                 await job.exited.wait()  # set by wait() once the process is gone
         _killpg(job.pid, signal.SIGKILL)
         kill_marked(JOB_KEY_VAR, job.key)
-        if self.watchdog is not None and (job.popen is None or job.popen.returncode is not None):
-            self.watchdog.forget(job.pid)
         self._jobs.pop(key, None)
 
     def kill_all_now(self) -> None:

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from adapters.base import DEFAULT_KILL_GRACE, Adapter, JobHandle, JobRequest, JobResult
+from adapters.descendants import STUDY_VAR
 from adapters.local import LocalAdapter
 from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
 
 if TYPE_CHECKING:
-    from adapters.watchdog import GroupWatchdog
     from engine.store import StepEntry
 
 __all__ = ["BACKENDS", "Backends", "check_backends", "make_backends", "notify_env"]
@@ -85,19 +85,17 @@ def make_backends(
     graph: StudyGraph, *, study_id: str, run_local: bool = False,
     kill_grace: float = DEFAULT_KILL_GRACE,
     notify: dict[str, str] | None = None, adoptable: bool = True,
-    watchdog: GroupWatchdog | None = None,
 ) -> Backends:
     """Build the adapters for ``graph`` (``adoptable``: local steps can be adopted by a
-    restarted engine; see ``LocalAdapter``; ``watchdog``: kills the local steps' groups if
-    the engine dies).
+    restarted engine; see ``LocalAdapter``).
 
     Raises:
         ConfigError: an unknown ``batch.type``.
     """
     shell = str(graph.batch.get("shell") or "/bin/bash")
-    env = {"TROUPE_STUDY_ID": study_id, "TROUPE_STUDY_DIR": graph.study_dir}
+    env = {STUDY_VAR: study_id, "TROUPE_STUDY_DIR": graph.study_dir}
     local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env,
-                         adoptable=adoptable, watchdog=watchdog)
+                         adoptable=adoptable)
     btype = graph.batch_type
     if run_local or btype == "local":
         return Backends(local, local)

@@ -39,7 +39,6 @@ from engine.spec.graph import StudyGraph
 from engine.spec.naming import make_safe_path
 
 if TYPE_CHECKING:
-    from adapters.watchdog import GroupWatchdog
     from engine.store import Store
 
 __all__ = ["HostedStudy", "Start", "StudyOptions", "build_runtime", "check_study",
@@ -146,7 +145,6 @@ async def build_runtime(
     graph: StudyGraph, opts: StudyOptions, *, study_id: str, bus: Bus,
     start: Start = Start.FRESH, store: Store | None = None, worker: str = "",
     notify_user: str | None = None, notify_password: str | None = None,
-    watchdog: GroupWatchdog | None = None,
 ) -> HostedStudy:  # fmt: skip
     """Assemble the runtime of ``graph`` (see the module docstring).
 
@@ -160,7 +158,6 @@ async def build_runtime(
         worker: The hosting engine's id, recorded with each step.
         notify_user, notify_password: The credentials scheduler jobs report their exit
             status with (``engine.notify``).
-        watchdog: Kills the local steps' process groups if the engine dies (``run``).
 
     Raises:
         ConfigError: an unknown batch type, an unreadable input file or ``reuse`` record.
@@ -173,7 +170,6 @@ async def build_runtime(
         graph, study_id=study_id, run_local=opts.run_local, kill_grace=kill_grace(graph, cli),
         notify=notify_env(bus.url, study_id, notify_user, notify_password),
         adoptable=store is not None,  # nothing resumes a `run`: no wrapper per step
-        watchdog=watchdog,
     )
     keys = cache_keys(graph) if opts.use_cache and not opts.dry_run else {}
     recovered: Recovered | None = None

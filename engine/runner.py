@@ -6,7 +6,7 @@ runs the study, and turns SIGINT/SIGTERM into a clean cancel: every running step
 process group is stopped, the steps become CANCELLED, and the study ends CANCELLED. A
 second signal SIGKILLs whatever is still running. If the process is killed outright
 (SIGKILL), its embedded server dies with it (``PR_SET_PDEATHSIG``) and a watchdog
-process kills the process groups of the steps still running (``adapters.watchdog``).
+process kills whatever the study's steps still run (``adapters.watchdog``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import anyio
 import msgspec
 import structlog
 
-from adapters.watchdog import open_group_watchdog
+from adapters.watchdog import open_study_watchdog
 from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.authz import NatsUser, job_user, new_secrets, role_users
@@ -75,7 +75,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         await acquire_dependencies(graph)
         async with AsyncExitStack() as stack:
             # Entered first, so left last: after the runtime has stopped its steps.
-            watchdog = None if opts.study.dry_run else stack.enter_context(open_group_watchdog())
+            if not opts.study.dry_run:
+                stack.enter_context(open_study_watchdog(study_id))
             job: NatsUser | None = None
             if opts.nats_url:
                 # The operator's server and credentials: the jobs get none (their exit
@@ -97,8 +98,7 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
             hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
                                          notify_user=job.name if job else None,
-                                         notify_password=job.password if job else None,
-                                         watchdog=watchdog)
+                                         notify_password=job.password if job else None)
             runtime = hosted.runtime
             if runtime.cached:
                 log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))
