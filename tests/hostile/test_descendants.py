@@ -80,7 +80,10 @@ def test_a_timed_out_step_leaves_no_process_behind(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_what_a_finished_step_left_running_ends_with_its_study(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    result = enginectl("run", str(spec(tmp_path, ESCAPES.format(pids=pids) + "true\n")),
+    # the step ends only once all four have written their pid (else the study's end may kill
+    # one before it writes, and the test would wait for a pid that never comes)
+    settle = f"until [ $(wc -w < {pids}) -ge 4 ]; do sleep 0.01; done\n"
+    result = enginectl("run", str(spec(tmp_path, ESCAPES.format(pids=pids) + settle)),
                        "-o", str(tmp_path / "study"), timeout=120)
     assert 0 == result.returncode, result.stderr
     recorded = wait_recorded(pids, 4)
