@@ -92,6 +92,12 @@ _out_opt = click.option("-o", "--out", type=click.Path(file_okay=False),
                         help="Study directory, used as given (no timestamp).")
 
 
+def _credential_opts(func: F) -> F:
+    from engine.client import credential_options
+
+    return credential_options(func, suffix=" (with --nats-url)")  # type: ignore[no-any-return]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="enginectl")
 @click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
@@ -113,12 +119,7 @@ def main(verbose: int) -> None:
 @click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
               help="Runs of a step that fails (default 1: no retry).")
 @click.option("--nats-url", metavar="URL", help="Use this NATS server instead of an embedded one.")
-@click.option("--user", help="NATS user (with --nats-url).")
-@click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="File holding the NATS password (with --nats-url; else $TROUPE_NATS_PASSWORD).")
-@click.option("--token", help="NATS token (with --nats-url).")
-@click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
+@_credential_opts
 @click.option("--local", "run_local", is_flag=True,
               help="Run steps that ask for nodes/procs here too, with $(LAUNCHER) removed.")
 @click.option("--reuse", type=click.Path(exists=True, file_okay=False),
@@ -130,25 +131,23 @@ def main(verbose: int) -> None:
 @_pargs_opt
 @_friendly_errors
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
-        attempts: int | None, nats_url: str | None,
-        user: str | None, password_file: str | None, token: str | None, creds: str | None,
-        tls_ca: str | None, run_local: bool, reuse: str | None, no_cache: bool,
-        kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...]) -> None:
+        attempts: int | None, nats_url: str | None, run_local: bool, reuse: str | None,
+        no_cache: bool, kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...],
+        **conn: Any) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
-    from engine.client import read_password
+    from engine.client import read_credentials
     from engine.hosting import StudyOptions
     from engine.runner import RunOptions, default_progress_stream, run_study
 
-    if (user or password_file or token or creds or tls_ca) and not nats_url:
-        _fail("--user/--password-file/--token/--creds/--tls-ca need --nats-url")
+    if any(conn.values()) and not nats_url:
+        _fail("--user/--password-file/--token-file/--creds/--tls-ca need --nats-url")
     graph = _load(spec, out, pgen, pargs)
     study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
                          kill_grace=kill_grace, dry_run=dry, run_local=run_local,
                          reuse=reuse or "", use_cache=not no_cache)
     opts = RunOptions(
         study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
-        credentials=Credentials(user=user, password=read_password(password_file) if nats_url
-                                else None, token=token, creds_file=creds, tls_ca=tls_ca),
+        credentials=read_credentials(conn) if nats_url else Credentials(),
     )
     state = anyio.run(run_study, graph, opts)
     click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)
@@ -236,25 +235,17 @@ def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
               help="Where the engine keeps its NATS store and client config "
                    "(default: $TROUPE_STATE_DIR or ~/.local/state/troupe).")
 @click.option("--nats-url", metavar="URL", help="Use this NATS server (needs JetStream).")
-@click.option("--user", help="NATS user (with --nats-url).")
-@click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="File holding the NATS password (with --nats-url; else $TROUPE_NATS_PASSWORD).")
-@click.option("--token", help="NATS token (with --nats-url).")
-@click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for a TLS server.")
+@_credential_opts
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running steps get to finish on SIGTERM.")
 @_friendly_errors
-def serve(state_dir: str | None, nats_url: str | None, user: str | None,
-          password_file: str | None, token: str | None, creds: str | None, tls_ca: str | None,
-          drain_timeout: float) -> None:
+def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float,
+          **conn: Any) -> None:
     """Run the engine until SIGTERM: studies are submitted to it over NATS."""
-    from engine.client import default_state_dir, read_password
+    from engine.client import default_state_dir, read_credentials
     from engine.daemon import serve_forever
 
-    password = read_password(password_file) if nats_url else None
-    credentials = Credentials(user=user, password=password, token=token, creds_file=creds,
-                              tls_ca=tls_ca)
+    credentials = read_credentials(conn) if nats_url else Credentials()
     anyio.run(lambda: serve_forever(Path(state_dir) if state_dir else default_state_dir(),
                                     nats_url=nats_url, credentials=credentials,
                                     drain_timeout=drain_timeout))

@@ -6,7 +6,9 @@ A client finds the engine through ``<state dir>/client.json``, which ``serve`` w
 mode 0600 once it answers requests: the URL, plus the user and password of its embedded
 NATS server (only the URL when ``serve`` was given ``--nats-url``). ``--nats-url`` with the
 credential options bypasses the file; a password is read from ``--password-file`` or
-``$TROUPE_NATS_PASSWORD``, never taken on the command line (``ps`` shows it). Connecting gives up after 4.5 s, and a request is
+``$TROUPE_NATS_PASSWORD`` and a token from ``--token-file`` or ``$TROUPE_NATS_TOKEN``,
+never taken on the command line (``ps`` shows it). A ``client.json`` that others can write
+is refused (it names the server the client trusts). Connecting gives up after 4.5 s, and a request is
 asked again while nobody serves it (an engine reconnecting after an outage) for up to 4 s
 in all; either failure is one line on stderr and exit code 1. ``watch`` and
 ``submit --wait`` then follow the study's events with no deadline, and exit 0, 2 or 3 as
@@ -48,12 +50,13 @@ from engine.messages import (
     new_event_id,
 )
 
-__all__ = ["PASSWORD_ENV", "client_commands", "default_state_dir", "read_password",
-           "resolve_connection"]
+__all__ = ["PASSWORD_ENV", "TOKEN_ENV", "client_commands", "credential_options",
+           "default_state_dir", "read_password", "read_secret", "resolve_connection"]
 
 _TIMEOUT = 4.0
 _SUBMIT_TIMEOUT = 600.0  # a submit waits this long for a busy engine (it is idempotent)
 PASSWORD_ENV = "TROUPE_NATS_PASSWORD"
+TOKEN_ENV = "TROUPE_NATS_TOKEN"
 
 
 def default_state_dir() -> Path:
@@ -64,20 +67,31 @@ def default_state_dir() -> Path:
     return Path(base) / "troupe"
 
 
-def read_password(password_file: str | None) -> str | None:
-    """The NATS password: the first line of ``password_file`` if given, else
-    ``$TROUPE_NATS_PASSWORD``, else None.
+def read_secret(path: str | None, env: str, what: str = "password") -> str | None:
+    """A secret: the first line of the file ``path`` if given, else ``$env``, else None.
 
     Raises:
-        ConfigError: ``password_file`` cannot be read.
+        ConfigError: ``path`` cannot be read.
     """
-    if password_file:
+    if path:
         try:
-            text = Path(password_file).read_text()
+            text = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{password_file}: unreadable password file: {exc}") from exc
+            raise ConfigError(f"{path}: unreadable {what} file: {exc}") from exc
         return text.splitlines()[0] if text else ""
-    return os.environ.get(PASSWORD_ENV) or None
+    return os.environ.get(env) or None
+
+
+def read_password(password_file: str | None) -> str | None:
+    """The NATS password: ``password_file``'s first line, else ``$TROUPE_NATS_PASSWORD``."""
+    return read_secret(password_file, PASSWORD_ENV)
+
+
+def read_credentials(opts: dict[str, Any]) -> Credentials:
+    """The credentials the options of :func:`credential_options` name."""
+    return Credentials(user=opts.get("user"), password=read_password(opts.get("password_file")),
+                       token=read_secret(opts.get("token_file"), TOKEN_ENV, "token"),
+                       creds_file=opts.get("creds"), tls_ca=opts.get("tls_ca"))
 
 
 def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
@@ -88,11 +102,12 @@ def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
             ``--password-file``.
     """
     if opts.get("nats_url"):
-        return opts["nats_url"], Credentials(
-            user=opts.get("user"), password=read_password(opts.get("password_file")),
-            token=opts.get("token"), creds_file=opts.get("creds"), tls_ca=opts.get("tls_ca"))
+        return opts["nats_url"], read_credentials(opts)
     path = Path(opts.get("state_dir") or default_state_dir()) / "client.json"
     try:
+        if path.stat().st_mode & 0o022:
+            raise ConfigError(f"{path}: others can write it; not trusted (it should be 0600, "
+                              "as 'enginectl serve' writes it)")
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"no engine found: {path} does not exist (start one with "
@@ -103,26 +118,39 @@ def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
                                    tls_ca=cfg.get("tls_ca"))
 
 
+def credential_options(func: Callable[..., Any], *, suffix: str = "") -> Callable[..., Any]:
+    """Add --user, --password-file, --token-file, --creds and --tls-ca to a command; no
+    secret is ever an argument (``ps`` shows arguments)."""
+    for opt in reversed([
+        click.option("--user", help=f"NATS user{suffix}."),
+        click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help=f"File holding the NATS password{suffix} (else ${PASSWORD_ENV})."),
+        click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help=f"File holding a NATS token{suffix} (else ${TOKEN_ENV})."),
+        click.option("--creds", type=click.Path(exists=True, dir_okay=False),
+                     help=f"NATS .creds file{suffix}."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+                     help=f"CA of a TLS server{suffix}."),
+    ]):
+        func = opt(func)
+    return func
+
+
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add --state-dir, --nats-url and the credential options to a command."""
+    func = credential_options(func)
     for opt in reversed([
         click.option("--state-dir", type=click.Path(file_okay=False),
                      help="The engine's state directory (default: $TROUPE_STATE_DIR or "
                           "~/.local/state/troupe)."),
         click.option("--nats-url", metavar="URL", help="Talk to the engine through this server."),
-        click.option("--user", help="NATS user."),
-        click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
-                     help=f"File holding the NATS password (else ${PASSWORD_ENV})."),
-        click.option("--token", help="NATS token."),
-        click.option("--creds", type=click.Path(exists=True, dir_okay=False), help=".creds file."),
-        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="TLS CA."),
     ]):
         func = opt(func)
     return func
 
 
 def _conn_opts(kwargs: dict[str, Any]) -> dict[str, Any]:
-    keys = ("state_dir", "nats_url", "user", "password_file", "token", "creds", "tls_ca")
+    keys = ("state_dir", "nats_url", "user", "password_file", "token_file", "creds", "tls_ca")
     return {k: kwargs.pop(k) for k in keys}
 
 

@@ -227,14 +227,13 @@ def test_serve_keeps_its_own_credentials_across_restarts(engine: Engine) -> None
     assert first == (engine.state / "credentials.json").read_text()
 
 
-@pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[str]:
-    """A nats-server (JetStream) that wants user ``troupe``, password ``s3cret``."""
+def _nats_with(tmp_path: Path, *auth: str) -> Iterator[str]:
+    """A nats-server (JetStream) started with the authorization arguments ``auth``."""
     work = tmp_path / "auth-nats"
     work.mkdir()
     proc = subprocess.Popen(
         [find_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(work / "js"),
-         "--user", "troupe", "--pass", "s3cret", "--ports_file_dir", str(work)],
+         *auth, "--ports_file_dir", str(work)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -254,11 +253,54 @@ def auth_server(tmp_path: Path) -> Iterator[str]:
         proc.wait()
 
 
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[str]:
+    """A nats-server (JetStream) that wants user ``troupe``, password ``s3cret``."""
+    yield from _nats_with(tmp_path, "--user", "troupe", "--pass", "s3cret")
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[str]:
+    """A nats-server (JetStream) that wants the token ``t0ken``."""
+    yield from _nats_with(tmp_path, "--auth", "t0ken")
+
+
+@pytest.mark.parametrize("option", ["--password", "--token"])
 @pytest.mark.parametrize("command", [["run", "x.yaml"], ["serve"], ["list"], ["status", "x"]])
-def test_password_is_no_longer_accepted_on_the_command_line(command: list[str]) -> None:
-    result = enginectl(*command, "--nats-url", "nats://127.0.0.1:1", "--password", "visible")
-    assert 2 == result.returncode
-    assert "No such option '--password'" in result.stderr
+def test_no_secret_is_accepted_on_the_command_line(command: list[str], option: str) -> None:
+    result = enginectl(*command, "--nats-url", "nats://127.0.0.1:1", option, "visible")
+    assert 0 != result.returncode
+    assert f"No such option '{option}'" in result.stderr
+
+
+def test_token_file_and_environment_variable_authenticate_a_run(
+        tmp_path: Path, token_server: str) -> None:
+    spec = tmp_path / "quick.yaml"
+    spec.write_text(SPEC_SLEEPER.replace("sleep 300", "sleep 0"))
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken\n")
+    by_file = enginectl("run", str(spec), "-o", str(tmp_path / "a"), "--nats-url", token_server,
+                        "--token-file", str(token_file), env={"TROUPE_NATS_TOKEN": "wrong"})
+    assert 0 == by_file.returncode, by_file.stderr
+    by_env = enginectl("run", str(spec), "-o", str(tmp_path / "b"), "--nats-url", token_server,
+                       env={"TROUPE_NATS_TOKEN": "t0ken"})
+    assert 0 == by_env.returncode, by_env.stderr
+    wrong = enginectl("run", str(spec), "-o", str(tmp_path / "c"), "--nats-url", token_server,
+                      env={"TROUPE_NATS_TOKEN": "wrong"})
+    assert 1 == wrong.returncode
+
+
+@pytest.mark.parametrize("mode", [0o622, 0o660, 0o666])
+def test_a_client_refuses_a_client_json_others_can_write(tmp_path: Path, mode: int) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    planted = state / "client.json"
+    planted.write_text(json.dumps({"url": "nats://127.0.0.1:1"}))
+    os.chmod(planted, mode)
+    result = enginectl("list", "--state-dir", str(state), timeout=30)
+    assert 1 == result.returncode
+    assert [f"error: {planted}: others can write it; not trusted (it should be 0600, as "
+            "'enginectl serve' writes it)"] == result.stderr.splitlines()
 
 
 def test_password_file_and_environment_variable_authenticate_a_run(
