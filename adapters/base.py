@@ -108,12 +108,21 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
         key: The attempt's idempotency key; a backend that can label jobs (Slurm's job
             name or comment, Flux's job name) records it so the job can be found again.
         restart: Run the step's restart script instead of its command.
+        name: The engine's name for the job's step (its handles carry it): the instance
+            name, or for one sample of a sampled step the sample's record name, while
+            ``step.name`` names its files, as Merlin names them.
     """
 
     step: StepInstance
     attempt: int
     key: str
     restart: bool = False
+    name: str = ""
+
+    @property
+    def actor(self) -> str:
+        """The name the job's handle carries (``name``, else the step's)."""
+        return self.name or self.step.name
 
 
 DEFAULT_KILL_GRACE = 10.0

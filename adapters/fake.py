@@ -49,11 +49,11 @@ class FakeAdapter(Adapter):
         self._seen.setdefault(step.name, anyio.Event()).set()
         if step.name in self.submit_errors:
             raise SubmitError(self.submit_errors[step.name], step.name)
-        key = (step.name, attempt)
+        key = (request.actor, attempt)
         self.submitted.append(key)
         self._done[key] = anyio.Event()
         self._next_id += 1
-        return JobHandle(step=step.name, attempt=attempt, job_id=str(self._next_id), backend="fake")
+        return JobHandle(step=request.actor, attempt=attempt, job_id=str(self._next_id), backend="fake")
 
     async def wait(self, handle: JobHandle) -> JobResult:
         """Block until the test (or a cancel) ends the job."""

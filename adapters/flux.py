@@ -146,7 +146,7 @@ class FluxAdapter(SchedulerAdapter):
         job_id = f58_encode(job)
         self._exit_files[job_id] = exit_file
         self._log.info("job_submitted", step=step.name, attempt=request.attempt, job_id=job_id)
-        return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
+        return JobHandle(step=request.actor, attempt=request.attempt, job_id=job_id, backend=self.name)
 
     async def _find(self, request: JobRequest) -> JobHandle | None:
         """Find an earlier attempt's job by its key (the job name), for re-adoption.
@@ -162,7 +162,7 @@ class FluxAdapter(SchedulerAdapter):
             return None
         job_id = f58_encode(job)
         self._exit_files[job_id] = _exit_file(step, request.key)
-        return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id, backend=self.name)
+        return JobHandle(step=request.actor, attempt=request.attempt, job_id=job_id, backend=self.name)
 
     async def _find_id(self, key: str) -> int | None:
         proc = await self._flux(["jobs", "-a", f"--name={key}", "--json"], StatusError)

@@ -61,6 +61,9 @@ _WRAPPER = (
     'set -C; { echo "$$" > "$3"; } 2>/dev/null || exit 199; set +C; '
     'exec >"$4.$$.out" 2>"$4.$$.err"; "$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
 )
+# Merlin's layout: ``<name>.out``/``.err``, appended to by every attempt.
+_MERLIN_WRAPPER = _WRAPPER.replace('exec >"$4.$$.out" 2>"$4.$$.err"', 'exec >>"$4.out" 2>>"$4.err"')
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 _SUPERSEDED = "superseded\n"
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
@@ -91,6 +94,8 @@ class LocalAdapter(Adapter):
             restarts can adopt the attempt or learn how it ended (``enginectl serve``).
             Without it (``enginectl run``, which nothing resumes) the script is the
             process: one process per step, as in the floor.
+        merlin: Merlin's output files: ``<name>.out``/``.err`` without the pid, appended
+            to by every attempt (a Merlin spec).
     """
 
     name = "local"
@@ -98,9 +103,10 @@ class LocalAdapter(Adapter):
     def __init__(
         self, *, shell: str = "/bin/bash", kill_grace: float = DEFAULT_KILL_GRACE,
         strip_launcher: bool = False, env: dict[str, str] | None = None,
-        adoptable: bool = True,
+        adoptable: bool = True, merlin: bool = False,
     ) -> None:
         self.shell = shell
+        self.merlin = merlin
         self.adoptable = adoptable
         self.strip_launcher = strip_launcher
         self.kill_grace = kill_grace
@@ -148,8 +154,8 @@ class LocalAdapter(Adapter):
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
             job = self._spawn(step, attempt, restart=request.restart, key=request.key)
-        self._jobs[(step.name, attempt)] = job
-        return JobHandle(step=step.name, attempt=attempt, job_id=str(job.pid), backend=self.name)
+        self._jobs[(request.actor, attempt)] = job
+        return JobHandle(step=request.actor, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
     def _spawn(self, step: StepInstance, attempt: int, *, restart: bool, key: str) -> _Job:
         if self._prepared.pop(step.name, None) == _script_key(step):
@@ -169,7 +175,7 @@ class LocalAdapter(Adapter):
         except FileNotFoundError:
             pass
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", _WRAPPER, "troupe-step", str(script), str(exit_path),
+            ["/bin/sh", "-c", _MERLIN_WRAPPER if self.merlin else _WRAPPER, "troupe-step", str(script), str(exit_path),
              f"{ws}/.troupe.{attempt}.pid", output_stem(step)],
             cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
         )
@@ -177,12 +183,15 @@ class LocalAdapter(Adapter):
 
     def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
                       exit_path: Path, key: str) -> _Job:
-        """Execute the script itself, its output in files renamed after its pid."""
+        """Execute the script itself, its output in files renamed after its pid (or in
+        Merlin's ``<name>.out``/``.err``)."""
         ws = step.workspace
         base = f"{ws}/{output_stem(step)}"
-        out = os.open(f"{base}.out.starting", _SCRIPT_FLAGS, 0o644)
+        # Merlin's names need no rename: every attempt appends to <name>.out/.err.
+        suffix, flags = ("", _APPEND_FLAGS) if self.merlin else (".starting", _SCRIPT_FLAGS)
+        out = os.open(f"{base}.out{suffix}", flags, 0o644)
         try:
-            err = os.open(f"{base}.err.starting", _SCRIPT_FLAGS, 0o644)
+            err = os.open(f"{base}.err{suffix}", flags, 0o644)
             try:
                 proc = subprocess.Popen(
                     [script], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -192,6 +201,8 @@ class LocalAdapter(Adapter):
                 os.close(err)
         finally:
             os.close(out)
+        if self.merlin:
+            return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
         # The child holds the descriptors; renaming gives the files Maestro's names.
         os.replace(f"{base}.out.starting", f"{base}.{proc.pid}.out")
         os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
@@ -230,8 +241,8 @@ class LocalAdapter(Adapter):
             return _read_exit(exit_path)  # superseded earlier, or half written
         if str(exit_path) not in _cmdline(pid):
             return _read_exit(exit_path)  # it ended (or the pid is someone else's now)
-        self._jobs[(step.name, attempt)] = _Job(pid=pid, exit_path=exit_path, key=request.key)
-        return JobHandle(step=step.name, attempt=attempt, job_id=str(pid), backend=self.name)
+        self._jobs[(request.actor, attempt)] = _Job(pid=pid, exit_path=exit_path, key=request.key)
+        return JobHandle(step=request.actor, attempt=attempt, job_id=str(pid), backend=self.name)
 
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the process to exit (exit code negative: the killing signal)."""

@@ -167,7 +167,7 @@ class SlurmAdapter(SchedulerAdapter):
         job_id = await self._submit_once(args, request)
         self._exit_files[job_id] = exit_file_path(step, job_id)
         self._log.info("job_submitted", step=step.name, attempt=request.attempt, job_id=job_id)
-        return JobHandle(step=step.name, attempt=request.attempt, job_id=job_id,
+        return JobHandle(step=request.actor, attempt=request.attempt, job_id=job_id,
                          backend=self.name)  # fmt: skip
 
     async def _submit_once(self, args: list[str], request: JobRequest) -> str:
@@ -297,7 +297,7 @@ class SlurmAdapter(SchedulerAdapter):
             return None
         self._exit_files[job.job_id] = exit_file_path(step, job.job_id)
         self._log.info("job_adopted", step=step.name, attempt=request.attempt, job_id=job.job_id)
-        return JobHandle(step=step.name, attempt=request.attempt, job_id=job.job_id,
+        return JobHandle(step=request.actor, attempt=request.attempt, job_id=job.job_id,
                          backend=self.name)  # fmt: skip
 
     async def _lookup_key(self, key: str) -> SlurmJob | None:

@@ -95,7 +95,7 @@ def make_backends(
     shell = str(graph.batch.get("shell") or "/bin/bash")
     env = {STUDY_VAR: study_id, "TROUPE_STUDY_DIR": graph.study_dir}
     local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env,
-                         adoptable=adoptable)
+                         adoptable=adoptable, merlin=graph.merlin)
     btype = graph.batch_type
     if run_local or btype == "local":
         return Backends(local, local)

@@ -88,6 +88,10 @@ _pgen_opt = click.option("--pgen", "-p", type=click.Path(exists=True, dir_okay=F
                          help="A Maestro custom parameter generator (Python file).")
 _pargs_opt = click.option("--pargs", multiple=True, metavar="KEY:VALUE",
                           help="Argument for the parameter generator (repeatable).")
+_samples_opt = click.option(
+    "--samplesfile", type=click.Path(exists=True, dir_okay=False),
+    help="A Merlin study's samples (.npy, .csv, .tab): replaces merlin.samples.file, and "
+         "its generate command is not run (as merlin run --samplesfile).")
 _out_opt = click.option("-o", "--out", type=click.Path(file_okay=False),
                         help="Study directory, used as given (no timestamp).")
 
@@ -127,13 +131,16 @@ def main(verbose: int) -> None:
 @click.option("--no-cache", is_flag=True, help="Neither record nor reuse cache keys.")
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=None,
               help="Seconds between SIGTERM and SIGKILL when a step is stopped (default 10).")
+@_samples_opt
+@click.option("--per-sample-status", is_flag=True,
+              help="status.csv: a row per sample of a sampled step (else one per state).")
 @_pgen_opt
 @_pargs_opt
 @_friendly_errors
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
         attempts: int | None, nats_url: str | None, run_local: bool, reuse: str | None,
-        no_cache: bool, kill_grace: float | None, pgen: str | None, pargs: tuple[str, ...],
-        **conn: Any) -> None:
+        no_cache: bool, kill_grace: float | None, samplesfile: str | None,
+        per_sample_status: bool, pgen: str | None, pargs: tuple[str, ...], **conn: Any) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
     from engine.client import read_credentials
     from engine.hosting import StudyOptions
@@ -144,7 +151,9 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
     graph = _load(spec, out, pgen, pargs)
     study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
                          kill_grace=kill_grace, dry_run=dry, run_local=run_local,
-                         reuse=reuse or "", use_cache=not no_cache)
+                         reuse=reuse or "", use_cache=not no_cache,
+                         samples_file=os.path.abspath(samplesfile) if samplesfile else "",
+                         per_sample_status=per_sample_status)
     opts = RunOptions(
         study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
         credentials=read_credentials(conn) if nats_url else Credentials(),

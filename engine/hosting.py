@@ -29,6 +29,7 @@ from engine.backends import Backends, check_backends, make_backends, notify_env
 from engine.bus import Bus
 from engine.cache import cache_keys, load_previous, record_cache, reuse_cached
 from engine.machines.recovery import Recovered, recover_records
+from engine.merlin import prepare_merlin
 from engine.settings import (
     CliOverrides,
     kill_grace,
@@ -61,6 +62,9 @@ class StudyOptions(msgspec.Struct, frozen=True, kw_only=True):
         reuse: An earlier study directory whose FINISHED steps with the same cache key
             are reused (state CACHED, workspace copied); "" for none.
         use_cache: Record cache keys (and honour ``reuse``); False for ``--no-cache``.
+        samples_file: ``--samplesfile``: a Merlin study's samples, instead of its
+            ``merlin.samples`` file and generate command.
+        per_sample_status: status.csv has a row per sample (else per state, counted).
     """
 
     throttle: int | None = None
@@ -71,6 +75,8 @@ class StudyOptions(msgspec.Struct, frozen=True, kw_only=True):
     run_local: bool = False
     reuse: str = ""
     use_cache: bool = True
+    samples_file: str = ""
+    per_sample_status: bool = False
 
     @classmethod
     def from_stored(cls, options: Mapping[str, object]) -> StudyOptions:
@@ -163,7 +169,11 @@ async def build_runtime(
         ConfigError: an unknown batch type, an unreadable input file or ``reuse`` record.
         SpecError: settings that cannot be applied.
         StatusError: a scheduler could not be asked about the in-flight attempts.
+        SamplesError: a Merlin study's samples could not be made or read.
     """
+    samples = None
+    if graph.merlin:
+        samples = await prepare_merlin(graph, samples_file=opts.samples_file or None)
     cli = opts.overrides()
     policies = step_policies(graph, cli, run_local=opts.run_local)
     backends = make_backends(
@@ -172,6 +182,11 @@ async def build_runtime(
         adoptable=store is not None,  # nothing resumes a `run`: no wrapper per step
     )
     keys = cache_keys(graph) if opts.use_cache and not opts.dry_run else {}
+    if samples is not None:  # a key does not cover the samples: nothing on them is reused
+        tainted = {s.name for s in graph.steps if s.sampled}
+        for name in list(tainted):
+            tainted |= graph.descendants(name)
+        keys = {k: v for k, v in keys.items() if k not in tainted}
     recovered: Recovered | None = None
     cached: list[str] = []
     if start is Start.FRESH:
@@ -187,6 +202,7 @@ async def build_runtime(
         graph, study_id=study_id, bus=bus, adapter=backends.adapter,
         limits=throttle_limits(graph, cli), policies=policies, dry_run=opts.dry_run,
         status_path=Path(graph.study_dir) / "status.csv", store=store,
-        recovered=recovered, cached=cached, worker=worker,
+        recovered=recovered, cached=cached, worker=worker, samples=samples,
+        per_sample_status=opts.per_sample_status,
     )
     return HostedStudy(runtime=runtime, backends=backends, keys=keys)

@@ -4,7 +4,7 @@ holds for any ``PublishState`` in WAITING, whatever its other fields (after dask
 
 from __future__ import annotations
 
-__all__ = ["Matcher"]
+__all__ = ["Matchable", "Matcher"]
 
 
 class Matcher:
@@ -26,3 +26,13 @@ class Matcher:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
         return f"{self.type.__name__}.match({args})"
+
+
+class Matchable:
+    """Mixin of the machines' events and commands: ``X.match(**fields)``."""
+
+    @classmethod
+    def match(cls, **fields: object) -> Matcher:
+        """A partial matcher for tests: ``PublishState.match(state=WAITING) == cmd``
+        (TypeError for a field the message does not have)."""
+        return Matcher(cls, fields)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import msgspec
 
-if TYPE_CHECKING:
-    from engine.matching import Matcher
+from engine.matching import Matchable
 
 __all__ = [  # fmt: skip
     "ACTIVE_STATES", "AnyBusMessage", "AttemptLost", "BUS_DECODER", "BusMessage",
@@ -25,7 +24,7 @@ __all__ = [  # fmt: skip
     "Command", "ControlReply", "DependencyEnded", "ENCODER", "EndStudy", "Event",
     "EventsReply", "EventsRequest", "FAILURE_STATES", "FailureKind", "GrantSlot",
     "JobExited", "JobOutcome", "JobReported", "JobStarted", "KillAllJobs", "PublishState",
-    "RaceChecked", "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION",
+    "RaceChecked", "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION", "SamplesChanged",
     "SetThrottle", "SlotGranted", "SlotReleased", "SlotRequested", "SlotWithdrawn",
     "StartTimer", "StatusReply", "StatusRequest", "StepEnded", "StepState",
     "StepStateChanged", "StepSummary", "StopRequested", "StopStudy", "StudyCancelRequested",
@@ -156,6 +155,18 @@ class StepStateChanged(BusMessage, tag="step_state_changed"):
     final: bool = False
     soft: bool = False
     lost_race: bool = False
+
+
+class SamplesChanged(BusMessage, tag="samples_changed"):
+    """Samples of a sampled step (Merlin) entered ``state``: one message per step and
+    state for what happened since the last one (sent every 0.2 s at most), not one per
+    sample. ``samples`` are the 0-based sample ids (``$(MERLIN_SAMPLE_ID)``)."""
+
+    study_id: str
+    step: str
+    state: StepState
+    samples: tuple[int, ...]
+    time: float
 
 
 class StudyStarted(BusMessage, tag="study_started"):
@@ -323,7 +334,8 @@ class EventsReply(BusMessage, tag="events_reply"):
 
 
 AnyBusMessage = (
-    StepStateChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle | ControlReply
+    StepStateChanged | SamplesChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle
+    | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
     | EventsRequest | EventsReply | JobReported
 )
@@ -335,17 +347,7 @@ BUS_DECODER = msgspec.json.Decoder(AnyBusMessage)
 # ----------------------------------------------------------------- machine events
 
 
-class _Matchable:
-    @classmethod
-    def match(cls, **fields: object) -> Matcher:
-        """A partial matcher for tests: ``PublishState.match(state=WAITING) == cmd``
-        (``engine.matching``; TypeError for a field the message does not have)."""
-        from engine.matching import Matcher
-
-        return Matcher(cls, fields)
-
-
-class Event(_Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Event(Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of the past-tense facts fed to the pure machines."""
 
     event_id: str = ""
@@ -484,7 +486,7 @@ class RaceChecked(Event, tag="race_checked"):
 # ------------------------------------------------------------------- commands
 
 
-class Command(_Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Command(Matchable, msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of the imperatives the machines return for their shells to carry out."""
 
 

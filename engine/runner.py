@@ -27,10 +27,12 @@ from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.authz import NatsUser, job_user, new_secrets, role_users
 from engine.bus import Credentials, open_bus
+from engine.errors import printable
 from engine.hosting import StudyOptions, build_runtime, check_study, make_study_id
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
 from engine.messages import StudyState
+from engine.merlin import SamplesError
 from engine.natsserver import open_embedded_server
 from engine.spec.graph import StudyGraph
 from engine.spec.naming import contained_path
@@ -96,9 +98,14 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             bus = await stack.enter_async_context(open_bus(url, creds))
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
-            hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
-                                         notify_user=job.name if job else None,
-                                         notify_password=job.password if job else None)
+            try:
+                hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
+                                             notify_user=job.name if job else None,
+                                             notify_password=job.password if job else None)
+            except SamplesError as exc:  # the study fails before any step runs
+                log.error("samples_failed", error=str(exc))
+                print(f"error: {printable(str(exc))}", file=sys.stderr)
+                return StudyState.FAILURE
             runtime = hosted.runtime
             if runtime.cached:
                 log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))

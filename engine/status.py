@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 from pathlib import Path
 
 import anyio
@@ -65,6 +66,10 @@ def _static_cells(inst: StepInstance) -> tuple[str, str, str]:
 
 
 def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
+    return ",".join(_cells(inst, rec, now))
+
+
+def _cells(inst: StepInstance, rec: StepRecord, now: float) -> list[str]:
     name, workspace, params = _static_cells(inst)
     run_time = elapsed = None
     end = rec.end_time if rec.end_time is not None else now
@@ -85,7 +90,24 @@ def _row(inst: StepInstance, rec: StepRecord, now: float) -> str:
         str(rec.restarts + rec.merlin_retries),
         params,
     ]
-    return ",".join(cells)
+    return cells
+
+
+class SampleCounts(Protocol):
+    """What the table asks about a sampled step's samples (``SampleShell``)."""
+
+    def counts(self, step: str) -> dict[str, int]: ...
+
+    def sample_states(self, step: str) -> list[tuple[str, str]]: ...
+
+
+def _sample_rows(cells: list[str], counts: dict[str, int]) -> list[str]:
+    """A sampled step's row once per sample state, its Job ID the count (summarised)."""
+    out = []
+    for state, count in sorted(counts.items()):
+        cells[1], cells[3] = f"{count} samples", state
+        out.append(",".join(cells))
+    return out
 
 
 class StatusTable:
@@ -93,13 +115,18 @@ class StatusTable:
 
     A row of a step that is not running depends only on its (immutable) record, so it is
     cached by record identity; rows of running steps show a growing run time and are
-    rendered every time.
+    rendered every time. A sampled step (Merlin) has one row per state of its samples,
+    with their count as its Job ID, or with ``per_sample`` one row per sample
+    (``<step>/<sample path>``).
     """
 
-    def __init__(self, order: Sequence[str], steps: Mapping[str, StepInstance]) -> None:
+    def __init__(self, order: Sequence[str], steps: Mapping[str, StepInstance], *,
+                 samples: SampleCounts | None = None, per_sample: bool = False) -> None:
         self._order = list(order)
         self._steps = steps
         self._cache: dict[str, tuple[StepRecord, str]] = {}
+        self._samples = samples
+        self._per_sample = per_sample
 
     def render(self, records: Mapping[str, StepRecord], *, now: float) -> str:
         """Return the whole table for ``records``."""
@@ -107,6 +134,9 @@ class StatusTable:
         cache = self._cache
         for name in self._order:
             rec = records[name]
+            if self._samples is not None and self._steps[name].sampled:
+                lines.extend(self._sampled(name, _cells(self._steps[name], rec, now)))
+                continue
             hit = cache.get(name)
             if hit is not None and hit[0] is rec:
                 lines.append(hit[1])
@@ -116,6 +146,17 @@ class StatusTable:
                 cache[name] = (rec, row)
             lines.append(row)
         return "\n".join(lines)
+
+    def _sampled(self, name: str, cells: list[str]) -> list[str]:
+        assert self._samples is not None
+        row = ",".join(cells)
+        if not self._per_sample:
+            return _sample_rows(cells, self._samples.counts(name)) or [row]
+        out, ws = [], cells[2]
+        for path, state in self._samples.sample_states(name):
+            cells[0], cells[1], cells[2], cells[3] = f"{name}/{path}", "--", f"{ws}/{path}", state
+            out.append(",".join(cells))
+        return out or [row]
 
 
 class StatusWriter:

@@ -110,6 +110,12 @@ def step_event(study_id: str, step: str, state: str) -> str:
     return f"{PREFIX}.events.{encode_token(study_id)}.step.{encode_token(step)}.{state.lower()}"
 
 
+def samples_event(study_id: str, step: str, state: str) -> str:
+    """Subject of a batch of a sampled step's samples entering a state
+    (``...samples.<token>.<state lowercase>``)."""
+    return f"{PREFIX}.events.{encode_token(study_id)}.samples.{encode_token(step)}.{state.lower()}"
+
+
 def study_event(study_id: str, kind: str) -> str:
     """Subject of a study-level event (``started``, ``ended``)."""
     return f"{PREFIX}.events.{encode_token(study_id)}.study.{kind}"

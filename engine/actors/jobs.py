@@ -26,6 +26,7 @@ import structlog
 from adapters.base import Adapter, JobHandle, JobRequest, SubmitError
 from engine import subjects
 from engine.errors import StoreError
+from engine.machines.samples import SEP
 from engine.machines.step import StepRecord
 from engine.messages import (
     Event,
@@ -55,7 +56,8 @@ class JobShell:
         graph: The study.
         study_id: Its id (the attempts' keys are ``<study>/<step>/<attempt>``).
         records: The live step records (read to choose the children to prepare).
-        resolve: The instance as it is submitted now (a decided race substituted).
+        resolve: The instance a record name runs as it is submitted now (a decided race
+            substituted; a sample's own values).
         persister: Where intents are stored before each submission (None: nothing
             resumes this study).
         clock: Seconds since the epoch.
@@ -63,7 +65,7 @@ class JobShell:
 
     def __init__(
         self, adapter: Adapter, graph: StudyGraph, *, study_id: str,
-        records: Mapping[str, StepRecord], resolve: Callable[[StepInstance], StepInstance],
+        records: Mapping[str, StepRecord], resolve: Callable[[str], StepInstance],
         persister: Persister | None = None, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.adapter = adapter
@@ -89,8 +91,8 @@ class JobShell:
         """One attempt's life: store the intent, submit, report the start, wait, report
         the exit. An intent the store could not take (the persister gave up) and a
         refused submission both end as ``SubmitFailed``."""
-        inst = self._resolve(self.graph.by_name[name])
-        if self._persister is not None:
+        inst = self._resolve(name)
+        if self._persister is not None and SEP not in name:  # (samples: their step is)
             try:
                 await self._persister.wait_intent(name, attempt)
             except StoreError as exc:
@@ -99,8 +101,8 @@ class JobShell:
                 yield SubmitFailed(event_id=new_event_id(), retryable=False,
                                    detail=f"its intent could not be stored: {exc}")
                 return
-        request = JobRequest(step=inst, attempt=attempt, restart=restart,
-                             key=f"{self.study_id}/{name}/{attempt}")
+        request = JobRequest(step=inst, attempt=attempt, restart=restart, name=name,
+                             key=f"{self.study_id}/{name.replace(SEP, '#')}/{attempt}")
         try:
             handle = await self.adapter.submit(request)
         except SubmitError as exc:
@@ -146,14 +148,15 @@ class JobShell:
     def _prepare_children(self, name: str) -> None:
         """While ``name`` runs, prepare the children it alone holds back (a chain's next
         step), unless it fans out (preparing them all would hold up its own end)."""
-        children = self.graph.children[name]
+        children = self.graph.children.get(name, ())  # (a sample has none)
         if len(children) > _PREPARE_AHEAD:
             return
         for child in children:
             rec, inst = self._records[child], self.graph.by_name[child]
-            if rec.state == StepState.INITIALIZED and rec.remaining == 1 and not inst.when:
+            if (rec.state == StepState.INITIALIZED and rec.remaining == 1 and not inst.when
+                    and not inst.sampled):
                 try:
-                    self.adapter.prepare(self._resolve(inst))
+                    self.adapter.prepare(self._resolve(child))
                 except OSError:
                     pass  # its submission writes the files again (and reports the error)
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from adapters.base import Adapter, JobHandle
@@ -37,12 +38,14 @@ from engine.actors.control import serve_control
 from engine.actors.jobs import JobShell
 from engine.actors.race import run_race_check
 from engine.actors.router import Router
+from engine.actors.samples import SampleShell, mark_finished
 from engine.bus import Bus
 from engine.machines import step as step_machine
 from engine.machines import supervisor as sup_machine
 from engine.machines.policy import StepPolicy
 from engine.machines.race import new_race_book, substitute
 from engine.machines.recovery import Recovered, initial_records, replay_plan
+from engine.machines.samples import SEP, set_policy
 from engine.machines.supervisor import SUPERVISOR, Target
 from engine.machines.wiring import ROUTES
 from engine.messages import (
@@ -58,6 +61,7 @@ from engine.messages import (
     Event,
     KillAllJobs,
     PublishState,
+    SamplesChanged,
     StepState,
     StepStateChanged,
     StopRequested,
@@ -74,10 +78,12 @@ from engine.messages import (
     new_event_id,
 )
 from engine.spec.graph import StepInstance, StudyGraph
+from engine.spec.samples import resolve_counted
 from engine.status import StatusTable, StatusWriter, state_counts
 
 if TYPE_CHECKING:
     from engine.actors.persist import Persister
+    from engine.merlin import Samples
     from engine.store import Store
 
 __all__ = ["StudyRuntime"]
@@ -104,6 +110,9 @@ class StudyRuntime:
         recovered: Records rebuilt from the store (engine restart, ``restart``).
         cached: Steps whose earlier results were reused (they become CACHED at start).
         worker: The engine's id, recorded with each step.
+        samples: The samples of a Merlin study whose steps use them
+            (``engine.actors.samples``).
+        per_sample_status: status.csv lists each sample (else each state's count).
     """
 
     def __init__(
@@ -124,6 +133,8 @@ class StudyRuntime:
         recovered: Recovered | None = None,
         cached: Iterable[str] = (),
         worker: str = "",
+        samples: Samples | None = None,
+        per_sample_status: bool = False,
     ) -> None:
         self.graph = graph
         self.study_id = study_id
@@ -153,10 +164,12 @@ class StudyRuntime:
         self._loop = ActorLoop(decide=self._decide, execute=self._execute,
                                routes={**ROUTES, StopStudy: self._stop_requested})
         self._router = Router(study_id, graph.children, self._loop.send, url=bus.url)
+        self._samples = self._sample_shell(samples)
         self._jobs = JobShell(adapter, graph, study_id=study_id, records=self.records,
                               resolve=self._resolve, persister=self.persister, clock=clock)
         self._status = None if status_path is None else StatusWriter(
-            status_path, StatusTable(self._order, graph.by_name), self.records,
+            status_path, StatusTable(self._order, graph.by_name, samples=self._samples,
+                                     per_sample=per_sample_status), self.records,
             clock=clock, interval=status_interval)
         self._log = structlog.get_logger("troupe.study").bind(study_id=study_id)
         self._debug = logging.getLogger("troupe.study").isEnabledFor(logging.DEBUG)
@@ -169,8 +182,10 @@ class StudyRuntime:
         return self._order
 
     def state_counts(self) -> dict[str, int]:
-        """Steps per state now."""
-        return state_counts(r.state for r in self.records.values())
+        """Steps per state now (a sampled step counts once)."""
+        if self._samples is None:
+            return state_counts(r.state for r in self.records.values())
+        return state_counts(r.state for n, r in self.records.items() if SEP not in n)
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel the whole study: every step not yet terminal becomes CANCELLED.
@@ -237,6 +252,8 @@ class StudyRuntime:
                         self.bus, task_status=task_status))
                 if self._status is not None:
                     tg.start_soon(self._status.run)
+                if self._samples is not None:
+                    tg.start_soon(self._samples.run_flusher)
                 await self._announce()
                 if self.persister is not None:
                     tg.start_soon(self.persister.run)
@@ -287,6 +304,9 @@ class StudyRuntime:
 
     async def _finish(self) -> None:
         with anyio.CancelScope(shield=True):
+            for step, state, ids, now in self._samples.drain() if self._samples else ():
+                await self.bus.publish_event(subjects.samples_event(self.study_id, step, state),
+                                             self._samples_changed(step, state, ids, now))
             with anyio.move_on_after(10):
                 await self.adapter.cleanup()  # what the steps left running (daemons)
             if self._status is not None:
@@ -320,9 +340,11 @@ class StudyRuntime:
         now = self.clock()
         if target is SUPERVISOR:
             self.supervisor, cmds = sup_machine.decide(self.supervisor, event, now=now)
-        else:
-            self.records[target], cmds = step_machine.decide(self.records[target], event,
-                                                             now=now)
+            return cmds
+        rec = self.records.get(target)
+        if rec is None:  # a sample that has ended (its record is gone): nothing to do
+            return []
+        self.records[target], cmds = step_machine.decide(rec, event, now=now)
         return cmds
 
     def _stop_requested(self, cmd: StopStudy, cause: str) -> tuple[Target, Event]:
@@ -335,12 +357,21 @@ class StudyRuntime:
         match cmd:
             case PublishState():
                 return self._publish(cmd, cause)
+            case SubmitJob(step=s, attempt=a) if s in self._sampled:
+                assert self._samples is not None
+                self._loop.spawn(s, self._samples.run(s, a))
             case SubmitJob(step=s, attempt=a, restart=restart):
                 self._loop.spawn(s, self._jobs.run(s, a, restart))
+            case CancelJob(step=s) if s in self._sampled:
+                assert self._samples is not None
+                self._samples.cancel(s)
             case CancelJob(step=s, attempt=a):
                 self._loop.start_soon(self._jobs.cancel, s, a)
+            case WriteScript(step=s) if s in self._sampled:
+                assert self._samples is not None
+                self._samples.write_scripts(s, self.adapter.write_script)
             case WriteScript(step=s):
-                self.adapter.write_script(self.graph.by_name[s])
+                self.adapter.write_script(self._resolve(s))
             case CheckRace(step=s):
                 ws = self.graph.by_name[s].workspace
                 self._loop.spawn(SUPERVISOR, run_race_check(cmd, ws))
@@ -352,11 +383,51 @@ class StudyRuntime:
                 raise AssertionError(f"unhandled command {cmd!r}")
         return None
 
-    def _resolve(self, inst: StepInstance) -> StepInstance:
-        """The instance as submitted now: ``$(race.<group>)`` of decided races resolved."""
+    def _resolve(self, name: str) -> StepInstance:
+        """The instance a record runs now: ``$(race.<group>)`` of decided races resolved,
+        a sample's values, the tokens that count the samples."""
+        if self._samples is None:
+            inst = self.graph.by_name[name]
+        else:
+            inst = self._samples.instance(name)
+            if not inst.sampled:  # (a sample's were substituted with its values)
+                layout = self._samples.samples.layout
+                inst = msgspec.structs.replace(inst, cmd=resolve_counted(inst.cmd, layout),
+                                               restart=resolve_counted(inst.restart, layout))
         return substitute(inst, self.supervisor.races.winners, self.graph.by_name)
 
+    def _sample_shell(self, samples: Samples | None) -> SampleShell | None:
+        """The samples' shell, if steps use samples; their records' policies become the
+        policy of their set (``engine.machines.samples.set_policy``)."""
+        self._sampled = frozenset(s.name for s in self.graph.steps if s.sampled)
+        if not self._sampled:
+            return None
+        if samples is None:
+            raise ValueError("a study whose steps use samples needs them read first")
+        own = {n: self.records[n].policy for n in self._sampled}
+        for n in self._sampled:
+            self.records[n] = msgspec.structs.replace(self.records[n],
+                                                      policy=set_policy(own[n]))
+        return SampleShell(self.graph, samples, records=self.records, policies=own,
+                           send=self._loop.send, publish=self._publish_samples,
+                           dry_run=self.dry_run, clock=self.clock)
+
+    def _samples_changed(self, step: str, state: StepState, ids: list[int],
+                         now: float) -> SamplesChanged:
+        return SamplesChanged(event_id=new_event_id(), study_id=self.study_id, step=step,
+                              state=state, samples=tuple(ids), time=now)
+
+    def _publish_samples(self, step: str, state: StepState, ids: list[int], now: float) -> None:
+        self._loop.start_soon(self.bus.publish_event,
+                              subjects.samples_event(self.study_id, step, state),
+                              self._samples_changed(step, state, ids, now))
+
     async def _publish(self, cmd: PublishState, cause: str) -> None:
+        if self._samples is not None and SEP in cmd.step:
+            self._samples.published(cmd)
+            if self._status is not None:
+                self._status.changed()
+            return
         msg = StepStateChanged(
             event_id=new_event_id(), cause_id=cause, study_id=self.study_id, step=cmd.step,
             attempt=cmd.attempt, state=cmd.state, previous=cmd.previous, time=cmd.time,
@@ -372,6 +443,9 @@ class StudyRuntime:
                                       worker=self.worker, final=cmd.final, soft=cmd.soft)
         if self._status is not None:
             self._status.changed()
+        if (self.graph.merlin and cmd.final and cmd.state == StepState.FINISHED
+                and cmd.step not in self._sampled):
+            mark_finished(self.graph.by_name[cmd.step])
         # Every transition is on the bus already; the log keeps failures at INFO (and the
         # rest at DEBUG, when that is on: asking structlog costs more than the check).
         if cmd.state in FAILURE_STATES or self._debug:

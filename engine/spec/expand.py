@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+
+import msgspec
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -39,6 +41,7 @@ from engine.spec.naming import (
 from engine.spec.pgen import ParameterTable, load_generator
 from engine.spec.policy import MERLIN_CODES, parse_walltime
 from engine.spec.safety import DEFAULT_MAX_INSTANCES, name_problem
+from engine.spec.samples import late_tokens, merlin_tokens, uses_samples
 
 __all__ = ["expand_study", "load_study", "maestro_topological_order"]
 
@@ -82,6 +85,9 @@ def load_study(
     study_dir = study_dir_for(spec, out_dir=out_dir, now=now, cwd=cwd)
     spec_root = os.path.dirname(spec_file)
     env = build_environment(spec, study_dir=study_dir, spec_root=spec_root, cwd=cwd)
+    if spec.merlin:
+        for name, value in merlin_tokens(spec, study_dir, spec_file, now).items():
+            env.add_variable(name, value)
     if pgen:
         table = load_generator(pgen, env, pargs, study_dir=study_dir, spec_root=spec_root)
     else:
@@ -196,6 +202,8 @@ class _Expander:
         self.out: dict[str, StepInstance] = {}
         self.by_workspace: dict[str, str] = {}  # workspace -> first instance using it
         self.warnings: list[str] = []
+        self.labels = spec.samples.labels if spec.samples else ()
+        self.late = late_tokens(self.labels)  # resolved per sample, at submission
         limits = spec.troupe.get("limits") or {}
         self.max_instances: int = limits.get("max_instances", DEFAULT_MAX_INSTANCES)
 
@@ -317,6 +325,7 @@ class _Expander:
             name=inst, step=node.name, description=apply(node.description), workspace=ws,
             cmd=cmd, restart=restart, parents=tuple(dict.fromkeys(parents)), params=params,
             resources=resources, funnel_parents=tuple(dict.fromkeys(funnels)),
+            sampled=bool(self.labels) and uses_samples(cmd, restart, self.labels),
             **node.extensions,
         )  # fmt: skip
         self.instances[node.name].append(inst)
@@ -344,6 +353,8 @@ class _Expander:
 
     def warn(self, step: str, tokens: list[str], where: str = "") -> None:
         for token in tokens:
+            if token in self.late:
+                continue
             text = f"step '{step}': unresolved token {token}{where} is left for the shell"
             if text not in self.warnings:
                 self.warnings.append(text)
@@ -396,4 +407,7 @@ def expand_study(
         warnings=tuple(expander.warnings),
         troupe=dict(spec.troupe),
         merlin=spec.merlin,
+        samples=None if spec.samples is None else msgspec.structs.replace(
+            spec.samples, file=env.apply(spec.samples.file),
+            generate=env.apply(spec.samples.generate)),
     )

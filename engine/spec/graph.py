@@ -8,11 +8,14 @@ always comes before its children.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from functools import cached_property
 from typing import Any
 
 import msgspec
+
+from engine.spec.samples import SampleSpec
 
 __all__ = ["GitDependency", "PathDependency", "Resources", "StepInstance", "StudyGraph"]
 
@@ -58,6 +61,8 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
         when: The step's condition over its dependencies' states ("" = Maestro's rule).
         race: The race group it belongs to ("" for none).
         max_retries, retry_delay, shell, task_queue: Merlin's step keys.
+        sampled: It runs once per sample of ``merlin.samples`` (Merlin's rule: its cmd or
+            restart names a column label, ``$(MERLIN_SAMPLE_ID)`` or ``$(MERLIN_SAMPLE_PATH)``).
     """
 
     name: str
@@ -81,6 +86,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     retry_delay: float | None = None
     shell: str = ""
     task_queue: str = ""
+    sampled: bool = False
 
     @property
     def is_scheduled(self) -> bool:
@@ -127,6 +133,7 @@ class StudyGraph(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         warnings: Non-fatal findings, e.g. unresolved ``$(TOKEN)`` in a command.
         troupe: The spec's top-level ``troupe:`` block (engine settings), validated.
         merlin: The spec has a ``merlin:`` block: Merlin's exit-code protocol applies.
+        samples: ``merlin.samples`` with its file and generate command substituted.
     """
 
     name: str
@@ -141,6 +148,12 @@ class StudyGraph(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     warnings: tuple[str, ...] = ()
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
     merlin: bool = False
+    samples: SampleSpec | None = None
+
+    @property
+    def merlin_info(self) -> str:
+        """Merlin's ``merlin_info/`` directory of this study."""
+        return os.path.join(self.study_dir, "merlin_info")
 
     @property
     def batch_type(self) -> str:

@@ -27,6 +27,7 @@ from engine.spec.extensions import (
 )
 from engine.spec.model import INT_RESOURCE_KEYS, RUN_KEYS, Description, Env, Parameter, Spec, Step
 from engine.spec.naming import make_safe_path, unsafe_dir_reason
+from engine.spec.samples import parse_samples
 from engine.spec.safety import (
     MAX_COUNT,
     Refused,
@@ -176,10 +177,18 @@ class _Validator:
         troupe = self.mapping(top.get("troupe") or {}, "troupe")
         check_troupe_block(troupe, self.fail)
         self.merlin = "merlin" in top or _looks_like_merlin(top.get("study"))
+        merlin = top.get("merlin")
+        if merlin is not None and not isinstance(merlin, dict):
+            self.fail("merlin", f"must be a mapping, not {_kind(merlin)}")
+        samples = parse_samples((merlin or {}).get("samples"), self.fail)
         self.run_keys = RUN_KEYS + TROUPE_RUN_KEYS + (MERLIN_RUN_KEYS if self.merlin else ())
         study = self.study(top.get("study"))
         params = self.parameters(top.get("global.parameters") or {})
         self.namespace(env, params)
+        for i, label in enumerate(samples.labels if samples else ()):
+            if label in params or label in env.get("variables", {}):
+                self.fail(f"merlin.samples.column_labels[{i}]", f"'{label}' is also a "
+                          f"{'parameter' if label in params else 'variable'}")
         check_spec_names(top, self.fail)
         try:
             return Spec(
@@ -191,6 +200,7 @@ class _Validator:
                 parameters=msgspec.convert(params, dict[str, Parameter]),
                 troupe=dict(troupe),
                 merlin=self.merlin,
+                samples=samples,
             )
         except msgspec.ValidationError as exc:  # a gap in the checks above: still report it
             msg, _, path = str(exc).rpartition(" - at `$")

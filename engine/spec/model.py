@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from engine.spec.samples import SampleSpec
+
 __all__ = [
     "INT_RESOURCE_KEYS",
     "RUN_KEYS",
@@ -151,6 +153,7 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
         parameters: ``global.parameters``, in file order.
         troupe: The top-level ``troupe:`` block, ``{}`` when absent.
         merlin: The spec has a ``merlin:`` block (Merlin's keys and exit codes apply).
+        samples: ``merlin.samples``, validated (None without samples).
     """
 
     path: str
@@ -161,3 +164,4 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
     parameters: dict[str, Parameter] = msgspec.field(default_factory=dict)
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
     merlin: bool = False
+    samples: SampleSpec | None = None

@@ -22,7 +22,7 @@ NOW = 42.0
 
 def shell(ad: FakeAdapter, g: StudyGraph) -> JobShell:
     return JobShell(ad, g, study_id="sid", records=initial_records(g, {}),
-                    resolve=lambda i: i, clock=lambda: NOW)
+                    resolve=lambda n: g.by_name[n], clock=lambda: NOW)
 
 
 async def collect(events: AsyncIterator[Event], into: list[Event]) -> None:

@@ -1,0 +1,234 @@
+"""The shell around the sampled steps' books (``engine.machines.samples``).
+
+A sampled step's "job" is its set of samples: ``run`` opens the book when the step is
+submitted and reports the job's exit once the book says every sample has ended; each
+open sample is a step record of its own, in the runtime's records, decided by the step
+machine and run by the job shell like any step (its instance from :meth:`instance`).
+What a sample's record publishes comes here instead of the bus (:meth:`published`): its
+end goes to the book, which opens the next sample, and its state changes leave in
+batches, one ``SamplesChanged`` per step and state every ``interval`` seconds, never an
+event per sample. A sample that ends FINISHED gets Merlin's ``MERLIN_FINISHED`` marker;
+one whose marker exists when the step starts (the study run again) is not run again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from engine.machines import samples as book_machine
+from engine.machines.samples import (
+    CancelSample,
+    OpenSample,
+    SampleBook,
+    SampleEnded,
+    SamplesBegin,
+    SamplesFinished,
+    SamplesStop,
+    sample_name,
+    split_sample,
+)
+from engine.machines.step import StepRecord, new_record
+from engine.messages import (
+    CancelRequested,
+    Command,
+    Event,
+    JobExited,
+    JobStarted,
+    PublishState,
+    StepState,
+    StudyOpened,
+    new_event_id,
+)
+from engine.spec.samples import for_sample
+
+if TYPE_CHECKING:
+    from engine.machines.policy import StepPolicy
+    from engine.merlin import Samples
+    from engine.spec.graph import StepInstance, StudyGraph
+
+__all__ = ["MARKER", "SampleShell", "mark_finished"]
+
+MARKER = "MERLIN_FINISHED"
+DEFAULT_WINDOW = 512
+
+
+def mark_finished(inst: StepInstance) -> None:
+    """Write Merlin's ``MERLIN_FINISHED`` marker in a finished step's workspace (a
+    marker that cannot be written is logged, never fatal)."""
+    try:
+        with open(os.path.join(inst.workspace, MARKER), "wb"):
+            pass
+    except OSError as exc:
+        structlog.get_logger("troupe.samples").warning("marker_not_written", step=inst.name,
+                                                       error=str(exc))
+
+
+class SampleShell:
+    """Runs the samples of a study's sampled steps.
+
+    Args:
+        graph: The study.
+        samples: Its samples (read when the study started).
+        records: The runtime's records (open samples' records live there too).
+        policies: Each sampled step's policy, which each of its samples follows.
+        send: Puts an event into the study's inbox.
+        publish: Sends one batch: ``(step, state, sample ids, time)``.
+        dry_run: Samples are written, not run.
+        window: How many samples of one step may be open at once.
+    """
+
+    def __init__(
+        self, graph: StudyGraph, samples: Samples, *,
+        records: MutableMapping[str, StepRecord], policies: dict[str, StepPolicy],
+        send: Callable[[str, Event], None],
+        publish: Callable[[str, StepState, list[int], float], None],
+        dry_run: bool = False, window: int = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.graph = graph
+        self.samples = samples
+        self._records = records
+        self._policies = policies
+        self._send = send
+        self._publish = publish
+        self._dry_run = dry_run
+        self._window = window
+        self._clock = clock
+        self.books: dict[str, SampleBook] = {}
+        self._ended: dict[str, anyio.Event] = {}
+        self._results: dict[str, SamplesFinished] = {}
+        self._pending: dict[tuple[str, StepState], list[int]] = {}
+        self._log = structlog.get_logger("troupe.samples")
+
+    # ------------------------------------------------------------------ a step's job
+
+    def instance(self, name: str) -> StepInstance:
+        """The instance a record name runs: a sample's own, or the graph's."""
+        found = split_sample(name)
+        if found is None:
+            return self.graph.by_name[name]
+        step, index = found
+        return for_sample(self.graph.by_name[step], self.samples.table, self.samples.layout,
+                          index)
+
+    async def run(self, step: str, attempt: int) -> AsyncIterator[Event]:
+        """The sampled step's job: every sample, then the job's exit."""
+        book = book_machine.new_book(step, self.samples.n, window=self._window,
+                                     merlin=self.graph.merlin)
+        self.books[step] = book
+        self._ended[step] = ended = anyio.Event()
+        done = await anyio.to_thread.run_sync(self._marked, step)
+        yield JobStarted(event_id=new_event_id(), job_id=f"{self.samples.n} samples",
+                         time=self._clock())
+        if done:
+            self._log.info("samples_already_finished", step=step, count=len(done))
+        self._apply(book_machine.decide(book, SamplesBegin(event_id=new_event_id(),
+                                                           done=tuple(done))))
+        await ended.wait()
+        result = self._results.pop(step)
+        yield JobExited(event_id=new_event_id(), exit_code=result.exit_code,
+                        outcome=result.outcome, detail=result.detail, time=self._clock())
+
+    def cancel(self, step: str) -> None:
+        """Cancel a sampled step: no new sample, the open ones cancelled."""
+        book = self.books.get(step)
+        if book is not None:
+            self._apply(book_machine.decide(book, SamplesStop(event_id=new_event_id())))
+
+    def write_scripts(self, step: str, write: Callable[[StepInstance], object]) -> None:
+        """``--dry``: write every sample's script."""
+        for i in range(self.samples.n):
+            write(self.instance(sample_name(step, i)))
+
+    def _marked(self, step: str) -> list[int]:
+        """Samples whose MERLIN_FINISHED marker exists (only if the step ran before)."""
+        inst = self.graph.by_name[step]
+        if not os.path.isdir(inst.workspace):
+            return []
+        layout = self.samples.layout
+        return [i for i in range(self.samples.n)
+                if os.path.exists(os.path.join(inst.workspace, layout.path(i), MARKER))]
+
+    def _apply(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            match cmd:
+                case OpenSample(step=step, index=i):
+                    name = sample_name(step, i)
+                    self._records[name] = new_record(name, 0, dry_run=self._dry_run,
+                                                     policy=self._policies.get(step))
+                    self._send(name, StudyOpened(event_id=new_event_id()))
+                case CancelSample(step=step, index=i):
+                    self._send(sample_name(step, i), CancelRequested(
+                        event_id=new_event_id(), reason=f"step {step} was cancelled"))
+                case SamplesFinished(step=step):
+                    self._results[step] = cmd
+                    self._ended[step].set()
+                    self._log.info("samples_ended", step=step, detail=cmd.detail)
+                case _:
+                    raise AssertionError(f"unhandled command {cmd!r}")
+
+    # ------------------------------------------------------------------ what samples say
+
+    def published(self, cmd: PublishState) -> None:
+        """A sample's record changed state: batch it; at its end, tell the book."""
+        found = split_sample(cmd.step)
+        assert found is not None
+        step, index = found
+        self._pending.setdefault((step, cmd.state), []).append(index)
+        if not cmd.final:
+            return
+        self._records.pop(cmd.step, None)
+        if cmd.state == StepState.FINISHED:
+            ws = self.graph.by_name[step].workspace
+            try:
+                with open(os.path.join(ws, self.samples.layout.path(index), MARKER), "wb"):
+                    pass
+            except OSError as exc:
+                self._log.warning("marker_not_written", step=step, sample=index, error=str(exc))
+        book = self.books.get(step)
+        if book is not None:
+            self._apply(book_machine.decide(book, SampleEnded(
+                event_id=new_event_id(), index=index, state=cmd.state, soft=cmd.soft)))
+
+    def drain(self) -> list[tuple[str, StepState, list[int], float]]:
+        """What the samples did since the last drain, one batch per step and state."""
+        pending, self._pending = self._pending, {}
+        now = self._clock()
+        return [(step, state, ids, now) for (step, state), ids in pending.items()]
+
+    def flush(self) -> None:
+        """Send what :meth:`drain` gives."""
+        for batch in self.drain():
+            self._publish(*batch)
+
+    async def run_flusher(self, interval: float = 0.2) -> None:
+        """Flush every ``interval`` seconds (until cancelled; the owner flushes last)."""
+        while True:
+            await anyio.sleep(interval)
+            if self._pending:
+                self.flush()
+
+    def sample_states(self, step: str) -> list[tuple[str, str]]:
+        """Each sample's path and state (``--per-sample-status``)."""
+        book = self.books.get(step)
+        if book is None:
+            return []
+        layout = self.samples.layout
+        return [(layout.path(i), book.state_of(i)) for i in range(book.n)]
+
+    def counts(self, step: str) -> dict[str, int]:
+        """A sampled step's samples per state now (open ones as RUNNING)."""
+        book = self.books.get(step)
+        if book is None:
+            return {}
+        out = dict(book.counts)
+        if book.open:
+            out["RUNNING"] = book.open
+        if book.n > book.next:
+            out["INITIALIZED"] = book.n - book.next
+        return out
