@@ -32,6 +32,7 @@ import msgspec
 from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError, ConfigError
+from engine.samplestatus import query_samples
 from engine.messages import (
     AnyBusMessage,
     BusMessage,
@@ -291,16 +292,32 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
 @click.command()
 @click.argument("study_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--step", default="", metavar="STEP",
+              help="List the samples of this sampled step (a name or glob; Merlin samples).")
+@click.option("--state", default="", metavar="STATE",
+              help="With --step: only the samples in this state (FAILED, FINISHED, ...).")
 @connection_options
-def status(study_id: str | None, as_json: bool, **kwargs: Any) -> None:
-    """Show one study's steps, or every study with counts per state."""
+def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs: Any) -> None:
+    """Show one study's steps, or every study with counts per state. STUDY_ID may be a
+    study directory when --step lists samples (no engine needed)."""
     opts = _conn_opts(kwargs)
+    if state and not step:
+        raise ConfigError("--state needs --step (the sampled step whose samples to list)")
+    if step:
+        if not study_id:
+            raise ConfigError("--step needs a study (its id or its directory)")
+        if os.path.isdir(study_id):
+            _print_samples(query_samples(study_id, step, state), as_json)
+            return
 
     async def body(bus: Bus) -> int:
         reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
                                                         study_id=study_id or ""))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "status failed")
+        if step:
+            _print_samples(query_samples(reply.studies[0].study_dir, step, state), as_json)
+            return 0
         if as_json:
             click.echo(msgspec.json.encode(reply).decode())
             return 0
@@ -313,6 +330,17 @@ def status(study_id: str | None, as_json: bool, **kwargs: Any) -> None:
         return 0
 
     _run(opts, body)
+
+
+def _print_samples(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    labels = list(rows[0]["values"]) if rows else []
+    table = [[r["step"], str(r["sample"]), r["path"], r["state"] + (" (soft)" if r["soft"] else ""),
+              *(r["values"][k] for k in labels)] for r in rows]
+    click.echo(_table(table, ["STEP", "SAMPLE", "PATH", "STATE", *labels]))
+    click.echo(f"{len(rows)} samples", err=True)
 
 
 def _print_studies(reply: StatusReply) -> None:

@@ -6,7 +6,7 @@ Before any step runs, ``prepare_merlin`` lays out ``<study>/merlin_info/`` as
 knows substituted); then, for a spec with ``merlin.samples``, it runs ``generate.cmd``
 in ``merlin_info/`` if the samples file does not exist yet (its command, output and
 errors kept as ``cmd.sh``, ``cmd.out`` and ``cmd.err``), reads the file, and keeps a copy
-of it in ``merlin_info/``. A command that fails, or a file that is missing or
+of it in ``merlin_info/`` (and ``meta/samples/index.json``, ``engine.samplestatus``). A command that fails, or a file that is missing or
 unreadable afterwards, is a ``SamplesError``: the study fails before any step runs.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 
 from engine.errors import ConfigError
+from engine.samplestatus import write_index
 from engine.spec.graph import StudyGraph
 from engine.spec.samples import SampleLayout, SampleTable, read_samples
 
@@ -106,9 +107,12 @@ async def prepare_merlin(graph: StudyGraph, *, samples_file: str | None = None,
     except ValueError as exc:
         raise SamplesError(str(exc)) from None
     copy = info / os.path.basename(file)
-    if not copy.exists():
-        try:
+    try:
+        if not copy.exists():
             shutil.copyfile(file, copy)
-        except OSError as exc:
-            raise SamplesError(f"cannot copy the samples to {copy}: {exc}") from exc
+        write_index(graph.study_dir, samples_file=str(copy), labels=spec.labels,
+                    level_max_dirs=spec.level_max_dirs,
+                    steps=[s.name for s in graph.steps if s.sampled])
+    except OSError as exc:
+        raise SamplesError(f"cannot keep the samples in {graph.study_dir}: {exc}") from exc
     return Samples(table=table, layout=SampleLayout(table.n, spec.level_max_dirs))

@@ -45,6 +45,7 @@ from engine.messages import (
     StudyOpened,
     new_event_id,
 )
+from engine.samplestatus import write_states
 from engine.spec.samples import for_sample
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class SampleShell:
         self._ended: dict[str, anyio.Event] = {}
         self._results: dict[str, SamplesFinished] = {}
         self._pending: dict[tuple[str, StepState], list[int]] = {}
+        self._numbers = {s.name: i for i, s in enumerate(s for s in graph.steps if s.sampled)}
+        self._unsaved: set[str] = set()
         self._log = structlog.get_logger("troupe.samples")
 
     # ------------------------------------------------------------------ a step's job
@@ -166,6 +169,7 @@ class SampleShell:
                     self._send(sample_name(step, i), CancelRequested(
                         event_id=new_event_id(), reason=f"step {step} was cancelled"))
                 case SamplesFinished(step=step):
+                    self._save(step)
                     self._results[step] = cmd
                     self._ended[step].set()
                     self._log.info("samples_ended", step=step, detail=cmd.detail)
@@ -192,6 +196,7 @@ class SampleShell:
                 self._log.warning("marker_not_written", step=step, sample=index, error=str(exc))
         book = self.books.get(step)
         if book is not None:
+            self._unsaved.add(step)
             self._apply(book_machine.decide(book, SampleEnded(
                 event_id=new_event_id(), index=index, state=cmd.state, soft=cmd.soft)))
 
@@ -206,12 +211,26 @@ class SampleShell:
         for batch in self.drain():
             self._publish(*batch)
 
-    async def run_flusher(self, interval: float = 0.2) -> None:
-        """Flush every ``interval`` seconds (until cancelled; the owner flushes last)."""
+    async def run_flusher(self, interval: float = 0.2, save_every: int = 5) -> None:
+        """Flush every ``interval`` seconds, and save the states files every
+        ``save_every`` flushes (until cancelled; the owner flushes last)."""
+        turn = 0
         while True:
             await anyio.sleep(interval)
             if self._pending:
                 self.flush()
+            turn += 1
+            if turn % save_every == 0:
+                for step in list(self._unsaved):
+                    self._save(step)
+
+    def _save(self, step: str) -> None:
+        """Write ``step``'s states file (``engine.samplestatus``); a failure is logged."""
+        self._unsaved.discard(step)
+        try:
+            write_states(self.graph.study_dir, self._numbers[step], bytes(self.books[step].codes))
+        except OSError as exc:
+            self._log.warning("sample_states_not_written", step=step, error=str(exc))
 
     def sample_states(self, step: str) -> list[tuple[str, str]]:
         """Each sample's path and state (``--per-sample-status``)."""
