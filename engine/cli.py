@@ -74,11 +74,14 @@ def _friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(spec: str, out: str | None, pgen: str | None, pargs: Sequence[str]):  # type: ignore[no-untyped-def]
+def _load(spec: str, out: str | None, pgen: str | None, pargs: Sequence[str],  # type: ignore[no-untyped-def]
+          strict: bool = False):
     from engine.spec import load_study
 
     graph = load_study(spec, out_dir=out, now=dt.datetime.now(), cwd=os.getcwd(), pgen=pgen, pargs=pargs)
     for warning in graph.warnings:
+        if strict and "unresolved token" in warning:
+            _fail(f"{spec}: {printable(warning)} (--strict)")
         click.echo(f"warning: {printable(warning)}", err=True)
     return graph
 
@@ -92,6 +95,9 @@ _samples_opt = click.option(
     "--samplesfile", type=click.Path(exists=True, dir_okay=False),
     help="A Merlin study's samples (.npy, .csv, .tab): replaces merlin.samples.file, and "
          "its generate command is not run (as merlin run --samplesfile).")
+_strict_opt = click.option(
+    "--strict", is_flag=True,
+    help="An unresolved $(TOKEN) in a command is an error, not a warning.")
 _out_opt = click.option("-o", "--out", type=click.Path(file_okay=False),
                         help="Study directory, used as given (no timestamp).")
 
@@ -132,6 +138,7 @@ def main(verbose: int) -> None:
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=None,
               help="Seconds between SIGTERM and SIGKILL when a step is stopped (default 10).")
 @_samples_opt
+@_strict_opt
 @click.option("--per-sample-status", is_flag=True,
               help="status.csv: a row per sample of a sampled step (else one per state).")
 @_pgen_opt
@@ -139,7 +146,7 @@ def main(verbose: int) -> None:
 @_friendly_errors
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
         attempts: int | None, nats_url: str | None, run_local: bool, reuse: str | None,
-        no_cache: bool, kill_grace: float | None, samplesfile: str | None,
+        no_cache: bool, kill_grace: float | None, samplesfile: str | None, strict: bool,
         per_sample_status: bool, pgen: str | None, pargs: tuple[str, ...], **conn: Any) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
     from engine.client import read_credentials
@@ -148,12 +155,12 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
 
     if any(conn.values()) and not nats_url:
         _fail("--user/--password-file/--token-file/--creds/--tls-ca need --nats-url")
-    graph = _load(spec, out, pgen, pargs)
+    graph = _load(spec, out, pgen, pargs, strict)
     study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
                          kill_grace=kill_grace, dry_run=dry, run_local=run_local,
                          reuse=reuse or "", use_cache=not no_cache,
                          samples_file=os.path.abspath(samplesfile) if samplesfile else "",
-                         per_sample_status=per_sample_status)
+                         per_sample_status=per_sample_status, strict=strict)
     opts = RunOptions(
         study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
         credentials=read_credentials(conn) if nats_url else Credentials(),
@@ -172,16 +179,20 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
               help="Also show each step's condition, funnels, race, throttle scopes and policies.")
 @click.option("--reuse", type=click.Path(exists=True, file_okay=False),
               help="With --explain: say which steps this earlier study would provide (CACHED).")
+@_samples_opt
+@_strict_opt
 @_friendly_errors
 def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...],
-             explain: bool, reuse: str | None) -> None:
+             explain: bool, reuse: str | None, samplesfile: str | None, strict: bool) -> None:
     """Check SPEC and print its expanded steps, workspaces and dependencies."""
     from engine.settings import CliOverrides, step_policies
 
-    graph = _load(spec, out, pgen, pargs)
+    graph = _load(spec, out, pgen, pargs, strict)
     step_policies(graph, CliOverrides())  # what `run` refuses next (an undeclared group...)
     root = Path(graph.study_dir)
     click.echo(f"{graph.name}: {len(graph.steps)} steps, study directory {root}")
+    if graph.samples is not None:
+        click.echo(f"  samples: {_samples_text(graph, samplesfile)}")
     by_name = graph.by_name
     cached: set[str] | None = None
     if explain and reuse:
@@ -226,6 +237,26 @@ def _explain(inst: Any, graph: Any) -> str:
         rows.append(f"    merlin:    exit codes 100-105; max_retries {pol.max_retries}, "
                     f"retry_delay {pol.retry_delay:g} s")
     return "\n".join(rows)
+
+
+def _samples_text(graph: Any, samplesfile: str | None) -> str:
+    """How many samples the sampled steps run over, as far as validation can know."""
+    from engine.spec.samples import read_samples
+
+    spec = graph.samples
+    sampled = sum(1 for s in graph.steps if s.sampled)
+    file = samplesfile or spec.file
+    if not os.path.exists(file):
+        if spec.generate and not samplesfile:
+            return (f"{sampled} step instance(s) run once per sample of {file}, made at run "
+                    "time by merlin.samples.generate.cmd")
+        _fail(f"{file}: the samples file does not exist")
+    try:
+        table = read_samples(file, spec.labels)
+    except ValueError as exc:
+        _fail(str(exc))
+    return (f"{table.n} ({', '.join(spec.labels)}) from {file}; {sampled} step instance(s) "
+            f"run once per sample: {table.n * sampled} runs")
 
 
 def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:

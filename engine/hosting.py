@@ -65,6 +65,7 @@ class StudyOptions(msgspec.Struct, frozen=True, kw_only=True):
         samples_file: ``--samplesfile``: a Merlin study's samples, instead of its
             ``merlin.samples`` file and generate command.
         per_sample_status: status.csv has a row per sample (else per state, counted).
+        strict: An unresolved ``$(TOKEN)`` is an error (at validation and at submission).
     """
 
     throttle: int | None = None
@@ -77,6 +78,7 @@ class StudyOptions(msgspec.Struct, frozen=True, kw_only=True):
     use_cache: bool = True
     samples_file: str = ""
     per_sample_status: bool = False
+    strict: bool = False
 
     @classmethod
     def from_stored(cls, options: Mapping[str, object]) -> StudyOptions:
@@ -203,6 +205,6 @@ async def build_runtime(
         limits=throttle_limits(graph, cli), policies=policies, dry_run=opts.dry_run,
         status_path=Path(graph.study_dir) / "status.csv", store=store,
         recovered=recovered, cached=cached, worker=worker, samples=samples,
-        per_sample_status=opts.per_sample_status,
+        per_sample_status=opts.per_sample_status, strict=opts.strict,
     )
     return HostedStudy(runtime=runtime, backends=backends, keys=keys)

@@ -110,6 +110,11 @@ def step_event(study_id: str, step: str, state: str) -> str:
     return f"{PREFIX}.events.{encode_token(study_id)}.step.{encode_token(step)}.{state.lower()}"
 
 
+def step_warning(study_id: str, step: str) -> str:
+    """Subject of a warning about a step (``...step.<token>.warning``; not a state)."""
+    return f"{PREFIX}.events.{encode_token(study_id)}.step.{encode_token(step)}.warning"
+
+
 def samples_event(study_id: str, step: str, state: str) -> str:
     """Subject of a batch of a sampled step's samples entering a state
     (``...samples.<token>.<state lowercase>``)."""

@@ -37,6 +37,7 @@ from engine.messages import (
     SubmitFailed,
     new_event_id,
 )
+from engine.spec.environment import unresolved_tokens
 from engine.spec.graph import StepInstance, StudyGraph
 
 if TYPE_CHECKING:
@@ -61,12 +62,15 @@ class JobShell:
         persister: Where intents are stored before each submission (None: nothing
             resumes this study).
         clock: Seconds since the epoch.
+        warn: Says a warning about a step (``(step, message)``).
+        strict: An unresolved token fails the step's submission instead.
     """
 
     def __init__(
         self, adapter: Adapter, graph: StudyGraph, *, study_id: str,
         records: Mapping[str, StepRecord], resolve: Callable[[str], StepInstance],
         persister: Persister | None = None, clock: Callable[[], float] = time.time,
+        warn: Callable[[str, str], None] = lambda step, message: None, strict: bool = False,
     ) -> None:  # fmt: skip
         self.adapter = adapter
         self.graph = graph
@@ -75,9 +79,26 @@ class JobShell:
         self._resolve = resolve
         self._persister = persister
         self._clock = clock
+        self._warn = warn
+        self._strict = strict
+        self._warned: set[tuple[str, str]] = set()
         self._handles: dict[tuple[str, int], JobHandle] = {}
         self._cancel_pending: set[tuple[str, int]] = set()
         self._log = structlog.get_logger("troupe.jobs").bind(study_id=study_id)
+
+    def _unresolved(self, inst: StepInstance, restart: bool) -> str:
+        """The first ``$(TOKEN)`` left in the command about to run, said once per spec
+        step and token (a warning on the terminal and a ``StepWarning`` event)."""
+        text = inst.restart if restart and inst.restart else inst.cmd
+        if "$(" not in text:
+            return ""
+        left = unresolved_tokens(text)
+        for token in left:
+            if (inst.step, token) not in self._warned:
+                self._warned.add((inst.step, token))
+                self._warn(inst.name, f"unresolved token {token} in the command of step "
+                           f"'{inst.step}' is left for the shell")
+        return left[0] if left else ""
 
     def active_jobs(self) -> dict[tuple[str, int], JobHandle]:
         """The jobs submitted and not yet ended, by ``(step, attempt)``."""
@@ -92,6 +113,11 @@ class JobShell:
         the exit. An intent the store could not take (the persister gave up) and a
         refused submission both end as ``SubmitFailed``."""
         inst = self._resolve(name)
+        left = self._unresolved(inst, restart)
+        if left and self._strict:
+            yield SubmitFailed(event_id=new_event_id(), retryable=False,
+                               detail=f"unresolved token {left} in its command (--strict)")
+            return
         if self._persister is not None and SEP not in name:  # (samples: their step is)
             try:
                 await self._persister.wait_intent(name, attempt)

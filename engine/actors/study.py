@@ -63,6 +63,7 @@ from engine.messages import (
     PublishState,
     SamplesChanged,
     StepState,
+    StepWarning,
     StepStateChanged,
     StopRequested,
     StopStudy,
@@ -113,6 +114,8 @@ class StudyRuntime:
         samples: The samples of a Merlin study whose steps use them
             (``engine.actors.samples``).
         per_sample_status: status.csv lists each sample (else each state's count).
+        strict: A command about to run with an unresolved ``$(TOKEN)`` fails its step
+            (else a warning, once per spec step and token).
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class StudyRuntime:
         worker: str = "",
         samples: Samples | None = None,
         per_sample_status: bool = False,
+        strict: bool = False,
     ) -> None:
         self.graph = graph
         self.study_id = study_id
@@ -166,7 +170,8 @@ class StudyRuntime:
         self._router = Router(study_id, graph.children, self._loop.send, url=bus.url)
         self._samples = self._sample_shell(samples)
         self._jobs = JobShell(adapter, graph, study_id=study_id, records=self.records,
-                              resolve=self._resolve, persister=self.persister, clock=clock)
+                              resolve=self._resolve, persister=self.persister, clock=clock,
+                              warn=self._warn, strict=strict)
         self._status = None if status_path is None else StatusWriter(
             status_path, StatusTable(self._order, graph.by_name, samples=self._samples,
                                      per_sample=per_sample_status), self.records,
@@ -411,6 +416,13 @@ class StudyRuntime:
         return SampleShell(self.graph, samples, records=self.records, policies=own,
                            send=self._loop.send, publish=self._publish_samples,
                            dry_run=self.dry_run, clock=self.clock)
+
+    def _warn(self, step: str, message: str) -> None:
+        self._log.warning("step_warning", step=step, message=message)
+        msg = StepWarning(event_id=new_event_id(), study_id=self.study_id, step=step,
+                          message=message, time=self.clock())
+        self._loop.start_soon(self.bus.publish_event,
+                              subjects.step_warning(self.study_id, step), msg)
 
     def _samples_changed(self, step: str, state: StepState, ids: list[int],
                          now: float) -> SamplesChanged:

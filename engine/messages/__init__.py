@@ -25,7 +25,7 @@ __all__ = [  # fmt: skip
     "RaceChecked", "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION", "SamplesChanged",
     "SetThrottle", "SlotGranted", "SlotReleased", "SlotRequested", "SlotWithdrawn",
     "StartTimer", "StatusReply", "StatusRequest", "StepEnded", "StepState",
-    "StepStateChanged", "StepSummary", "StopRequested", "StopStudy", "StudyCancelRequested",
+    "StepStateChanged", "StepSummary", "StepWarning", "StopRequested", "StopStudy", "StudyCancelRequested",
     "StudyEnded", "StudyOpened", "StudyStarted", "StudyState", "StudySummary",
     "SubmissionsPaused", "SubmitFailed", "SubmitJob", "SubmitReply", "SubmitRequest",
     "TERMINAL_STATES", "ThrottleChanged", "TimerFired", "WithdrawSlotRequest",

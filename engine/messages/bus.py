@@ -228,9 +228,19 @@ class EventsReply(BusMessage, tag="events_reply"):
     error: str = ""
 
 
+class StepWarning(BusMessage, tag="step_warning"):
+    """Something about a step that is not a failure but may be a mistake: an unresolved
+    ``$(TOKEN)`` in the command about to run (said once per spec step and token)."""
+
+    study_id: str
+    step: str
+    message: str
+    time: float
+
+
 AnyBusMessage = (
-    StepStateChanged | SamplesChanged | StudyStarted | StudyEnded | CancelSteps | SetThrottle
-    | ControlReply
+    StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
+    | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
     | EventsRequest | EventsReply | JobReported
 )

@@ -41,7 +41,12 @@ from engine.spec.naming import (
 from engine.spec.pgen import ParameterTable, load_generator
 from engine.spec.policy import MERLIN_CODES, parse_walltime
 from engine.spec.safety import DEFAULT_MAX_INSTANCES, name_problem
-from engine.spec.samples import late_tokens, merlin_tokens, uses_samples
+from engine.spec.samples import (
+    late_tokens,
+    merlin_tokens,
+    resolve_merlin_variables,
+    uses_samples,
+)
 
 __all__ = ["expand_study", "load_study", "maestro_topological_order"]
 
@@ -81,6 +86,8 @@ def load_study(
         raise ConfigError("--pargs needs --pgen: there is no parameter generator to pass them to")
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
     spec = load_spec(spec_path, cwd=cwd, text=text)
+    if spec.merlin:
+        spec = resolve_merlin_variables(spec)
     spec_file = os.path.normpath(os.path.join(cwd, os.fspath(spec_path)))
     study_dir = study_dir_for(spec, out_dir=out_dir, now=now, cwd=cwd)
     spec_root = os.path.dirname(spec_file)
@@ -404,7 +411,7 @@ def expand_study(
         paths=tuple(
             PathDependency(name=p.name, path=dependency_path(env, p.path, cwd)) for p in deps.paths
         ),
-        warnings=tuple(expander.warnings),
+        warnings=(*spec.warnings, *expander.warnings),
         troupe=dict(spec.troupe),
         merlin=spec.merlin,
         samples=None if spec.samples is None else msgspec.structs.replace(

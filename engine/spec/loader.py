@@ -27,6 +27,7 @@ from engine.spec.extensions import (
 )
 from engine.spec.model import INT_RESOURCE_KEYS, RUN_KEYS, Description, Env, Parameter, Spec, Step
 from engine.spec.naming import make_safe_path, unsafe_dir_reason
+from engine.spec.ignored import ignored_keys
 from engine.spec.samples import parse_samples
 from engine.spec.safety import (
     MAX_COUNT,
@@ -122,7 +123,8 @@ def _where(exc: yaml.MarkedYAMLError) -> str:
 def validate_spec(file: str, data: Any) -> Spec:
     """Validate parsed YAML and convert it into a :class:`Spec`.
 
-    Unknown top-level blocks are ignored, as in Maestro; ``troupe:`` is kept.
+    Unknown top-level blocks are ignored, as in Maestro, with a warning
+    (``engine.spec.ignored``); ``troupe:`` is kept.
 
     Raises:
         SpecError: The first rule the spec breaks.
@@ -190,6 +192,7 @@ class _Validator:
                 self.fail(f"merlin.samples.column_labels[{i}]", f"'{label}' is also a "
                           f"{'parameter' if label in params else 'variable'}")
         check_spec_names(top, self.fail)
+        ignored = ignored_keys(top, self.fail)
         try:
             return Spec(
                 path=self.file,
@@ -201,6 +204,7 @@ class _Validator:
                 troupe=dict(troupe),
                 merlin=self.merlin,
                 samples=samples,
+                warnings=tuple(ignored),
             )
         except msgspec.ValidationError as exc:  # a gap in the checks above: still report it
             msg, _, path = str(exc).rpartition(" - at `$")

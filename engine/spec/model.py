@@ -154,6 +154,7 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
         troupe: The top-level ``troupe:`` block, ``{}`` when absent.
         merlin: The spec has a ``merlin:`` block (Merlin's keys and exit codes apply).
         samples: ``merlin.samples``, validated (None without samples).
+        warnings: Keys that are read but ignored (``engine.spec.ignored``).
     """
 
     path: str
@@ -165,3 +166,4 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
     troupe: dict[str, Any] = msgspec.field(default_factory=dict)
     merlin: bool = False
     samples: SampleSpec | None = None
+    warnings: tuple[str, ...] = ()

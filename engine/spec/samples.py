@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COUNTED_TOKENS", "SAMPLE_KEYWORDS", "SampleLayout", "SampleSpec", "SampleTable",
-    "for_sample", "late_tokens", "merlin_tokens", "parse_samples", "read_samples", "resolve_counted", "uses_samples",
+    "for_sample", "late_tokens", "merlin_tokens", "parse_samples", "resolve_merlin_variables", "read_samples", "resolve_counted", "uses_samples",
 ]
 
 SAMPLE_KEYWORDS = ("MERLIN_SAMPLE_ID", "MERLIN_SAMPLE_PATH")
@@ -242,3 +242,30 @@ def merlin_tokens(spec: Spec, study_dir: str, spec_file: str,
         "MERLIN_SPEC_EXECUTED_RUN": os.path.join(info, f"{base}.partial.yaml"),
         "MERLIN_SPEC_ARCHIVED_COPY": os.path.join(info, f"{base}.expanded.yaml"),
     }
+
+
+def resolve_merlin_variables(spec: Spec) -> Spec:
+    """Merlin's variables: each value gets the earlier variables (and labels) substituted
+    in definition order, then ``~`` and ``$ENV`` expanded (``merlin.spec.expansion``), so
+    ``HELLO: $(SCRIPTS)/hello.py`` after ``SCRIPTS: ...`` works, as Maestro's single pass
+    does not; and ``description.name`` may use them (``name: $(NAME)``)."""
+    done: dict[str, str] = {}
+
+    def sub(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        for name, known in done.items():
+            value = value.replace(f"$({name})", known)
+        return os.path.expandvars(os.path.expanduser(value))
+
+    variables = {}
+    for name, value in spec.env.variables.items():
+        variables[name] = sub(value)
+        done[name] = str(variables[name])
+    labels = {}
+    for name, value in spec.env.labels.items():
+        labels[name] = sub(value)
+        done[name] = str(labels[name])
+    env = msgspec.structs.replace(spec.env, variables=variables, labels=labels)
+    desc = msgspec.structs.replace(spec.description, name=sub(spec.description.name))
+    return msgspec.structs.replace(spec, env=env, description=desc)
