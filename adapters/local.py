@@ -162,31 +162,34 @@ class LocalAdapter(Adapter):
             script = script_path(step)
         else:
             script = self.write_script(step)
+        stem = output_stem(step)
         if restart and step.restart:
             script = script_path(step, restart=True)
+            if self.merlin:  # Merlin: <name>.restart.out
+                stem += ".restart"
         ws = step.workspace
         env = {**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
         exit_path = Path(ws) / f".troupe.{attempt}.exit"
         if not self.adoptable:
-            return self._spawn_direct(step, str(script), env, exit_path, key)
+            return self._spawn_direct(step, str(script), env, exit_path, key, stem)
         try:
             os.unlink(exit_path)
         except FileNotFoundError:
             pass
         proc = subprocess.Popen(
             ["/bin/sh", "-c", _MERLIN_WRAPPER if self.merlin else _WRAPPER, "troupe-step", str(script), str(exit_path),
-             f"{ws}/.troupe.{attempt}.pid", output_stem(step)],
+             f"{ws}/.troupe.{attempt}.pid", stem],
             cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
         )
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
     def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
-                      exit_path: Path, key: str) -> _Job:
+                      exit_path: Path, key: str, stem: str) -> _Job:
         """Execute the script itself, its output in files renamed after its pid (or in
         Merlin's ``<name>.out``/``.err``)."""
         ws = step.workspace
-        base = f"{ws}/{output_stem(step)}"
+        base = f"{ws}/{stem}"
         # Merlin's names need no rename: every attempt appends to <name>.out/.err.
         suffix, flags = ("", _APPEND_FLAGS) if self.merlin else (".starting", _SCRIPT_FLAGS)
         out = os.open(f"{base}.out{suffix}", flags, 0o644)

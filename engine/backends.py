@@ -3,7 +3,8 @@
 A study runs on the adapter of its ``batch.type``: ``local`` → ``LocalAdapter``;
 ``slurm`` → ``SlurmAdapter`` and ``flux`` → ``FluxAdapter``, each running the steps that
 ask for no ``nodes``/``procs`` through a ``LocalAdapter`` (Maestro's rule). ``--local``
-runs everything locally with ``$(LAUNCHER)`` removed.
+runs everything locally with ``$(LAUNCHER)`` removed. A Merlin step with its own
+``batch: {type}`` runs on that type's adapter (``adapters.routed``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from adapters.base import DEFAULT_KILL_GRACE, Adapter, JobHandle, JobRequest, JobResult
 from adapters.descendants import STUDY_VAR
 from adapters.local import LocalAdapter
+from adapters.routed import RoutedAdapter
 from engine import subjects
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
@@ -97,17 +99,28 @@ def make_backends(
     local = LocalAdapter(shell=shell, kill_grace=kill_grace, strip_launcher=run_local, env=env,
                          adoptable=adoptable, merlin=graph.merlin)
     btype = graph.batch_type
+    others = {s.batch_type for s in graph.steps if s.batch_type} - {btype, "local"}
+    job_env = {**env, **(notify or {})}
+    if others and not run_local:  # Merlin's per-step batch type: one adapter per type
+        main = local if btype == "local" else _scheduler(btype, graph, shell, job_env, local)
+        routed = RoutedAdapter(main, {t: _scheduler(t, graph, shell, job_env, local)
+                                      for t in sorted(others)}, local=local)
+        return Backends(routed, local)
     if run_local or btype == "local":
         return Backends(local, local)
-    job_env = {**env, **(notify or {})}
+    return Backends(_scheduler(btype, graph, shell, job_env, local), local)
+
+
+def _scheduler(btype: str, graph: StudyGraph, shell: str, job_env: dict[str, str],
+               local: LocalAdapter) -> Adapter:
     # The scheduler adapters are imported only when a study needs one (a local study's
     # start does not pay for them).
     if btype == "slurm":
         from adapters.slurm import SlurmAdapter
 
-        return Backends(SlurmAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
+        return SlurmAdapter(graph.batch, shell=shell, env=job_env, local=local)
     if btype == "flux":
         from adapters.flux import FluxAdapter
 
-        return Backends(FluxAdapter(graph.batch, shell=shell, env=job_env, local=local), local)
+        return FluxAdapter(graph.batch, shell=shell, env=job_env, local=local)
     raise ConfigError(f"batch.type: unknown scheduler '{btype}' (local, slurm or flux)")

@@ -102,10 +102,11 @@ def load_previous(study_dir: str | os.PathLike[str]) -> dict[str, tuple[str, str
 
 def write_cache(graph: StudyGraph, keys: Mapping[str, str],
                 records: Mapping[str, StepRecord]) -> None:
-    """Record every step's key, state and workspace in ``<study>/meta/cache.json``."""
+    """Record every keyed step's key, state and workspace in ``<study>/meta/cache.json``
+    (a step without a key, such as one over samples, is not recorded)."""
     steps = {name: {"key": keys[name], "state": rec.state.value,
                     "workspace": graph.by_name[name].workspace}
-             for name, rec in records.items()}
+             for name, rec in records.items() if name in keys}
     path = Path(graph.study_dir) / "meta" / "cache.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"version": 1, "steps": steps}, indent=1))
@@ -150,7 +151,7 @@ def update_cache_dir(cache_dir: str, keys: Mapping[str, str], graph: StudyGraph,
     except (OSError, ValueError):
         data = {"version": 1, "keys": {}}
     for name, rec in records.items():
-        if rec.state == StepState.FINISHED:
+        if rec.state == StepState.FINISHED and name in keys:
             data["keys"][keys[name]] = graph.by_name[name].workspace
     tmp = root / ".index.json.tmp"
     tmp.write_text(json.dumps(data, indent=1))

@@ -53,9 +53,9 @@ def kill_grace(graph: StudyGraph, cli: CliOverrides) -> float:
 
 
 def adapter_name(graph: StudyGraph, inst: StepInstance, *, run_local: bool = False) -> str:
-    """The backend a step runs on: its batch type if it asks for nodes/procs (Maestro's
-    rule), else ``local``."""
-    btype = graph.batch_type
+    """The backend a step runs on: its batch type (Merlin's per-step ``batch.type``, else
+    the study's) if it asks for nodes/procs (Maestro's rule), else ``local``."""
+    btype = inst.batch_type or graph.batch_type
     if run_local or btype == "local" or not inst.is_scheduled:
         return "local"
     return btype

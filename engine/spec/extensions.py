@@ -13,7 +13,8 @@ schema rejects them, so Maestro can never misread an extended spec:
   (files, relative to the spec's directory, whose content enters the step's cache key);
 * Merlin's step keys, accepted only in a Merlin spec: ``max_retries``, ``retry_delay``,
   ``shell`` (the script's shebang, e.g. ``/usr/bin/env python3``) and ``task_queue``
-  (recorded; Troupe has no Celery queues). A spec is a Merlin spec when it has a
+  (recorded; Troupe has no Celery queues), ``batch: {type: ...}`` (this step runs on that
+  batch type's adapter, the others on the study's). A spec is a Merlin spec when it has a
   ``merlin:`` block, or a step uses one of these keys or a ``$(MERLIN_...)`` token.
 
 The checks report ``SpecError``-style problems through a ``fail(field, message)`` callback
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race", "inputs")
-MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue")
+MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue", "batch")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
@@ -214,6 +215,14 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
     for key in ("shell", "task_queue"):
         if key in run and not (isinstance(run[key], str) and run[key].strip()):
             fail(f"{field}.{key}", f"must be a non-empty string, not {run[key]!r}")
+    if "batch" in run:
+        batch = run["batch"]
+        if not isinstance(batch, dict) or set(batch) - {"type"}:
+            fail(f"{field}.batch", f"must be a mapping with only 'type' (Merlin's step "
+                 f"override), not {_shown(batch)}")
+        if batch.get("type") not in ("local", "slurm", "flux"):
+            fail(f"{field}.batch.type", f"unknown batch type {_shown(batch.get('type'))} "
+                 "(local, slurm or flux)")
 
 
 def _check_when(run: dict[str, Any], field: str, fail: Fail) -> None:

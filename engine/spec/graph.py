@@ -63,6 +63,8 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
         max_retries, retry_delay, shell, task_queue: Merlin's step keys.
         sampled: It runs once per sample of ``merlin.samples`` (Merlin's rule: its cmd or
             restart names a column label, ``$(MERLIN_SAMPLE_ID)`` or ``$(MERLIN_SAMPLE_PATH)``).
+        batch_type: Merlin's per-step ``batch: {type}``: the adapter that runs it ("" = the
+            study's ``batch.type``).
     """
 
     name: str
@@ -87,6 +89,7 @@ class StepInstance(msgspec.Struct, frozen=True, kw_only=True):
     shell: str = ""
     task_queue: str = ""
     sampled: bool = False
+    batch_type: str = ""
 
     @property
     def is_scheduled(self) -> bool:

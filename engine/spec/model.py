@@ -89,6 +89,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     retry_delay: float | None = None
     shell: str | None = None
     task_queue: str | None = None
+    batch: dict[str, str] | None = None
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

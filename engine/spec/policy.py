@@ -20,6 +20,7 @@ MERLIN_CODES = {
     "MERLIN_HARD_FAIL": 102,
     "MERLIN_RETRY": 104,
     "MERLIN_STOP_WORKERS": 105,
+    "MERLIN_RAISE_ERROR": 106,  # a failure like any other code (Merlin raises)
 }
 """Merlin's exit-code tokens and their values (``$(MERLIN_RETRY)`` → ``104``)."""
 

@@ -144,7 +144,8 @@ def _path_with_standins(where: Path) -> str:
     return f"{where / 'bin'}{os.pathsep}{path}" if (where / "bin").is_dir() else path
 
 
-def layout(study_dir: Path, specroot: Path | None = None) -> dict[str, str]:
+def layout(study_dir: Path, specroot: Path | None = None, *,
+           maestro: bool = False) -> dict[str, str]:
     """Every step directory of a study, mapped to what the step wrote in it.
 
     Keys are directories relative to ``study_dir``: step workspaces, combo directories and
@@ -160,7 +161,9 @@ def layout(study_dir: Path, specroot: Path | None = None) -> dict[str, str]:
       ``<STUDY>`` and ``<SPECROOT>``.
 
     Left out: ``*.sh``, ``*.err``, ``MERLIN_STATUS.json``, ``status.lock`` and pid-named
-    outputs ``<name>.<pid>.out``/``.err`` (Maestro's naming).
+    outputs ``<name>.<pid>.out``/``.err`` (Maestro's naming). With ``maestro`` (a spec
+    Troupe reads as a Maestro spec: no ``merlin:`` block, no Merlin key or token), the
+    pid-named output is the step's output instead, and ``MERLIN_FINISHED`` is left out.
     """
     result: dict[str, str] = {}
     for here, dirs, files in os.walk(study_dir):
@@ -168,7 +171,7 @@ def layout(study_dir: Path, specroot: Path | None = None) -> dict[str, str]:
         dirs[:] = sorted(d for d in dirs if not _tool_owned(d) and not (rel == Path(".") and d in TOOL_DIRS))
         if rel == Path("."):
             continue
-        result[rel.as_posix()] = _describe(Path(here), files, study_dir, specroot)
+        result[rel.as_posix()] = _describe(Path(here), files, study_dir, specroot, maestro)
     return result
 
 
@@ -176,15 +179,24 @@ def _tool_owned(name: str) -> bool:
     return name.startswith(".troupe") or ".troupe." in name
 
 
-def _describe(where: Path, files: list[str], study_dir: Path, specroot: Path | None) -> str:
+def _describe(where: Path, files: list[str], study_dir: Path, specroot: Path | None,
+              maestro: bool = False) -> str:
     stems = {f[: -len(".sh")] for f in files if f.endswith(".sh")}
     items = []
     for name in sorted(files):
         pid = _PID_OUTPUT.match(name)
-        if (name.endswith((".sh", ".err")) or name in MERLIN_FILES or _tool_owned(name)
-                or (pid and pid["stem"] in stems)):
+        own = pid and pid["stem"] in stems
+        if maestro and own and name.endswith(".out"):
+            pass  # Maestro's <name>.<pid>.out is the step's output
+        elif (name.endswith((".sh", ".err")) or name in MERLIN_FILES or _tool_owned(name)
+                or own or (maestro and name == "MERLIN_FINISHED")):
             continue
-        if name.endswith(".out") and name[: -len(".out")] in stems:
+        if own and maestro and name.endswith(".out"):
+            text = (where / name).read_text(errors="replace")
+            for path in sorted(p for p in (str(study_dir), str(specroot or "")) if p):
+                text = text.replace(path, "<STUDY>" if path == str(study_dir) else "<SPECROOT>")
+            items.append(f"{pid['stem']}.out={text!r}")
+        elif name.endswith(".out") and name[: -len(".out")] in stems:
             text = (where / name).read_text(errors="replace")
             places = {str(study_dir): "<STUDY>"}
             if specroot is not None:

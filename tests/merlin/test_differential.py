@@ -60,6 +60,9 @@ class Case:
             value (``<ANY>`` matches any text, ``<not run>`` is no directory or an empty
             one); their directories must be exactly these.
         troupe_rc: Troupe's expected exit code.
+        maestro: Troupe reads the spec as a Maestro spec (no ``merlin:`` block, no Merlin
+            key or token): Maestro's output names, no ``MERLIN_FINISHED``; the directories
+            and what each step wrote must still be Merlin's.
     """
 
     id: str
@@ -70,6 +73,7 @@ class Case:
     starved: frozenset[str] = frozenset()
     troupe_rest: Mapping[str, str] = field(default_factory=dict)
     troupe_rc: int = 0
+    maestro: bool = False
 
 
 CASES = [
@@ -86,8 +90,9 @@ CASES = [
     Case(
         "simple_chain", MERLIN_PEERS / "simple_chain.yaml", lost=frozenset({"step2"}),
         troupe_rest={"step2": "",  # each step2 lists its step1 workspace, which is Troupe's own
-                     "step2/X2.0.5": f"MERLIN_FINISHED; step2_X2.0.5.out={ANY}",
-                     "step2/X2.0.75": f"MERLIN_FINISHED; step2_X2.0.75.out={ANY}"},
+                     "step2/X2.0.5": f"step2_X2.0.5.out={ANY}",
+                     "step2/X2.0.75": f"step2_X2.0.75.out={ANY}"},
+        maestro=True,
     ),
     Case(
         "restart_shell", MERLIN_PEERS / "restart_shell.yaml", lost=frozenset({"step2"}),
@@ -156,8 +161,8 @@ def _run_both(case: Case, base: Path) -> Outcome:
     troupe_study = base / "troupe"
     result = run_troupe(spec, troupe_study, samplesfile, standins=case.standins)
     return Outcome(
-        merlin=layout(merlin_study, specroot=base / "merlin"),
-        troupe=layout(troupe_study, specroot=base / "troupe-spec"),
+        merlin=layout(merlin_study, specroot=base / "merlin", maestro=case.maestro),
+        troupe=layout(troupe_study, specroot=base / "troupe-spec", maestro=case.maestro),
         troupe_rc=result.returncode,
         troupe_stderr=result.stderr,
     )
