@@ -257,6 +257,10 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
 @click.option("--reuse", type=click.Path(exists=True, file_okay=False),
               help="Reuse the FINISHED steps of this earlier study whose cache keys match.")
 @click.option("--no-cache", is_flag=True, help="Neither record nor reuse cache keys.")
+@click.option("--samplesfile", type=click.Path(exists=True, dir_okay=False),
+              help="A Merlin study's samples, instead of merlin.samples (see run).")
+@click.option("--per-sample-status", is_flag=True, help="status.csv: a row per sample.")
+@click.option("--strict", is_flag=True, help="An unresolved $(TOKEN) is an error.")
 @connection_options
 def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> None:
     """Submit SPEC to the running engine; print the study id."""
@@ -273,6 +277,8 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
         pargs=tuple(kwargs["pargs"]),
         reuse=os.path.abspath(kwargs["reuse"]) if kwargs["reuse"] else "",
         use_cache=not kwargs["no_cache"], request_id=os.urandom(12).hex(),
+        samples_file=os.path.abspath(kwargs["samplesfile"]) if kwargs["samplesfile"] else "",
+        per_sample_status=kwargs["per_sample_status"], strict=kwargs["strict"],
     )
 
     async def body(bus: Bus) -> int:

@@ -27,7 +27,7 @@ from adapters.base import AdapterError
 from engine import subjects
 from engine.actors.control import answer_control, answer_not_hosted
 from engine.bus import Bus
-from engine.errors import BusError, EngineError, StoreError
+from engine.errors import BusError, ConfigError, EngineError, StoreError
 from engine.actors.study import StudyRuntime
 from engine.hosting import (
     HostedStudy,
@@ -70,7 +70,8 @@ _EXPAND_TIMEOUT = 600.0  # seconds a submitted spec may take to load and expand
 _REMEMBERED_SUBMITS = 4096  # request ids whose answer is kept for a retried submit
 
 _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
-                "out_dir", "reuse", "use_cache")  # fmt: skip
+                "out_dir", "reuse", "use_cache", "samples_file", "per_sample_status",
+                "strict")  # fmt: skip
 
 
 class _Submission:
@@ -229,6 +230,9 @@ class EngineService:
             graph = self._load(req.spec_path, req.spec_text, req.out_dir or None, req.cwd,
                                req.pgen or None, req.pargs, dt.datetime.now())
             check_study(graph, StudyOptions.from_stored(opts))
+            for warning in graph.warnings if req.strict else ():
+                if "unresolved token" in warning:
+                    raise ConfigError(f"{req.spec_path}: {warning} (--strict)")
             prepare_study_dir(graph, pgen=req.pgen or None, spec_text=req.spec_text)
             return graph
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import structlog
+from msgspec.structs import replace
 
 from engine.machines import samples as book_machine
 from engine.machines.samples import (
@@ -57,6 +58,7 @@ __all__ = ["MARKER", "SampleShell", "mark_finished"]
 
 MARKER = "MERLIN_FINISHED"
 DEFAULT_WINDOW = 512
+ATTEMPTS_PER_RUN = 1000  # a sample's attempts in one run of its step, at most
 
 
 def mark_finished(inst: StepInstance) -> None:
@@ -106,6 +108,7 @@ class SampleShell:
         self._pending: dict[tuple[str, StepState], list[int]] = {}
         self._numbers = {s.name: i for i, s in enumerate(s for s in graph.steps if s.sampled)}
         self._unsaved: set[str] = set()
+        self._base: dict[str, int] = {}
         self._log = structlog.get_logger("troupe.samples")
 
     # ------------------------------------------------------------------ a step's job
@@ -123,6 +126,10 @@ class SampleShell:
         """The sampled step's job: every sample, then the job's exit."""
         book = book_machine.new_book(step, self.samples.n, window=self._window,
                                      merlin=self.graph.merlin)
+        # A step run again after an engine restart numbers its samples' attempts anew, so
+        # they never meet the files of an attempt of the engine before (a wrapper refuses
+        # an attempt already claimed).
+        self._base[step] = (attempt - 1) * ATTEMPTS_PER_RUN
         self.books[step] = book
         self._ended[step] = ended = anyio.Event()
         done = await anyio.to_thread.run_sync(self._marked, step)
@@ -162,8 +169,10 @@ class SampleShell:
             match cmd:
                 case OpenSample(step=step, index=i):
                     name = sample_name(step, i)
-                    self._records[name] = new_record(name, 0, dry_run=self._dry_run,
-                                                     policy=self._policies.get(step))
+                    rec = new_record(name, 0, dry_run=self._dry_run,
+                                     policy=self._policies.get(step))
+                    base = self._base.get(step, 0)
+                    self._records[name] = replace(rec, attempt=base) if base else rec
                     self._send(name, StudyOpened(event_id=new_event_id()))
                 case CancelSample(step=step, index=i):
                     self._send(sample_name(step, i), CancelRequested(

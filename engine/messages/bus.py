@@ -126,6 +126,8 @@ class SubmitRequest(BusMessage, tag="submit_request"):
         use_cache: False (``--no-cache``): neither record nor reuse cache keys.
         request_id: Made by the client; a submit sent again with the same id (a retry)
             gets the first one's answer, never a second study.
+        samples_file, per_sample_status, strict: ``run``'s ``--samplesfile`` (an absolute
+            path), ``--per-sample-status`` and ``--strict``.
     """
 
     spec_text: str
@@ -142,6 +144,9 @@ class SubmitRequest(BusMessage, tag="submit_request"):
     reuse: str = ""
     use_cache: bool = True
     request_id: str = ""
+    samples_file: str = ""
+    per_sample_status: bool = False
+    strict: bool = False
 
 
 class SubmitReply(BusMessage, tag="submit_reply"):
