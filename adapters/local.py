@@ -42,6 +42,7 @@ from adapters.base import (
     map_exceptions,
 )
 from adapters.descendants import JOB_KEY_VAR, STUDY_VAR, kill_marked
+from adapters.spawner import PID, Spawner, Started
 from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class LocalAdapter(Adapter):
         self._jobs: dict[tuple[str, int], _Job] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._prepared: dict[str, tuple[str, ...]] = {}  # step -> what prepare() wrote
+        self._spawner: Spawner | None = None
 
     def prepare(self, step: StepInstance) -> None:
         """Write the step's workspace and scripts ahead of its submission (the engine
@@ -132,14 +134,19 @@ class LocalAdapter(Adapter):
             pass
         except FileNotFoundError:
             os.makedirs(ws, exist_ok=True)
-        path = script_path(step)
+        for path, text in self._scripts(step):
+            _write_exec(Path(path), text)
+        return script_path(step)
+
+    def _scripts(self, step: StepInstance) -> list[tuple[str, str]]:
+        """The step's scripts, ``(path, text)``: the command's, and the restart's."""
         shell = step.shell or self.shell  # Merlin's per-step shell wins
         cmd = _LAUNCHER.sub("", step.cmd) if self.strip_launcher else step.cmd
-        _write_exec(path, f"#!{shell}\n\n{cmd}\n")
+        out = [(str(script_path(step)), f"#!{shell}\n\n{cmd}\n")]
         if step.restart:
             restart = _LAUNCHER.sub("", step.restart) if self.strip_launcher else step.restart
-            _write_exec(script_path(step, restart=True), f"#!{shell}\n\n{restart}\n")
-        return path
+            out.append((str(script_path(step, restart=True)), f"#!{shell}\n\n{restart}\n"))
+        return out
 
     async def submit(self, request: JobRequest) -> JobHandle:
         """Write the script and start it; return once the process exists.
@@ -154,12 +161,18 @@ class LocalAdapter(Adapter):
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
             job = self._spawn(step, attempt, restart=request.restart, key=request.key)
+            if isinstance(job, _Start):  # run: through the spawner, which never waits
+                job = await self._spawn_by_helper(step, job)
         self._jobs[(request.actor, attempt)] = job
         return JobHandle(step=request.actor, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool, key: str) -> _Job:
+    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool,
+               key: str) -> _Job | _Start:
+        scripts: list[tuple[str, str]] = []
         if self._prepared.pop(step.name, None) == _script_key(step):
             script = script_path(step)
+        elif not self.adoptable:  # the spawner's child writes them, off the event loop
+            scripts, script = self._scripts(step), script_path(step)
         else:
             script = self.write_script(step)
         stem = output_stem(step)
@@ -168,11 +181,13 @@ class LocalAdapter(Adapter):
             if self.merlin:  # Merlin: <name>.restart.out
                 stem += ".restart"
         ws = step.workspace
-        env = {**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
-               "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
+        extra = {"TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
+                 "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
         exit_path = Path(ws) / f".troupe.{attempt}.exit"
         if not self.adoptable:
-            return self._spawn_direct(step, str(script), env, exit_path, key, stem)
+            return _Start(script=str(script), env=extra, exit_path=exit_path, key=key,
+                          stem=stem, scripts=scripts)
+        env = {**self._env, **extra}
         try:
             os.unlink(exit_path)
         except FileNotFoundError:
@@ -184,32 +199,19 @@ class LocalAdapter(Adapter):
         )
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
-    def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
-                      exit_path: Path, key: str, stem: str) -> _Job:
-        """Execute the script itself, its output in files renamed after its pid (or in
-        Merlin's ``<name>.out``/``.err``)."""
-        ws = step.workspace
-        base = f"{ws}/{stem}"
-        # Merlin's names need no rename: every attempt appends to <name>.out/.err.
-        suffix, flags = ("", _APPEND_FLAGS) if self.merlin else (".starting", _SCRIPT_FLAGS)
-        out = os.open(f"{base}.out{suffix}", flags, 0o644)
-        try:
-            err = os.open(f"{base}.err{suffix}", flags, 0o644)
-            try:
-                proc = subprocess.Popen(
-                    [script], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    env=env, start_new_session=True, close_fds=True,
-                )
-            finally:
-                os.close(err)
-        finally:
-            os.close(out)
-        if self.merlin:
-            return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
-        # The child holds the descriptors; renaming gives the files Maestro's names.
-        os.replace(f"{base}.out.starting", f"{base}.{proc.pid}.out")
-        os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
-        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
+    async def _spawn_by_helper(self, step: StepInstance, req: _Start) -> _Job:
+        """Start the script through the spawner (``adapters.spawner``); Maestro's
+        ``<name>.<pid>.out`` names are made by the child, which knows its pid."""
+        if self._spawner is None:
+            self._spawner = Spawner(self._env)
+        base = f"{step.workspace}/{req.stem}"
+        suffix = "" if self.merlin else f".{PID}"
+        pid, start = await self._spawner.start(
+            [req.script], cwd=step.workspace, out=f"{base}{suffix}.out",
+            err=f"{base}{suffix}.err", append=self.merlin, env=req.env, scripts=req.scripts)
+        if not pid:
+            raise SubmitError("the process starter is gone", step.name)
+        return _Job(pid=pid, exit_path=req.exit_path, key=req.key, start=start)
 
     async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
         """Find an attempt of a step after an engine restart, through the files its
@@ -255,6 +257,9 @@ class LocalAdapter(Adapter):
         # that cancel() can still stop it.
         if job.popen is not None:
             code: int | None = await _wait_child(job.popen)
+        elif job.start is not None:
+            assert self._spawner is not None
+            code = await self._spawner.wait(job.start)
         else:
             await _wait_pid(job.pid)
             result = _read_exit(job.exit_path)
@@ -298,7 +303,11 @@ class LocalAdapter(Adapter):
             kill_marked(JOB_KEY_VAR, job.key)
 
     async def cleanup(self) -> None:
-        """Kill whatever this study's steps left running (``STUDY_VAR`` marks them all)."""
+        """Kill whatever this study's steps left running (``STUDY_VAR`` marks them all),
+        and stop the spawner."""
+        if self._spawner is not None and not self._jobs:
+            self._spawner.close()
+            self._spawner = None
         study = self._env.get(STUDY_VAR)
         if study:
             await anyio.to_thread.run_sync(kill_marked, STUDY_VAR, study)
@@ -311,15 +320,29 @@ class LocalAdapter(Adapter):
 class _Job:
     """A local job: its process group leader (the wrapper) and where it records its exit."""
 
-    __slots__ = ("exit_path", "exited", "key", "pid", "popen")
+    __slots__ = ("exit_path", "exited", "key", "pid", "popen", "start")
 
     def __init__(self, *, pid: int, exit_path: Path, key: str,
-                 popen: subprocess.Popen[bytes] | None = None) -> None:
+                 popen: subprocess.Popen[bytes] | None = None,
+                 start: Started | None = None) -> None:
+        self.start = start  # started by the spawner (run)
         self.pid = pid
         self.key = key  # the attempt's key, in TROUPE_JOB_KEY of all its processes
         self.exit_path = exit_path
         self.popen = popen  # None for a process adopted after an engine restart
         self.exited = anyio.Event()
+
+
+class _Start:
+    """What the spawner is to start (``run``): built by ``_spawn``, started by ``submit``."""
+
+    __slots__ = ("env", "exit_path", "key", "script", "scripts", "stem")
+
+    def __init__(self, *, script: str, env: dict[str, str], exit_path: Path, key: str,
+                 stem: str, scripts: list[tuple[str, str]]) -> None:
+        self.script, self.env, self.exit_path, self.key, self.stem = (
+            script, env, exit_path, key, stem)
+        self.scripts = scripts
 
 
 def _script_key(step: StepInstance) -> tuple[str, ...]:

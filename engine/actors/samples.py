@@ -72,6 +72,17 @@ def mark_finished(inst: StepInstance) -> None:
                                                        error=str(exc))
 
 
+def _touch_all(paths: list[str]) -> list[str]:
+    """Create each empty file; return the paths that could not be created."""
+    failed = []
+    for path in paths:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError:
+            failed.append(path)
+    return failed
+
+
 class SampleShell:
     """Runs the samples of a study's sampled steps.
 
@@ -109,6 +120,7 @@ class SampleShell:
         self._numbers = {s.name: i for i, s in enumerate(s for s in graph.steps if s.sampled)}
         self._unsaved: set[str] = set()
         self._base: dict[str, int] = {}
+        self._markers: list[str] = []
         self._log = structlog.get_logger("troupe.samples")
 
     # ------------------------------------------------------------------ a step's job
@@ -140,6 +152,7 @@ class SampleShell:
         self._apply(book_machine.decide(book, SamplesBegin(event_id=new_event_id(),
                                                            done=tuple(done))))
         await ended.wait()
+        await self._write_markers()  # every finished sample's marker, before the step ends
         result = self._results.pop(step)
         yield JobExited(event_id=new_event_id(), exit_code=result.exit_code,
                         outcome=result.outcome, detail=result.detail, time=self._clock())
@@ -196,13 +209,9 @@ class SampleShell:
         if not cmd.final:
             return
         self._records.pop(cmd.step, None)
-        if cmd.state == StepState.FINISHED:
+        if cmd.state == StepState.FINISHED:  # its marker is written soon, off the loop
             ws = self.graph.by_name[step].workspace
-            try:
-                with open(os.path.join(ws, self.samples.layout.path(index), MARKER), "wb"):
-                    pass
-            except OSError as exc:
-                self._log.warning("marker_not_written", step=step, sample=index, error=str(exc))
+            self._markers.append(os.path.join(ws, self.samples.layout.path(index), MARKER))
         book = self.books.get(step)
         if book is not None:
             self._unsaved.add(step)
@@ -228,10 +237,20 @@ class SampleShell:
             await anyio.sleep(interval)
             if self._pending:
                 self.flush()
+            if self._markers:
+                await self._write_markers()
             turn += 1
             if turn % save_every == 0:
                 for step in list(self._unsaved):
                     self._save(step)
+
+    async def _write_markers(self) -> None:
+        """Write the pending ``MERLIN_FINISHED`` markers in a worker thread (a marker
+        that cannot be written is logged, never fatal)."""
+        markers, self._markers = self._markers, []
+        failed = await anyio.to_thread.run_sync(_touch_all, markers)
+        if failed:
+            self._log.warning("markers_not_written", count=len(failed), first=failed[0])
 
     def _save(self, step: str) -> None:
         """Write ``step``'s states file (``engine.samplestatus``); a failure is logged."""
