@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import random
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -72,23 +73,33 @@ def test_merlin_sample_paths_match_merlins_documented_layout() -> None:
     assert N == len(set(thousand))
 
 
+Run = tuple[subprocess.CompletedProcess[str], Path]
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the example once for every test of this module."""
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Run the example once for every test of this module; each test checks the exit."""
     out = tmp_path_factory.mktemp("sir") / "study"
     # The steps run `python3`: put this interpreter's directory first, so a slow shim
     # (pyenv) does not cost each of the 1,000 samples its start-up.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     result = enginectl("run", str(EXAMPLE / "sir.yaml"), "-o", str(out), timeout=900,
                        env={"PATH": path})
+    return result, out
+
+
+def finished(run: Run) -> Path:
+    """The study directory of a run that exited 0 (else the test fails, saying why)."""
+    result, out = run
     assert 0 == result.returncode, (
-        f"enginectl run exited {result.returncode}\nstderr (last 3000 chars):\n"
+        f"enginectl run exited {result.returncode}; stderr (last 3000 characters):\n"
         f"{result.stderr[-3000:]}")
     return out
 
 
 @pytest.mark.slow
-def test_every_step_finished(study: Path) -> None:
+def test_every_step_finished(run: Run) -> None:
+    study = finished(run)
     rows = read_status(study / "status.csv")
     assert rows
     unfinished = [(r["Step Name"], r["State"]) for r in rows if r["State"] != "FINISHED"]
@@ -96,7 +107,8 @@ def test_every_step_finished(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_samples_file_is_generated_in_merlin_info(study: Path) -> None:
+def test_samples_file_is_generated_in_merlin_info(run: Run) -> None:
+    study = finished(run)
     make_samples = load("make_samples")
     rows = list(csv.reader((study / "merlin_info" / "samples.csv").open()))
     expected = [list(r) for r in make_samples.samples(N, make_samples.SEED)]
@@ -104,7 +116,8 @@ def test_samples_file_is_generated_in_merlin_info(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_each_sample_ran_once_in_its_own_directory(study: Path) -> None:
+def test_each_sample_ran_once_in_its_own_directory(run: Run) -> None:
+    study = finished(run)
     simulate = study / "simulate"
     found = sorted(p.parent.relative_to(simulate).as_posix()
                    for p in simulate.rglob("result.json"))
@@ -118,7 +131,8 @@ def test_each_sample_ran_once_in_its_own_directory(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_spot_checked_results_match_a_recomputation_from_their_row(study: Path) -> None:
+def test_spot_checked_results_match_a_recomputation_from_their_row(run: Run) -> None:
+    study = finished(run)
     sir = load("sir")
     rows = list(csv.reader((study / "merlin_info" / "samples.csv").open()))
     paths = merlin_sample_paths(N)
@@ -134,7 +148,8 @@ def test_spot_checked_results_match_a_recomputation_from_their_row(study: Path) 
 
 
 @pytest.mark.slow
-def test_collect_gathered_every_result_into_the_csv(study: Path) -> None:
+def test_collect_gathered_every_result_into_the_csv(run: Run) -> None:
+    study = finished(run)
     with (study / "collect" / "results.csv").open() as f:
         table = list(csv.DictReader(f))
     assert N == len(table)
@@ -148,7 +163,8 @@ def test_collect_gathered_every_result_into_the_csv(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_collect_drew_one_point_per_sample(study: Path) -> None:
+def test_collect_drew_one_point_per_sample(run: Run) -> None:
+    study = finished(run)
     root = ET.parse(study / "collect" / "peak_vs_r0.svg").getroot()
     assert f"{SVG}svg" == root.tag
     circles = list(root.iter(f"{SVG}circle"))
