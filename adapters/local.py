@@ -71,8 +71,11 @@ _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 def script_path(step: StepInstance, *, restart: bool = False) -> Path:
     """Where the step's script lives: ``<workspace>/<safe name>[.restart].sh``."""
-    suffix = ".restart.sh" if restart else ".sh"
-    return Path(contained_path(step.workspace, f"{step.name}{suffix}"))
+    return Path(_script(step, restart))
+
+
+def _script(step: StepInstance, restart: bool = False) -> str:
+    return contained_path(step.workspace, f"{step.name}{'.restart.sh' if restart else '.sh'}")
 
 
 def output_stem(step: StepInstance) -> str:
@@ -142,10 +145,10 @@ class LocalAdapter(Adapter):
         """The step's scripts, ``(path, text)``: the command's, and the restart's."""
         shell = step.shell or self.shell  # Merlin's per-step shell wins
         cmd = _LAUNCHER.sub("", step.cmd) if self.strip_launcher else step.cmd
-        out = [(str(script_path(step)), f"#!{shell}\n\n{cmd}\n")]
+        out = [(_script(step), f"#!{shell}\n\n{cmd}\n")]
         if step.restart:
             restart = _LAUNCHER.sub("", step.restart) if self.strip_launcher else step.restart
-            out.append((str(script_path(step, restart=True)), f"#!{shell}\n\n{restart}\n"))
+            out.append((_script(step, True), f"#!{shell}\n\n{restart}\n"))
         return out
 
     async def submit(self, request: JobRequest) -> JobHandle:
@@ -171,8 +174,9 @@ class LocalAdapter(Adapter):
         scripts: list[tuple[str, str]] = []
         if self._prepared.pop(step.name, None) == _script_key(step):
             script = script_path(step)
-        elif not self.adoptable:  # the spawner's child writes them, off the event loop
-            scripts, script = self._scripts(step), script_path(step)
+        elif not self.adoptable:  # the spawner writes them, off the event loop
+            scripts = self._scripts(step)
+            script = Path(scripts[0][0])
         else:
             script = self.write_script(step)
         stem = output_stem(step)

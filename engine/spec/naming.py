@@ -102,7 +102,10 @@ def contained_path(root: str | os.PathLike[str], *parts: str, keep_spaces: bool 
             raise UnsafePath(base, part, "is empty or a dot name once sanitised")
         safe.append(name)
     path = os.path.join(base, *safe)
-    if os.path.commonpath([base, os.path.normpath(path)]) != base or path == base:
+    # (Names hold no separator and are not dot names, so this holds by construction; it is
+    # checked anyway, by prefix: a commonpath per step and sample costs more than it says.)
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if not path.startswith(prefix) or path == base:
         raise UnsafePath(base, "/".join(parts), "would leave the directory")
     return path
 
