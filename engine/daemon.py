@@ -97,10 +97,11 @@ async def serve_forever(
             log.info("engine_starting", url=url, state_dir=str(state_dir))
             await tg.start(service.serve)
             if not nats_url:
-                write_private(client_cfg, {"url": url, "user": "client",
-                                           "password": secrets_["client"]})
+                # client.json last: clients (and tests) take it as the sign the engine is up
                 write_private(state_dir / "monitor.json", {
                     "url": url, "user": "monitor", "password": secrets_["monitor"]})
+                write_private(client_cfg, {"url": url, "user": "client",
+                                           "password": secrets_["client"]})
             else:
                 write_private(client_cfg, {"url": url})
             await service.stopped.wait()

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["MARKER", "SampleShell", "mark_finished"]
 
 MARKER = "MERLIN_FINISHED"
+_UNREPORTED = (StepState.WAITING, StepState.PENDING)  # a sample's way to RUNNING
 DEFAULT_WINDOW = 512
 ATTEMPTS_PER_RUN = 1000  # a sample's attempts in one run of its step, at most
 
@@ -205,7 +206,8 @@ class SampleShell:
         found = split_sample(cmd.step)
         assert found is not None
         step, index = found
-        self._pending.setdefault((step, cmd.state), []).append(index)
+        if cmd.state not in _UNREPORTED:
+            self._pending.setdefault((step, cmd.state), []).append(index)
         if not cmd.final:
             return
         self._records.pop(cmd.step, None)

@@ -360,6 +360,10 @@ class StudyRuntime:
     def _execute(self, cmd: Command, cause: str) -> Awaitable[None] | None:
         """Carry out a command for the shells; publishing is awaited by the loop."""
         match cmd:
+            case PublishState() if self._samples is not None and SEP in cmd.step:
+                self._samples.published(cmd)  # (a sample's: batched, nothing to await)
+                if self._status is not None:
+                    self._status.changed()
             case PublishState():
                 return self._publish(cmd, cause)
             case SubmitJob(step=s, attempt=a) if s in self._sampled:
@@ -435,11 +439,6 @@ class StudyRuntime:
                               self._samples_changed(step, state, ids, now))
 
     async def _publish(self, cmd: PublishState, cause: str) -> None:
-        if self._samples is not None and SEP in cmd.step:
-            self._samples.published(cmd)
-            if self._status is not None:
-                self._status.changed()
-            return
         msg = StepStateChanged(
             event_id=new_event_id(), cause_id=cause, study_id=self.study_id, step=cmd.step,
             attempt=cmd.attempt, state=cmd.state, previous=cmd.previous, time=cmd.time,
