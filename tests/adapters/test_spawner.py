@@ -1,0 +1,85 @@
+"""The helper that starts ``run``'s local processes (adapters.spawner), and the local
+adapter through it: real processes, no mocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from adapters.base import JobOutcome, JobRequest, SubmitError
+from adapters.local import LocalAdapter
+from adapters.spawner import PID, Spawner
+from engine.spec.graph import StepInstance
+
+
+def script(path: Path, body: str) -> tuple[str, str]:
+    return str(path), f"#!/bin/sh\n\n{body}\n"
+
+
+async def test_many_starts_report_each_pid_and_exit_code(tmp_path: Path) -> None:
+    spawner = Spawner(dict(os.environ))
+    results: dict[int, int | None] = {}
+
+    async def one(i: int) -> None:
+        ws = tmp_path / f"w{i}"
+        path, text = script(ws / "s.sh", f"echo $$ > pid.txt; exit {i % 4}")
+        pid, start = await spawner.start([path], cwd=str(ws), out=str(ws / f"s.{PID}.out"),
+                                         err=str(ws / "s.err"), append=False, env={"X": "1"},
+                                         scripts=[(path, text)])
+        results[i] = await spawner.wait(start)
+        assert str(pid) == (ws / "pid.txt").read_text().strip()  # a session leader: $$
+        assert (ws / f"s.{pid}.out").exists()  # named after its pid, as Maestro does
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+    finally:
+        spawner.close()
+    assert {i: i % 4 for i in range(40)} == results
+
+
+async def test_a_process_killed_by_a_signal_reports_it_negative(tmp_path: Path) -> None:
+    spawner = Spawner(dict(os.environ))
+    try:
+        path, text = script(tmp_path / "k.sh", "kill -9 $$")
+        _, start = await spawner.start([path], cwd=str(tmp_path), out=str(tmp_path / "o"),
+                                       err=str(tmp_path / "e"), append=False, env={},
+                                       scripts=[(path, text)])
+        assert -9 == await spawner.wait(start)
+    finally:
+        spawner.close()
+
+
+async def test_a_missing_interpreter_fails_the_start_not_the_helper(tmp_path: Path) -> None:
+    spawner = Spawner(dict(os.environ))
+    try:
+        bad = (str(tmp_path / "bad.sh"), "#!/no/such/shell\n\ntrue\n")
+        with pytest.raises(OSError, match="No such file"):
+            await spawner.start([bad[0]], cwd=str(tmp_path), out=str(tmp_path / "o"),
+                                err=str(tmp_path / "e"), append=False, env={}, scripts=[bad])
+        good = script(tmp_path / "good.sh", "exit 0")
+        _, start = await spawner.start([good[0]], cwd=str(tmp_path), out=str(tmp_path / "o"),
+                                       err=str(tmp_path / "e"), append=False, env={},
+                                       scripts=[good])
+        assert 0 == await spawner.wait(start)  # the helper goes on
+    finally:
+        spawner.close()
+
+
+async def test_the_run_adapter_turns_a_bad_shebang_into_a_submit_error(tmp_path: Path) -> None:
+    adapter = LocalAdapter(shell="/no/such/shell", adoptable=False)
+    step = StepInstance(name="s", step="s", description="d", workspace=str(tmp_path / "s"),
+                        cmd="true")
+    with pytest.raises(SubmitError, match="No such file"):
+        await adapter.submit(JobRequest(step=step, attempt=1, key="k/s/1"))
+    ok = LocalAdapter(adoptable=False, merlin=True)
+    handle = await ok.submit(JobRequest(step=step, attempt=1, key="k/s/1"))
+    result = await ok.wait(handle)
+    await ok.cleanup()
+    await adapter.cleanup()
+    assert JobOutcome.COMPLETED == result.outcome
+    assert {"s.sh", "s.out", "s.err"} <= set(os.listdir(tmp_path / "s"))  # Merlin's names
