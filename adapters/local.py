@@ -11,8 +11,12 @@ wrapper (the group leader, whose pid is the job id) that claims the attempt by c
 ``.troupe.<attempt>.pid`` exclusively and writes the script's exit status to
 ``.troupe.<attempt>.exit``; after an engine restart, ``lookup`` uses them to re-attach to
 a step that is still running, or to learn how it ended. Under ``enginectl run``, which
-nothing resumes, the script is executed directly (one process per step). Completion is
-pushed: ``wait`` awaits the process (a pidfd). ``cancel`` sends SIGTERM to the whole
+nothing resumes, the script is executed directly (one process per step), started by a
+helper process that also creates the workspace and writes the scripts, so the engine
+never waits for an ``exec`` (``adapters.spawner``). In a Merlin spec the outputs are
+Merlin's ``<name>.out``/``.err`` (``<name>.restart.out`` for a restart), appended to by
+every attempt. Completion is pushed: ``wait`` awaits the process (a pidfd, or the
+helper's report). ``cancel`` sends SIGTERM to the whole
 process group, then SIGKILL after ``kill_grace`` seconds, and always SIGKILLs the group
 once its leader is gone so that no process of the step survives it, nor any descendant
 that left the group (``adapters.descendants``). Under ``enginectl run`` a watchdog kills
