@@ -181,8 +181,9 @@ async def test_signal_during_run_cancels_cleanly_with_no_survivors(
          "--kill-grace", "5"],
     ) as proc:
         await sub.next_msg(timeout=30)  # the step is RUNNING
-        while not (tmp_path / "child.pid").exists() or not (tmp_path / "self.pid").read_text():
-            await anyio.sleep(0.01)  # the script has written both pids
+        pids = (tmp_path / "child.pid", tmp_path / "self.pid")
+        while not all(p.exists() and p.read_text().strip() for p in pids):
+            await anyio.sleep(0.01)  # the script has written both pids (self.pid last)
         proc.send_signal(signum)
         with anyio.fail_after(30):
             code = await proc.wait()
