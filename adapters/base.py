@@ -111,6 +111,9 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
         name: The engine's name for the job's step (its handles carry it): the instance
             name, or for one sample of a sampled step the sample's record name, while
             ``step.name`` names its files, as Merlin names them.
+        bulk: One of many like jobs started together (a sample of a sampled step): a
+            backend may start it in a way that costs less per job and more per hand-off
+            (the local adapter's helper process under ``run``).
     """
 
     step: StepInstance
@@ -118,6 +121,7 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     restart: bool = False
     name: str = ""
+    bulk: bool = False
 
     @property
     def actor(self) -> str:

@@ -11,9 +11,10 @@ wrapper (the group leader, whose pid is the job id) that claims the attempt by c
 ``.troupe.<attempt>.pid`` exclusively and writes the script's exit status to
 ``.troupe.<attempt>.exit``; after an engine restart, ``lookup`` uses them to re-attach to
 a step that is still running, or to learn how it ended. Under ``enginectl run``, which
-nothing resumes, the script is executed directly (one process per step), started by a
-helper process that also creates the workspace and writes the scripts, so the engine
-never waits for an ``exec`` (``adapters.spawner``). In a Merlin spec the outputs are
+nothing resumes, the script is executed directly (one process per step); the samples of
+a sampled step (``JobRequest.bulk``) are started by a helper process that also creates
+their workspaces and writes their scripts, so the engine never waits for an ``exec``
+(``adapters.spawner``). In a Merlin spec the outputs are
 Merlin's ``<name>.out``/``.err`` (``<name>.restart.out`` for a restart), appended to by
 every attempt. Completion is pushed: ``wait`` awaits the process (a pidfd, or the
 helper's report). ``cancel`` sends SIGTERM to the whole
@@ -167,18 +168,20 @@ class LocalAdapter(Adapter):
         with map_exceptions({OSError: SubmitError, subprocess.SubprocessError: SubmitError,
                              ValueError: SubmitError}, step.name):
             # (Tried in a worker thread: no measurable gain on two cores, so kept simple.)
-            job = self._spawn(step, attempt, restart=request.restart, key=request.key)
+            job = self._spawn(step, attempt, restart=request.restart, key=request.key,
+                              bulk=request.bulk)
             if isinstance(job, _Start):  # run: through the spawner, which never waits
                 job = await self._spawn_by_helper(step, job)
         self._jobs[(request.actor, attempt)] = job
         return JobHandle(step=request.actor, attempt=attempt, job_id=str(job.pid), backend=self.name)
 
-    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool,
-               key: str) -> _Job | _Start:
+    def _spawn(self, step: StepInstance, attempt: int, *, restart: bool, key: str,
+               bulk: bool = False) -> _Job | _Start:
         scripts: list[tuple[str, str]] = []
+        helper = bulk and not self.adoptable
         if self._prepared.pop(step.name, None) == _script_key(step):
             script = script_path(step)
-        elif not self.adoptable:  # the spawner writes them, off the event loop
+        elif helper:  # the spawner writes them, off the event loop
             scripts = self._scripts(step)
             script = Path(scripts[0][0])
         else:
@@ -192,10 +195,12 @@ class LocalAdapter(Adapter):
         extra = {"TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                  "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
         exit_path = Path(ws) / f".troupe.{attempt}.exit"
-        if not self.adoptable:
+        env = {**self._env, **extra}
+        if helper:
             return _Start(script=str(script), env=extra, exit_path=exit_path, key=key,
                           stem=stem, scripts=scripts)
-        env = {**self._env, **extra}
+        if not self.adoptable:
+            return self._spawn_direct(step, str(script), env, exit_path, key, stem)
         try:
             os.unlink(exit_path)
         except FileNotFoundError:
@@ -205,6 +210,33 @@ class LocalAdapter(Adapter):
              f"{ws}/.troupe.{attempt}.pid", stem],
             cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
         )
+        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
+
+    def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
+                      exit_path: Path, key: str, stem: str) -> _Job:
+        """Execute the script itself, its output in files renamed after its pid (or in
+        Merlin's ``<name>.out``/``.err``)."""
+        ws = step.workspace
+        base = f"{ws}/{stem}"
+        # Merlin's names need no rename: every attempt appends to <name>.out/.err.
+        suffix, flags = ("", _APPEND_FLAGS) if self.merlin else (".starting", _SCRIPT_FLAGS)
+        out = os.open(f"{base}.out{suffix}", flags, 0o644)
+        try:
+            err = os.open(f"{base}.err{suffix}", flags, 0o644)
+            try:
+                proc = subprocess.Popen(
+                    [script], cwd=ws, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    env=env, start_new_session=True, close_fds=True,
+                )
+            finally:
+                os.close(err)
+        finally:
+            os.close(out)
+        if self.merlin:
+            return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
+        # The child holds the descriptors; renaming gives the files Maestro's names.
+        os.replace(f"{base}.out.starting", f"{base}.{proc.pid}.out")
+        os.replace(f"{base}.err.starting", f"{base}.{proc.pid}.err")
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
     async def _spawn_by_helper(self, step: StepInstance, req: _Start) -> _Job:

@@ -4,7 +4,8 @@ an ``exec``.
 ``subprocess.Popen`` returns only once the child has ``exec``'d: for a step that is a
 shell script this is most of a millisecond, during which the engine's event loop stands
 still, and the files a step needs (its workspace, its scripts, its output files) cost as
-much again. Under ``enginectl run``, the local adapter instead hands each start to one
+much again. Under ``enginectl run``, the local adapter instead hands each sample's start
+(``JobRequest.bulk``; ordinary steps are started directly, a hand-off costs less) to one
 helper (``RUNNER``, a plain Python process started once per study, a few MB) as a JSON
 line: the helper creates the workspace, writes the scripts, opens the output files and
 starts the process in its own session, while the engine goes on; a thread in the helper

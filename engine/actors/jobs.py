@@ -128,6 +128,7 @@ class JobShell:
                                    detail=f"its intent could not be stored: {exc}")
                 return
         request = JobRequest(step=inst, attempt=attempt, restart=restart, name=name,
+                             bulk=SEP in name,
                              key=f"{self.study_id}/{name.replace(SEP, '#')}/{attempt}")
         try:
             handle = await self.adapter.submit(request)

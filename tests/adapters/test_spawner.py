@@ -70,14 +70,31 @@ async def test_a_missing_interpreter_fails_the_start_not_the_helper(tmp_path: Pa
         spawner.close()
 
 
+async def test_the_run_adapter_starts_samples_through_the_helper(tmp_path: Path) -> None:
+    """``bulk`` requests (samples) go through the helper, each in its own directory."""
+    adapter = LocalAdapter(adoptable=False, merlin=True)
+    results = []
+    for i in range(3):
+        step = StepInstance(name="s_P.1", step="s", description="d", cmd="echo $PPID",
+                            workspace=str(tmp_path / "s" / f"{i:02d}"))
+        handle = await adapter.submit(JobRequest(step=step, attempt=1, key=f"k/s#{i}/1",
+                                                 name=f"s\x1f{i}", bulk=True))
+        results.append((await adapter.wait(handle)).outcome)
+    helper = adapter._spawner
+    await adapter.cleanup()
+    assert helper is not None  # it was used
+    assert [JobOutcome.COMPLETED] * 3 == results
+    assert (tmp_path / "s" / "02" / "s_P.1.out").read_text().strip().isdigit()
+
+
 async def test_the_run_adapter_turns_a_bad_shebang_into_a_submit_error(tmp_path: Path) -> None:
     adapter = LocalAdapter(shell="/no/such/shell", adoptable=False)
     step = StepInstance(name="s", step="s", description="d", workspace=str(tmp_path / "s"),
                         cmd="true")
     with pytest.raises(SubmitError, match="No such file"):
-        await adapter.submit(JobRequest(step=step, attempt=1, key="k/s/1"))
+        await adapter.submit(JobRequest(step=step, attempt=1, key="k/s/1", bulk=True))
     ok = LocalAdapter(adoptable=False, merlin=True)
-    handle = await ok.submit(JobRequest(step=step, attempt=1, key="k/s/1"))
+    handle = await ok.submit(JobRequest(step=step, attempt=1, key="k/s/1", bulk=True))
     result = await ok.wait(handle)
     await ok.cleanup()
     await adapter.cleanup()
