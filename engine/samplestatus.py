@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.machines.samples import SOFT, STATES
+from engine.machines.samples import SOFT, state_name
 from engine.spec.samples import SampleLayout, read_samples
 
 __all__ = ["query_samples", "write_index", "write_states"]
@@ -47,14 +47,6 @@ def write_states(study_dir: str, number: int, codes: bytes) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(codes)
     os.replace(tmp, target)
-
-
-def _state(code: int) -> str:
-    if code == 0:
-        return "INITIALIZED"
-    if code == 1:
-        return "RUNNING"
-    return STATES[code & ~SOFT].value
 
 
 def query_samples(study_dir: str, step: str, state: str = "") -> list[dict[str, Any]]:
@@ -96,7 +88,7 @@ def query_samples(study_dir: str, step: str, state: str = "") -> list[dict[str, 
                 raise ConfigError(str(exc)) from None
         layout = SampleLayout(table.n, index["level_max_dirs"])
         for i in range(table.n):
-            st = _state(codes[i]) if i < len(codes) else "INITIALIZED"
+            st = state_name(codes[i]) if i < len(codes) else "INITIALIZED"
             if want and st != want:
                 continue
             out.append({"step": name, "sample": i, "path": layout.path(i), "state": st,

@@ -347,8 +347,9 @@ class StudyRuntime:
             self.supervisor, cmds = sup_machine.decide(self.supervisor, event, now=now)
             return cmds
         rec = self.records.get(target)
-        if rec is None:  # a sample that has ended (its record is gone): nothing to do
+        if rec is None and SEP in target:  # a sample that has ended (its record is gone)
             return []
+        assert rec is not None, f"no step record {target!r}"
         self.records[target], cmds = step_machine.decide(rec, event, now=now)
         return cmds
 

@@ -15,8 +15,6 @@ would cost more than the event); nothing else changes it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from msgspec import Struct
 from msgspec.structs import replace
 
@@ -32,8 +30,8 @@ from engine.messages import (
 
 __all__ = [
     "CODES", "CancelSample", "OpenSample", "SampleBook", "SampleEnded", "SamplesBegin",
-    "SamplesFinished", "SamplesOf", "SamplesStop", "decide", "new_book", "sample_name",
-    "set_policy", "split_sample",
+    "SamplesFinished", "SamplesStop", "decide", "new_book", "sample_name",
+    "set_policy", "split_sample", "state_name",
 ]
 
 SEP = "\x1f"  # refused in every spec name (engine.spec.safety), so it never collides
@@ -63,12 +61,6 @@ def set_policy(policy: StepPolicy) -> StepPolicy:
     sample is retried or restarted alone); Merlin's soft fail (exit 101) is kept."""
     return replace(policy, scopes=(), walltime=None, restart_limit=1,
                    retry=RetryPolicy(), hw_limit=0, max_retries=0)
-
-
-class SamplesOf(NamedTuple):
-    """The address of a sampled step's book in the study's inbox."""
-
-    step: str
 
 
 class SamplesBegin(Event, frozen=True, tag="samples_begin"):
@@ -143,24 +135,19 @@ class SampleBook(Struct, kw_only=True):
     def ended(self) -> int:
         return sum(self.counts.values())
 
-    def failed(self, limit: int | None = None) -> list[int]:
-        """The samples that ended in a failure state, in order (at most ``limit``)."""
-        bad = {c for s, c in CODES.items() if s in FAILURE_STATES}
-        out = []
-        for i, code in enumerate(self.codes):
-            if code & ~SOFT in bad:
-                out.append(i)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
-
     def state_of(self, index: int) -> str:
-        code = self.codes[index]
-        if code == WAITING:
-            return "INITIALIZED"
-        if code == OPEN:
-            return "RUNNING"
-        return STATES[code & ~SOFT].value
+        """Sample ``index``'s state now (``state_name`` of its byte)."""
+        return state_name(self.codes[index])
+
+
+def state_name(code: int) -> str:
+    """The state a sample's byte stands for: INITIALIZED (never opened), RUNNING (open),
+    else its final state."""
+    if code == WAITING:
+        return "INITIALIZED"
+    if code == OPEN:
+        return "RUNNING"
+    return STATES[code & ~SOFT].value
 
 
 def new_book(step: str, n: int, *, window: int, merlin: bool = False) -> SampleBook:

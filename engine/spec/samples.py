@@ -154,10 +154,6 @@ class SampleTable:
         """Sample ``i``'s values, one per label (Merlin's ``str()`` of each cell)."""
         return tuple(str(v) for v in self._rows[i][: len(self.labels)])
 
-    @property
-    def columns(self) -> int:
-        return int(self._rows.shape[1])
-
 
 def read_samples(path: str, labels: Sequence[str]) -> SampleTable:
     """Read a samples file as Merlin 1.13 does: ``.npy`` (never with pickles), ``.csv``
