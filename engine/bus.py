@@ -14,6 +14,7 @@ bucket.
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import ssl
 import time
@@ -483,6 +484,17 @@ def _store_errors(operation: str, bucket: str, key: str = "", *,
                          bucket=bucket, key=key) from exc
 
 
+_CONNECT_TRIES = 3
+
+
+def _transient(exc: Exception) -> bool:
+    """A connection error worth another attempt: dropped half-way, not refused."""
+    if "authorization" in str(exc).lower() or (
+            isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, NatsError))
+
+
 async def _settled(fut: asyncio.Future[Any]) -> None:
     """Wait until ``fut`` is done, whatever its outcome (without consuming it)."""
     await asyncio.wait([fut])
@@ -521,7 +533,7 @@ async def open_bus(
     if creds.tls_ca is not None:
         kwargs["tls"] = ssl.create_default_context(cafile=creds.tls_ca)
     seen: list[Exception] = []
-    failed = anyio.Event()
+    failed = [anyio.Event()]
     on_closed: list[Callable[[], None]] = []
 
     async def closed_cb() -> None:
@@ -538,30 +550,39 @@ async def open_bus(
         # outage surfaces as failed operations (BusError, StoreError), so it is dropped.
         if connecting:
             seen.append(exc)
-            failed.set()
+            failed[0].set()
 
     kwargs["error_cb"] = error_cb
     nc = None
 
     async def attempt() -> None:
         nonlocal nc
-        nc = await nats.connect(url, **kwargs)  # type: ignore[arg-type]
+        try:
+            nc = await nats.connect(url, **kwargs)  # type: ignore[arg-type]
+        except (NatsError, OSError, ssl.SSLError, TimeoutError) as exc:
+            seen.append(exc)
+            failed[0].set()
+            return
         scope.cancel()
 
-    try:
-        # nats-py keeps retrying a refused connection (bad credentials, nobody listening)
-        # instead of failing: give up at its first error, and report what it was.
-        with anyio.move_on_after(connect_timeout * 2 + 1) as scope:
+    # nats-py keeps retrying a refused connection (bad credentials, nobody listening)
+    # instead of failing: an attempt gives up at its first error. Refused credentials and
+    # a closed port are final; a connection dropped half-way (a busy server closing it,
+    # "Connection lost") is tried again, within the same deadline.
+    with anyio.move_on_after(connect_timeout * 2 + 1) as scope:
+        for tries_left in range(_CONNECT_TRIES - 1, -1, -1):
+            failed[0] = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(attempt)
-                await failed.wait()
+                await failed[0].wait()
                 tg.cancel_scope.cancel()
-    except (NatsError, OSError, ssl.SSLError, TimeoutError) as exc:
-        raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}", url) from exc
+            if not tries_left or not _transient(seen[-1]):
+                break
+            await anyio.sleep(0.1)
     if nc is None:
         auth = [e for e in seen if "authorization" in str(e).lower()]
         detail = "it refused the credentials (Authorization Violation)" if auth else (
-            f"{seen[-1]}" if seen else "no answer")
+            f"{seen[-1] or type(seen[-1]).__name__}" if seen else "no answer")
         raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
     connecting = False
     try:
