@@ -89,7 +89,7 @@ class BusError(EngineError):
 class StoreError(EngineError):
     """Raised when the engine's durable state cannot be read or written.
 
-    ``engine.store.Store`` (through ``engine.bus.KeyValueBucket``, where nats-py's errors
+    ``engine.store.Store`` (through ``engine.kvbucket.KeyValueBucket``, where nats-py's errors
     are translated) raises it when the bus is disconnected or reconnecting, a JetStream
     request timed out or was refused, or ``Store.finish_step`` found no stable revision to
     swap against. ``engine.actors.persist.Persister.wait_intent`` raises it when the

@@ -11,7 +11,7 @@ be submitted, with its idempotency key) is stored before the submission, and its
 outcome with a compare-and-swap on the key's revision, so applying a terminal transition
 twice is a no-op. Other transitions are written without waiting.
 
-The buckets are ``engine.bus.KeyValueBucket`` objects: this module never sees nats-py. A
+The buckets are ``engine.kvbucket.KeyValueBucket`` objects: this module never sees nats-py. A
 missing key reads as None; every failure to read or write raises ``StoreError``.
 """
 
@@ -23,7 +23,8 @@ from collections.abc import Iterable
 import anyio
 import msgspec
 
-from engine.bus import Bus, KeyValueBucket
+from engine.bus import Bus
+from engine.kvbucket import KeyValueBucket
 from engine.errors import StoreConflict, StoreError
 from engine.machines.step import StepRecord, next_attempt
 from engine.messages import TERMINAL_STATES, StepSummary
