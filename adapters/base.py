@@ -10,7 +10,7 @@ job's end, is defined in ``engine.messages`` (the supervisor judges it) and re-e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +25,7 @@ from engine.spec.graph import StepInstance
 __all__ = [
     "Adapter",
     "AdapterError",
+    "Batches",
     "CancelError",
     "DEFAULT_KILL_GRACE",
     "JobHandle",
@@ -140,7 +141,8 @@ class Adapter(abc.ABC):
     Declares every operation the engine calls, in the way anyio's ``AsyncBackend``
     declares its backends: the four a backend must implement (``write_script``,
     ``submit``, ``wait``, ``cancel``), and the ones with a default for a backend that has
-    nothing to do (``prepare``, ``lookup``, ``kill_all_now``, ``report``, ``cleanup``).
+    nothing to do (``prepare``, ``lookup``, ``kill_all_now``, ``report``, ``cleanup``,
+    ``batches``).
 
     Attributes:
         name: The backend's name (``JobHandle.backend``, the ``adapter:<name>`` throttle
@@ -219,6 +221,36 @@ class Adapter(abc.ABC):
         """
         del exit_file, exit_code
         return False
+
+    def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
+                ended: Callable[[str, int | None, str], None]) -> Batches | None:
+        """A way to run many short jobs of one step (a sampled step's samples) in
+        batches, the backend keeping at most ``limit`` running, or None (the default):
+        each job is then submitted and waited for on its own.
+
+        ``started(key, job_id)`` is called once a job runs; ``ended(key, exit_code,
+        error)`` once it ended (``exit_code`` None: it never started, ``error`` says why,
+        "" when it was cancelled before it started).
+        """
+        del step, limit, started, ended
+        return None
+
+
+class Batches(abc.ABC):
+    """Many jobs of one step handed to the backend in batches (``Adapter.batches``):
+    Merlin's workers pull batches of samples; the local helper queues them."""
+
+    @abc.abstractmethod
+    def submit(self, requests: Sequence[JobRequest]) -> None:
+        """Hand these jobs over; their starts and ends come through the callbacks."""
+
+    @abc.abstractmethod
+    def cancel(self, keys: Sequence[str]) -> None:
+        """Stop these jobs: one not yet started never starts, one running is stopped
+        as ``Adapter.cancel`` stops a job; each still ends through the callback."""
+
+    def kill_all_now(self) -> None:  # noqa: B027 - a no-op by default
+        """Kill every job of the batches at once (a second Ctrl-C)."""
 
 
 @contextmanager

@@ -31,8 +31,9 @@ import re
 import signal
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -46,6 +47,7 @@ from adapters.base import (
     SubmitError,
     map_exceptions,
 )
+from adapters.batches import LocalBatches
 from adapters.descendants import JOB_KEY_VAR, STUDY_VAR, kill_marked
 from adapters.spawner import PID, Spawner, Started
 from engine.spec.naming import contained_path
@@ -125,6 +127,7 @@ class LocalAdapter(Adapter):
         self._cancelled: set[tuple[str, int]] = set()
         self._prepared: dict[str, tuple[str, ...]] = {}  # step -> what prepare() wrote
         self._spawner: Spawner | None = None
+        self._batches: list[LocalBatches] = []
 
     def prepare(self, step: StepInstance) -> None:
         """Write the step's workspace and scripts ahead of its submission (the engine
@@ -240,18 +243,43 @@ class LocalAdapter(Adapter):
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
 
     async def _spawn_by_helper(self, step: StepInstance, req: _Start) -> _Job:
-        """Start the script through the spawner (``adapters.spawner``); Maestro's
-        ``<name>.<pid>.out`` names are made by the child, which knows its pid."""
-        if self._spawner is None:
-            self._spawner = Spawner(self._env)
-        base = f"{step.workspace}/{req.stem}"
-        suffix = "" if self.merlin else f".{PID}"
-        pid, start = await self._spawner.start(
-            [req.script], cwd=step.workspace, out=f"{base}{suffix}.out",
-            err=f"{base}{suffix}.err", append=self.merlin, env=req.env, scripts=req.scripts)
+        """Start the script through the spawner (``adapters.spawner``)."""
+        pid, start = await self._helper().start(**self._helper_args(step, req))
         if not pid:
             raise SubmitError("the process starter is gone", step.name)
         return _Job(pid=pid, exit_path=req.exit_path, key=req.key, start=start)
+
+    def _helper(self) -> Spawner:
+        if self._spawner is None:
+            self._spawner = Spawner(self._env)
+        return self._spawner
+
+    def _helper_args(self, step: StepInstance, req: _Start) -> dict[str, Any]:
+        """The spawner's arguments for a start; Maestro's ``<name>.<pid>.out`` names
+        are made once the pid is known."""
+        base = f"{step.workspace}/{req.stem}"
+        suffix = "" if self.merlin else f".{PID}"
+        return {"argv": [req.script], "cwd": step.workspace, "out": f"{base}{suffix}.out",
+                "err": f"{base}{suffix}.err", "append": self.merlin, "env": req.env,
+                "scripts": req.scripts}
+
+    def start_args(self, request: JobRequest) -> dict[str, Any]:
+        """The spawner's arguments for one job of a batch."""
+        start = self._spawn(request.step, request.attempt, restart=request.restart,
+                            key=request.key, bulk=True)
+        assert isinstance(start, _Start)
+        return self._helper_args(request.step, start)
+
+    def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
+                ended: Callable[[str, int | None, str], None]) -> LocalBatches | None:
+        """Under ``run``, a step's samples queue in the helper (``adapters.batches``);
+        under ``serve`` (``adoptable``) each runs under its claiming wrapper instead."""
+        if self.adoptable:
+            return None
+        batches = LocalBatches(self._helper(), self.start_args, group=step.name, limit=limit,
+                               started=started, ended=ended, kill_grace=self.kill_grace)
+        self._batches.append(batches)
+        return batches
 
     async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
         """Find an attempt of a step after an engine restart, through the files its
@@ -341,11 +369,14 @@ class LocalAdapter(Adapter):
             self._cancelled.add(key)
             _killpg(job.pid, signal.SIGKILL)
             kill_marked(JOB_KEY_VAR, job.key)
+        for batches in self._batches:
+            batches.kill_all_now()
 
     async def cleanup(self) -> None:
         """Kill whatever this study's steps left running (``STUDY_VAR`` marks them all),
         and stop the spawner."""
-        if self._spawner is not None and not self._jobs:
+        if self._spawner is not None and not self._jobs and not any(
+                b.jobs for b in self._batches):
             self._spawner.close()
             self._spawner = None
         study = self._env.get(STUDY_VAR)
@@ -354,7 +385,7 @@ class LocalAdapter(Adapter):
 
     def running(self) -> int:
         """How many processes this adapter may still have alive."""
-        return len(self._jobs)
+        return len(self._jobs) + sum(len(b.jobs) for b in self._batches)
 
 
 class _Job:

@@ -8,11 +8,11 @@ adapter when it has none) and each handle back to the adapter that made it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapters.base import Adapter, JobHandle, JobRequest, JobResult
+from adapters.base import Adapter, Batches, JobHandle, JobRequest, JobResult
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
@@ -73,6 +73,10 @@ class RoutedAdapter(Adapter):
     def kill_all_now(self) -> None:
         for adapter in self._all:
             adapter.kill_all_now()
+
+    def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
+                ended: Callable[[str, int | None, str], None]) -> Batches | None:
+        return self._for(step).batches(step, limit=limit, started=started, ended=ended)
 
     def report(self, exit_file: str, exit_code: int) -> bool:
         return any(a.report(exit_file, exit_code) for a in self._all if a.takes_reports)

@@ -132,6 +132,17 @@ def vm_hwm(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of one process so far (not its children), or None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child_named(pid: int, name: str) -> int | None:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -154,6 +165,7 @@ class HwmWatch:
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid, self.interval = pid, interval
         self.engine = self.nats = 0
+        self.cpu = 0.0  # the engine's own CPU seconds, as last seen
         self._nats_pid: int | None = None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -162,6 +174,7 @@ class HwmWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.engine = max(self.engine, vm_hwm(self.pid) or 0)
+            self.cpu = max(self.cpu, cpu_seconds(self.pid) or 0.0)
             if self._nats_pid is None:
                 self._nats_pid = child_named(self.pid, "nats-server")
             if self._nats_pid is not None:
@@ -197,7 +210,7 @@ def timed(argv: list[str], log: Path, timeout: float, cwd: Path | None = None) -
         proc.returncode = rc if isinstance(rc, int) else -9
         engine, nats = watch.stop()
     return {"wall": wall, "rc": rc, "engine_rss": engine, "nats_rss": nats,
-            "max_rss": ru.ru_maxrss * 1024}
+            "max_rss": ru.ru_maxrss * 1024, "engine_cpu": watch.cpu}
 
 
 def run_column(col: str, n: int, work: Path, run_dir: Path, timeout: float) -> dict:
@@ -258,20 +271,22 @@ def mb(b: int | None) -> str:
 
 def render(report: dict) -> str:
     lines = [f"N = {report['n']:,} samples: median wall seconds over {report['rounds']} "
-             f"rounds after {report['warmup']} warm-up round(s); {CPUS} CPUs. RSS in MB: "
-             "the engine process's peak (VmHWM), its nats-server's, and the wait4 maximum "
+             f"rounds after {report['warmup']} warm-up round(s); {CPUS} CPUs. Engine CPU: the "
+             "engine process's own user + system seconds (median; not its children). RSS in "
+             "MB: the engine process's peak (VmHWM), its nats-server's, and the wait4 maximum "
              "over the command and all it reaped.\n",
-             "| column | median (s) | runs (s) | ratio to floor | per sample (ms) | engine RSS "
-             "| nats-server RSS | wait4 max RSS |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| column | median (s) | runs (s) | ratio to floor | per sample (ms) | engine CPU (s) "
+             "| engine RSS | nats-server RSS | wait4 max RSS |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     floor = report["results"].get("floor", {}).get("median")
     for col, r in report["results"].items():
         if r.get("median") is None:
-            lines.append(f"| {col} | — | {r.get('error') or '—'} | | | | | |")
+            lines.append(f"| {col} | — | {r.get('error') or '—'} | | | | | | |")
             continue
         ratio = f"{r['median'] / floor:.2f}x" if floor else "—"
         lines.append(f"| {col} | {r['median']:.2f} | {', '.join(f'{x:.2f}' for x in r['runs'])} "
-                     f"| {ratio} | {r['median'] / report['n'] * 1e3:.3f} | {mb(r['engine_rss'])} "
+                     f"| {ratio} | {r['median'] / report['n'] * 1e3:.3f} "
+                     f"| {statistics.median(r['cpu']) if r.get('cpu') else 0:.1f} | {mb(r['engine_rss'])} "
                      f"| {mb(r['nats_rss'])} | {mb(r['max_rss'])} |")
     if report.get("validate"):
         lines += ["\n`enginectl validate SPEC -o DIR --samplesfile F` (one run each):\n",
@@ -311,7 +326,7 @@ def main() -> None:
                     "started": started, "n": args.n, "rounds": args.rounds,
                     "warmup": args.warmup, "nproc": CPUS, "platform": platform.platform(),
                     "load_before": os.getloadavg(), "results": {}, "validate": {}}
-    per = {c: {"runs": [], "engine_rss": 0, "nats_rss": None, "max_rss": 0, "error": None}
+    per = {c: {"runs": [], "cpu": [], "engine_rss": 0, "nats_rss": None, "max_rss": 0, "error": None}
            for c in cols}
     try:
         for rnd in range(args.warmup + args.rounds):
@@ -322,12 +337,13 @@ def main() -> None:
                 res = run_column(c, args.n, work, work / f"{c}-{rnd}", args.timeout)
                 tag = "warm-up" if rnd < args.warmup else f"run {rnd - args.warmup + 1}"
                 print(f"N={args.n} {c:10} {tag:8} {res['wall']:8.2f} s  engine "
-                      f"{mb(res['engine_rss']):>5} MB  nats {mb(res['nats_rss']):>5} MB  "
+                      f"{res['engine_cpu']:6.1f} s CPU {mb(res['engine_rss']):>5} MB  nats {mb(res['nats_rss']):>5} MB  "
                       f"{res['error'] or 'ok'}", flush=True)
                 if res["error"]:
                     r["error"] = res["error"]
                 elif rnd >= args.warmup:
                     r["runs"].append(res["wall"])
+                    r["cpu"].append(res["engine_cpu"])
                     r["engine_rss"] = max(r["engine_rss"], res["engine_rss"])
                     r["max_rss"] = max(r["max_rss"], res["max_rss"])
                     if res["nats_rss"] is not None:

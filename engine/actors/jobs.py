@@ -100,6 +100,12 @@ class JobShell:
                            f"'{inst.step}' is left for the shell")
         return left[0] if left else ""
 
+    def refusal(self, inst: StepInstance, restart: bool = False) -> str:
+        """Why ``inst``'s command may not run: an unresolved token under ``--strict``
+        (said as a warning either way), else ""."""
+        left = self._unresolved(inst, restart)
+        return f"unresolved token {left} in its command (--strict)" if left and self._strict else ""
+
     def active_jobs(self) -> dict[tuple[str, int], JobHandle]:
         """The jobs submitted and not yet ended, by ``(step, attempt)``."""
         return dict(self._handles)
@@ -113,10 +119,9 @@ class JobShell:
         the exit. An intent the store could not take (the persister gave up) and a
         refused submission both end as ``SubmitFailed``."""
         inst = self._resolve(name)
-        left = self._unresolved(inst, restart)
-        if left and self._strict:
-            yield SubmitFailed(event_id=new_event_id(), retryable=False,
-                               detail=f"unresolved token {left} in its command (--strict)")
+        refused = self.refusal(inst, restart)
+        if refused:
+            yield SubmitFailed(event_id=new_event_id(), retryable=False, detail=refused)
             return
         if self._persister is not None and SEP not in name:  # (samples: their step is)
             try:

@@ -35,21 +35,25 @@ from engine.machines.samples import (
     split_sample,
 )
 from engine.machines.step import StepRecord, new_record
+from adapters.base import JobRequest
 from engine.messages import (
     CancelRequested,
     Command,
     Event,
     JobExited,
+    JobOutcome,
     JobStarted,
     PublishState,
     StepState,
     StudyOpened,
+    SubmitFailed,
     new_event_id,
 )
 from engine.samplestatus import write_states
 from engine.spec.samples import for_sample
 
 if TYPE_CHECKING:
+    from adapters.base import Adapter, Batches
     from engine.machines.policy import StepPolicy
     from engine.merlin import Samples
     from engine.spec.graph import StepInstance, StudyGraph
@@ -96,6 +100,20 @@ class SampleShell:
         publish: Sends one batch: ``(step, state, sample ids, time)``.
         dry_run: Samples are written, not run.
         window: How many samples of one step may be open at once.
+        adapter: The backend; if it runs a step's samples in batches
+            (``Adapter.batches``), their first attempts go that way (see the class notes).
+        limit_of: At most how many of a step's samples may run at once (0: no limit).
+        resolve: The instance a sample's record name runs now.
+        refuse: Why a sample's command may not run (``--strict``), or "".
+        study_id: The study (jobs' keys are ``<study>/<step>#<i>/<attempt>``).
+
+    In batches, a sample is no record while its first attempt runs: the backend starts
+    it (at most ``limit_of(step)`` at once), and its start and end come back through
+    callbacks. One that ends with 0 is FINISHED there and then; any other end becomes a
+    record of its own, RUNNING that attempt (``slotless``: it held no throttle slot), to
+    which the exit is handed, so that the step machine decides what follows (a retry, a
+    restart, FAILED) as for any step. A step with a walltime is not run in batches (its
+    samples' timers are the step machine's).
     """
 
     def __init__(
@@ -104,6 +122,9 @@ class SampleShell:
         send: Callable[[str, Event], None],
         publish: Callable[[str, StepState, list[int], float], None],
         dry_run: bool = False, window: int = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
+        adapter: Adapter | None = None, limit_of: Callable[[str], int] = lambda step: 0,
+        resolve: Callable[[str], StepInstance] | None = None,
+        refuse: Callable[[StepInstance], str] = lambda inst: "", study_id: str = "study",
     ) -> None:  # fmt: skip
         self.graph = graph
         self.samples = samples
@@ -123,6 +144,14 @@ class SampleShell:
         self._base: dict[str, int] = {}
         self._markers: list[str] = []
         self._log = structlog.get_logger("troupe.samples")
+        self._adapter = adapter
+        self._limit_of = limit_of
+        self._resolve = resolve or self.instance
+        self._refuse = refuse
+        self._study_id = study_id
+        self._batches: dict[str, Batches] = {}  # step -> its samples' batches
+        self._keys: dict[str, tuple[str, int]] = {}  # a batched job's key -> its sample
+        self._stopping: set[tuple[str, int]] = set()  # batched samples being cancelled
 
     # ------------------------------------------------------------------ a step's job
 
@@ -145,6 +174,12 @@ class SampleShell:
         self._base[step] = (attempt - 1) * ATTEMPTS_PER_RUN
         self.books[step] = book
         self._ended[step] = ended = anyio.Event()
+        policy = self._policies.get(step)
+        if self._adapter is not None and not self._dry_run and not (policy and policy.walltime):
+            batches = self._adapter.batches(self.graph.by_name[step], limit=self._limit_of(step),
+                                            started=self._started, ended=self._job_ended)
+            if batches is not None:
+                self._batches[step] = batches
         done = await anyio.to_thread.run_sync(self._marked, step)
         yield JobStarted(event_id=new_event_id(), job_id=f"{self.samples.n} samples",
                          time=self._clock())
@@ -179,8 +214,12 @@ class SampleShell:
                 if os.path.exists(os.path.join(inst.workspace, layout.path(i), MARKER))]
 
     def _apply(self, cmds: list[Command]) -> None:
+        opened: dict[str, list[JobRequest]] = {}
+        stopped: dict[str, list[str]] = {}
         for cmd in cmds:
             match cmd:
+                case OpenSample(step=step, index=i) if step in self._batches:
+                    opened.setdefault(step, []).append(self._request(step, i))
                 case OpenSample(step=step, index=i):
                     name = sample_name(step, i)
                     rec = new_record(name, 0, dry_run=self._dry_run,
@@ -188,16 +227,85 @@ class SampleShell:
                     base = self._base.get(step, 0)
                     self._records[name] = replace(rec, attempt=base) if base else rec
                     self._send(name, StudyOpened(event_id=new_event_id()))
+                case CancelSample(step=step, index=i) if (
+                        step in self._batches and sample_name(step, i) not in self._records):
+                    self._stopping.add((step, i))
+                    stopped.setdefault(step, []).append(self._key(step, i))
                 case CancelSample(step=step, index=i):
                     self._send(sample_name(step, i), CancelRequested(
                         event_id=new_event_id(), reason=f"step {step} was cancelled"))
                 case SamplesFinished(step=step):
                     self._save(step)
+                    self._batches.pop(step, None)
                     self._results[step] = cmd
                     self._ended[step].set()
                     self._log.info("samples_ended", step=step, detail=cmd.detail)
                 case _:
                     raise AssertionError(f"unhandled command {cmd!r}")
+        for step, requests in opened.items():
+            self._submit(step, requests)
+        for step, keys in stopped.items():
+            self._batches[step].cancel(keys)
+
+    # ------------------------------------------------------------------ batches
+
+    def _key(self, step: str, index: int) -> str:
+        return f"{self._study_id}/{step}#{index}/{self._base.get(step, 0) + 1}"
+
+    def _request(self, step: str, index: int) -> JobRequest:
+        key = self._key(step, index)
+        self._keys[key] = (step, index)
+        return JobRequest(step=self._resolve(sample_name(step, index)), key=key, bulk=True,
+                          attempt=self._base.get(step, 0) + 1, name=sample_name(step, index))
+
+    def _submit(self, step: str, requests: list[JobRequest]) -> None:
+        """Hand the requests to the step's batches (one refused by ``--strict`` becomes
+        a record whose submission failed)."""
+        ready = []
+        for request in requests:
+            why = self._refuse(request.step)
+            if why:
+                self._escalate(request.key, None, why)
+            else:
+                ready.append(request)
+        if ready:
+            self._batches[step].submit(ready)
+
+    def _started(self, key: str, job_id: str) -> None:
+        found = self._keys.get(key)
+        if found is not None:
+            self._pending.setdefault((found[0], StepState.RUNNING), []).append(found[1])
+
+    def _job_ended(self, key: str, code: int | None, error: str) -> None:
+        """A batched sample ended: FINISHED or CANCELLED here; else a record decides."""
+        found = self._keys.get(key)
+        if found is None:
+            return
+        if found in self._stopping:
+            self._stopping.discard(found)
+            del self._keys[key]
+            self._sample_ended(*found, StepState.CANCELLED)
+        elif code == 0:
+            del self._keys[key]
+            self._sample_ended(*found, StepState.FINISHED)
+        else:
+            self._escalate(key, code, error)
+
+    def _escalate(self, key: str, code: int | None, error: str) -> None:
+        """Make a batched sample's attempt a record (``slotless``) and hand it its end:
+        its exit (RUNNING), or its failed submission (PENDING)."""
+        step, index = self._keys.pop(key)
+        name, now = sample_name(step, index), self._clock()
+        rec = replace(new_record(name, 0, policy=self._policies.get(step)),
+                      state=StepState.PENDING if code is None else StepState.RUNNING,
+                      attempt=self._base.get(step, 0) + 1, slotless=True, submit_time=now,
+                      start_time=now)
+        self._records[name] = rec
+        if code is None:
+            self._send(name, SubmitFailed(event_id=new_event_id(), detail=error, retryable=False))
+        else:
+            self._send(name, JobExited(event_id=new_event_id(), exit_code=code, time=now,
+                                       outcome=JobOutcome.FAILED))
 
     # ------------------------------------------------------------------ what samples say
 
@@ -211,14 +319,21 @@ class SampleShell:
         if not cmd.final:
             return
         self._records.pop(cmd.step, None)
-        if cmd.state == StepState.FINISHED:  # its marker is written soon, off the loop
+        self._sample_ended(step, index, cmd.state, soft=cmd.soft, reported=True)
+
+    def _sample_ended(self, step: str, index: int, state: StepState, *, soft: bool = False,
+                      reported: bool = False) -> None:
+        """Tell the book; a FINISHED sample's marker is written soon, off the loop."""
+        if not reported:
+            self._pending.setdefault((step, state), []).append(index)
+        if state == StepState.FINISHED:
             ws = self.graph.by_name[step].workspace
             self._markers.append(os.path.join(ws, self.samples.layout.path(index), MARKER))
         book = self.books.get(step)
         if book is not None:
             self._unsaved.add(step)
             self._apply(book_machine.decide(book, SampleEnded(
-                event_id=new_event_id(), index=index, state=cmd.state, soft=cmd.soft)))
+                event_id=new_event_id(), index=index, state=state, soft=soft)))
 
     def drain(self) -> list[tuple[str, StepState, list[int], float]]:
         """What the samples did since the last drain, one batch per step and state."""

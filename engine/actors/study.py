@@ -420,7 +420,15 @@ class StudyRuntime:
                                                       policy=set_policy(own[n]))
         return SampleShell(self.graph, samples, records=self.records, policies=own,
                            send=self._loop.send, publish=self._publish_samples,
-                           dry_run=self.dry_run, clock=self.clock)
+                           dry_run=self.dry_run, clock=self.clock, adapter=self.adapter,
+                           limit_of=lambda step: self._limit_of(own[step]),
+                           resolve=self._resolve, study_id=self.study_id,
+                           refuse=lambda inst: self._jobs.refusal(inst))
+
+    def _limit_of(self, policy: StepPolicy) -> int:
+        """The smallest throttle limit of a policy's scopes (0: none of them has one)."""
+        limits = [n for n in (self.supervisor.limits.get(s, 0) for s in policy.scopes) if n > 0]
+        return min(limits, default=0)
 
     def _warn(self, step: str, message: str) -> None:
         self._log.warning("step_warning", step=step, message=message)

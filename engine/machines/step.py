@@ -87,7 +87,8 @@ class StepRecord(Struct, frozen=True, kw_only=True):
 
     Invariants (``invariant_violations``, checked in the tests):
       * ``remaining`` is the number of parents not yet done, >= 0;
-      * a step in PENDING or RUNNING holds exactly one set of throttle slots;
+      * a step in PENDING or RUNNING holds exactly one set of throttle slots, unless
+        ``slotless`` (an attempt its backend ran in a batch: a sample's first);
       * ``attempt`` > 0 once the step has been submitted;
       * ``queued`` is True only in WAITING, while a slot request is outstanding;
       * ``cancelling`` only in PENDING/RUNNING; ``timing_out`` only with ``cancelling``;
@@ -114,6 +115,7 @@ class StepRecord(Struct, frozen=True, kw_only=True):
     cancelling: bool = False
     timing_out: bool = False
     lost_race: bool = False
+    slotless: bool = False
     reason: str = ""
     condition: Expr | None = None
     parent_steps: dict[str, tuple[str, ...]] = {}
@@ -172,6 +174,8 @@ def invariant_violations(rec: StepRecord) -> list[str]:
         bad.append("timing_out without cancelling")
     if rec.lost_race and not (rec.state == StepState.CANCELLED or rec.cancelling):
         bad.append("lost_race outside CANCELLED")
+    if rec.slotless and rec.state not in ACTIVE_STATES:
+        bad.append("slotless outside PENDING/RUNNING")
     return bad
 
 
@@ -269,17 +273,17 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
         cancelling=rec.cancelling, timing_out=rec.timing_out, restarts=rec.restarts,
         retries=rec.retries, merlin_retries=rec.merlin_retries, hw_failures=rec.hw_failures,
     )
-    release = ReleaseSlot(step=rec.name, scopes=pol.scopes)
+    release: list[Command] = [] if rec.slotless else [ReleaseSlot(step=rec.name, scopes=pol.scopes)]
     now = ev.time
     base = replace(rec, exit_code=ev.exit_code, cancelling=False, timing_out=False,
-                   lost_race=rec.lost_race and verdict.kind == "cancelled")
+                   lost_race=rec.lost_race and verdict.kind == "cancelled", slotless=False)
     if verdict.kind != "again":
         state = _END_STATES[verdict.kind]
         reason = rec.reason if verdict.kind == "cancelled" and rec.cancelling else verdict.reason
         new = replace(base, state=state, end_time=now, reason=reason)
         pub = _publish(new, rec.state, now, exit_code=ev.exit_code, kind=verdict.failure,
                        soft=verdict.soft)
-        cmds: list[Command] = [pub, release]
+        cmds: list[Command] = [pub, *release]
         if verdict.stop_study:
             cmds.append(StopStudy(step=rec.name, reason=f"{rec.name}: {verdict.reason}"))
         return new, cmds
@@ -296,7 +300,7 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
     use_restart = verdict.use_restart or (verdict.counter == "hw" and rec.use_restart)
     waiting = replace(seen, state=StepState.WAITING, use_restart=use_restart, job_id="",
                       start_time=None, **counters)  # type: ignore[arg-type]
-    cmds = [pub_seen, release, _publish(waiting, seen.state, now)]
+    cmds = [pub_seen, *release, _publish(waiting, seen.state, now)]
     if verdict.delay > 0:
         cmds.append(StartTimer(step=rec.name, name="retry", attempt=rec.attempt,
                                delay=verdict.delay))
@@ -375,15 +379,16 @@ def decide(
         case JobExited() if state in ACTIVE_STATES:
             return _on_exit(rec, event)
         case SubmitFailed() if state == StepState.PENDING:
-            release = ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)
+            release = [] if rec.slotless else [ReleaseSlot(step=rec.name, scopes=rec.policy.scopes)]
             if rec.cancelling and not rec.timing_out:
                 # Cancelled while being submitted, and it never started: as asked.
-                new = replace(rec, state=StepState.CANCELLED, end_time=now, cancelling=False)
-                return new, [_publish(new, state, now), release]
+                new = replace(rec, state=StepState.CANCELLED, end_time=now, cancelling=False,
+                              slotless=False)
+                return new, [_publish(new, state, now), *release]
             new = replace(rec, state=StepState.FAILED, reason=event.detail, end_time=now,
-                          cancelling=False, timing_out=False, lost_race=False)
+                          cancelling=False, timing_out=False, lost_race=False, slotless=False)
             pub = _publish(new, state, now, kind="submit_rejected", retryable=event.retryable)
-            return new, [pub, release]
+            return new, [pub, *release]
         case CancelRequested() if state in ACTIVE_STATES:
             if rec.cancelling and not rec.timing_out:
                 return rec, []  # cancelling twice changes nothing
