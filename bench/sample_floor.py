@@ -8,6 +8,11 @@ running the same processes must at least spend.
     python bench/sample_floor.py N [--cmd true] [--collect true] [--asyncio]
     python bench/sample_floor.py N --dirs DIR     # each sample runs in its own directory
 
+``--files`` (with ``--dirs``) also does each sample's file work as Merlin's layout has it:
+the script ``sample.sh`` (``#!/bin/sh``, then the command) written in its directory and
+executed there, its output in ``sample.out``/``sample.err`` there, and a
+``MERLIN_FINISHED`` marker once it exited 0: the same processes and files as the study.
+
 ``--dirs DIR`` also creates Merlin's sample hierarchy under DIR (``level_max_dirs`` 25:
 100,000 samples give ``00/00/00/00`` .. ``06/09/24/24``) and runs each sample with that
 directory as its working directory; the default collect then counts the directories with
@@ -55,25 +60,44 @@ def glob_path(n: int, level_max_dirs: int = 25) -> str:
     return "*/" * max(levels, 1)
 
 
-def spawn_loop(cmd: str, cwds: list[str | None], jobs: int) -> int:
-    """Run ``sh -c cmd`` once per cwd, ``jobs`` at a time; the number that failed."""
+def spawn_loop(cmd: str, cwds: list[str | None], jobs: int, files: bool = False) -> int:
+    """Run ``sh -c cmd`` once per cwd, ``jobs`` at a time; the number that failed.
+    With ``files``, run each cwd's script with its output files, and mark it finished."""
     failed, running, todo = 0, 0, iter(cwds)
     env = os.environ
     here = os.getcwd()
+    cwd_of: dict[int, str | None] = {}
+
+    def reap() -> None:
+        nonlocal failed, running
+        pid, status = os.wait()
+        running -= 1
+        failed += status != 0
+        where = cwd_of.pop(pid)
+        if files and status == 0 and where is not None:
+            os.close(os.open(os.path.join(where, "MERLIN_FINISHED"), os.O_WRONLY | os.O_CREAT, 0o644))
+
     for cwd in todo:
         if running == jobs:
-            _, status = os.wait()
-            running -= 1
-            failed += status != 0
+            reap()
         if cwd is not None:
             os.chdir(cwd)  # posix_spawn has no cwd argument; the child inherits ours
-        os.posix_spawn(SH, [SH, "-c", cmd], env)
+        if files:
+            fd = os.open("sample.sh", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+            os.write(fd, f"#!{SH}\n\n{cmd}\n".encode())
+            os.close(fd)
+            append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            pid = os.posix_spawn("./sample.sh", ["./sample.sh"], env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, "sample.out", append, 0o644),
+                (os.POSIX_SPAWN_OPEN, 2, "sample.err", append, 0o644)])
+        else:
+            pid = os.posix_spawn(SH, [SH, "-c", cmd], env)
+        cwd_of[pid] = cwd
         running += 1
     os.chdir(here)
     while running:
-        _, status = os.wait()
-        running -= 1
-        failed += status != 0
+        reap()
     return failed
 
 
@@ -99,6 +123,8 @@ def main() -> int:
                     help="the collect command (default: true; with --dirs, count the dirs)")
     ap.add_argument("--dirs", metavar="DIR", default=None,
                     help="create Merlin's sample directories under DIR and run each sample there")
+    ap.add_argument("--files", action="store_true",
+                    help="with --dirs: each sample's script, output files and marker too")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--asyncio", action="store_true", help="asyncio subprocesses, not posix_spawn")
     args = ap.parse_args()
@@ -117,7 +143,7 @@ def main() -> int:
     if args.asyncio:
         failed = asyncio.run(asyncio_loop(args.cmd, cwds, args.jobs))
     else:
-        failed = spawn_loop(args.cmd, cwds, args.jobs)
+        failed = spawn_loop(args.cmd, cwds, args.jobs, files=bool(args.files and args.dirs))
     failed += spawn_loop(collect, [None], 1)
     wall = time.perf_counter() - t0
     print(f"{args.n} samples: {wall:.2f} s wall ({wall / max(args.n, 1) * 1e3:.3f} ms per "

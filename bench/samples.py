@@ -19,6 +19,9 @@ Columns (each timed as the whole command, interpreter start included):
   posix_spawn, then one collect process);
 - floor-dirs: the same, each sample in its own directory of Merlin's hierarchy, which
   the floor creates first; its collect counts them as the study's does;
+- floor-files: floor-dirs plus each sample's file work as Merlin's layout has it (its
+  script written and executed in its directory, its output in two files there, a
+  ``MERLIN_FINISHED`` marker after exit 0): the same processes and files as the study;
 - merlin: ``merlin run --local SPEC --samplesfile F`` in the run directory (the spec's
   OUTPUT_PATH is ``./studies``; Merlin's in-process eager mode runs one sample after
   another). Meant for small N, e.g. 1,000. ``$MERLIN`` names the merlin command.
@@ -62,7 +65,7 @@ PY = sys.executable
 ENGINECTL = str(Path(PY).parent / "enginectl")
 MERLIN = os.environ.get("MERLIN", "/work/merlin-venv/bin/merlin")
 CPUS = os.cpu_count() or 1
-ALL_COLUMNS = ["troupe", "floor", "floor-dirs", "merlin"]
+ALL_COLUMNS = ["troupe", "floor", "floor-dirs", "floor-files", "merlin"]
 
 
 # --------------------------------------------------------------------------- files
@@ -226,6 +229,9 @@ def run_column(col: str, n: int, work: Path, run_dir: Path, timeout: float) -> d
         argv = [PY, str(BENCH / "sample_floor.py"), str(n)]
     elif col == "floor-dirs":
         argv = [PY, str(BENCH / "sample_floor.py"), str(n), "--dirs", str(run_dir / "dirs")]
+    elif col == "floor-files":
+        argv = [PY, str(BENCH / "sample_floor.py"), str(n), "--dirs", str(run_dir / "dirs"),
+                "--files", "--cmd", "true 0"]
     elif col == "merlin":
         argv = [MERLIN, "run", "--local", str(spec), "--samplesfile", str(samples)]
     else:

@@ -100,3 +100,49 @@ async def test_the_run_adapter_turns_a_bad_shebang_into_a_submit_error(tmp_path:
     await adapter.cleanup()
     assert JobOutcome.COMPLETED == result.outcome
     assert {"s.sh", "s.out", "s.err"} <= set(os.listdir(tmp_path / "s"))  # Merlin's names
+
+
+class _Sink:
+    """Records what the spawner says about one queued start."""
+
+    def __init__(self, log: list[tuple[str, int, int | None, str]], i: int) -> None:
+        self.log, self.i = log, i
+
+    def on_start(self, pid: int) -> None:
+        self.log.append(("start", self.i, pid, ""))
+
+    def on_end(self, code: int | None, error: str) -> None:
+        self.log.append(("end", self.i, code, error))
+
+
+async def test_a_group_runs_at_most_its_limit_and_dropped_starts_never_run(
+        tmp_path: Path) -> None:
+    spawner = Spawner(dict(os.environ))
+    log: list[tuple[str, int, int | None, str]] = []
+    gate = tmp_path / "gate"
+    ids = []
+    try:
+        for i in range(6):
+            ws = tmp_path / f"w{i}"
+            path, text = script(ws / "s.sh", f"touch ran; while [ ! -e {gate} ]; do sleep 0.01; done")
+            ids.append(spawner.queue([path], cwd=str(ws), out=str(ws / "o"), err=str(ws / "e"),
+                          append=False, env={}, sink=_Sink(log, i), scripts=[(path, text)],
+                          group="g", limit=2))
+        with anyio.fail_after(10):
+            while sum(1 for e in log if e[0] == "start") < 2:
+                await anyio.sleep(0.01)
+        assert [0, 1] == [e[1] for e in log if e[0] == "start"]  # in order, two at once
+        spawner.drop([ids[2], ids[3]])  # waiting: never started
+        with anyio.fail_after(10):
+            while sum(1 for e in log if e[0] == "end") < 2:
+                await anyio.sleep(0.01)
+        assert {("end", 2, None, ""), ("end", 3, None, "")} <= set(log)  # dropped
+        gate.touch()
+        with anyio.fail_after(20):
+            while sum(1 for e in log if e[0] == "end") < 6:
+                await anyio.sleep(0.01)
+    finally:
+        spawner.close()
+    ran = sorted(i for i in range(6) if (tmp_path / f"w{i}" / "ran").exists())
+    assert [0, 1, 4, 5] == ran
+    assert {0, 1, 4, 5} == {e[1] for e in log if e[0] == "end" and e[2] == 0}
