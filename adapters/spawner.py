@@ -72,6 +72,8 @@ env0 = dict(os.environ)
 PID = "\x00pid\x00"
 null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 home = os.getcwd()
+umask = os.umask(0); os.umask(umask)
+chmod = umask & 0o555 != 0  # (a umask that keeps r-x from 0o755 needs no fchmod)
 def start(r):  # (under the lock)
     env = {**env0, **r["env"]}
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if r["append"] else os.O_TRUNC)
@@ -80,7 +82,10 @@ def start(r):  # (under the lock)
             os.makedirs(r["cwd"], exist_ok=True)
         for path, text in r["scripts"]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
-            os.write(fd, text.encode()); os.fchmod(fd, 0o755); os.close(fd)
+            os.write(fd, text.encode())
+            if chmod:
+                os.fchmod(fd, 0o755)
+            os.close(fd)
         names = [r["out"], r["err"]]  # a name with PID: renamed once the pid is known
         opened = [n.replace(PID, f"starting{r['id']}") for n in names]
         out = os.open(opened[0], flags | os.O_CLOEXEC, 0o644)
