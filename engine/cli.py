@@ -2,8 +2,9 @@
 
 ``run`` runs one study to completion in this process (exit 0 finished, 2 failure,
 3 cancelled); ``validate`` prints the expanded steps. Bad input (a spec error, a bad
-option, an unreachable server) is one line on stderr and exit code 1, never a traceback;
-set ``TROUPE_DEBUG=1`` to see the traceback of an internal error.
+option or argument, an unreachable server) is one ``error:`` line on stderr and exit
+code 1, never a traceback, for every command; set ``TROUPE_DEBUG=1`` to see the
+traceback of an internal error.
 """
 
 from __future__ import annotations
@@ -108,7 +109,33 @@ def _credential_opts(func: F) -> F:
     return credential_options(func, suffix=" (with --nats-url)")  # type: ignore[no-any-return]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Enginectl(click.Group):
+    """The command group, with one exit-code convention for click's own errors too: a
+    usage error (an unknown option, a missing argument, a directory as SPEC) is one
+    ``error:`` line and exit 1, like any other bad input (click's default is exit 2,
+    which is ``run``'s "the study failed")."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            if exc.ctx is not None and type(exc).__name__ == "NoArgsIsHelpError":
+                click.echo(exc.ctx.get_help(), err=True)  # no command at all: the help
+                sys.exit(1)
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{where}")
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Enginectl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="enginectl")
 @click.option("-v", "--verbose", count=True, help="Log more to stderr (-v info, -vv debug).")
 def main(verbose: int) -> None:

@@ -247,13 +247,19 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Study directory, as given.")
 @click.option("--wait", is_flag=True, help="Follow the study and exit 0/2/3 like run.")
-@click.option("--dry", is_flag=True, help="Write scripts only.")
-@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None)
-@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None)
-@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None)
-@click.option("--local", "run_local", is_flag=True, help="Run scheduler steps here.")
-@click.option("-p", "--pgen", type=click.Path(exists=True, dir_okay=False))
-@click.option("--pargs", multiple=True, metavar="KEY:VALUE")
+@click.option("--dry", is_flag=True, help="Write every script and mark steps DRYRUN; run nothing.")
+@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
+              help="Max steps running at once (0 = unlimited; default: the spec's, else CPUs).")
+@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None,
+              help="Restarts of a timed-out step (default 1; 0 = unlimited).")
+@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
+              help="Runs of a step that fails (default 1: no retry).")
+@click.option("--local", "run_local", is_flag=True,
+              help="Run Slurm/Flux steps as local processes instead.")
+@click.option("-p", "--pgen", type=click.Path(exists=True, dir_okay=False),
+              help="A Maestro custom parameter generator (Python file).")
+@click.option("--pargs", multiple=True, metavar="KEY:VALUE",
+              help="Argument for the parameter generator (repeatable).")
 @click.option("--reuse", type=click.Path(exists=True, file_okay=False),
               help="Reuse the FINISHED steps of this earlier study whose cache keys match.")
 @click.option("--no-cache", is_flag=True, help="Neither record nor reuse cache keys.")
@@ -359,17 +365,20 @@ def _print_studies(reply: StatusReply) -> None:
 
 
 @click.command(name="list")
-@click.option("--state", default="", help="Only studies in this state (RUNNING, FINISHED, ...).")
+@click.option("--state", default=None, type=click.Choice([s.value for s in StudyState],
+                                                         case_sensitive=False),
+              help="Only studies in this state.")
 @click.option("--name", default="", help="Only studies whose name matches this glob.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: the engine's status reply as JSON.")
 @connection_options
-def list_(state: str, name: str, as_json: bool, **kwargs: Any) -> None:
+def list_(state: str | None, name: str, as_json: bool, **kwargs: Any) -> None:
     """List studies."""
     opts = _conn_opts(kwargs)
 
     async def body(bus: Bus) -> int:
         reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
-                                                        state=state.upper(), name=name))
+                                                        state=(state or "").upper(), name=name))
         assert isinstance(reply, StatusReply)
         if as_json:
             click.echo(msgspec.json.encode(reply).decode())
@@ -392,8 +401,10 @@ def _control(verb: str, make: Callable[[], BusMessage]) -> Callable[[Bus], Await
     async def body(bus: Bus) -> int:
         reply = await _ask(bus, verb, make())
         assert isinstance(reply, ControlReply)
-        click.echo(reply.detail, err=not reply.ok)
-        return 0 if reply.ok else 1
+        if not reply.ok:
+            raise ConfigError(reply.detail or f"{verb} refused")
+        click.echo(reply.detail)
+        return 0
     return body
 
 

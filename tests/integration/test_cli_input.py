@@ -102,3 +102,32 @@ def test_pargs_without_pgen_is_refused(tmp_path: Path) -> None:
     result = enginectl("validate", str(REPO / "examples/hello/hello.yaml"), "--pargs", "A:1")
     assert 1 == result.returncode
     assert "--pgen" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "{tmp}"], "is a directory"),
+    (["run", "--bogus", "x.yaml"], "No such option '--bogus'"),
+    (["run"], "Missing argument 'SPEC'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["run", "x.yaml", "-t", "-3"], "Invalid value for '-t'"),
+    (["status", "--state-dir", "{tmp}", "--bogus"], "No such option"),
+    (["list", "--state", "BOGUS"], "'BOGUS' is not one of 'running', 'finished'"),
+])
+def test_usage_errors_are_one_line_and_exit_1_like_any_bad_input(
+        tmp_path: Path, args: list[str], needle: str) -> None:
+    result = enginectl(*(a.format(tmp=tmp_path) for a in args))
+    assert 1 == result.returncode  # never 2: that is "the study failed"
+    lines = result.stderr.strip().splitlines()
+    assert 1 == len(lines), result.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+
+
+def test_no_command_prints_the_help_and_exits_1() -> None:
+    result = enginectl()
+    assert 1 == result.returncode
+    assert "Commands:" in result.stderr
+
+
+def test_help_and_version_exit_0() -> None:
+    assert 0 == enginectl("run", "--help").returncode
+    assert 0 == enginectl("--version").returncode

@@ -47,6 +47,14 @@ def test_unreachable_engine_is_reported_quickly(tmp_path: Path) -> None:
     assert "no engine found" in result.stderr
 
 
+def test_verbs_on_an_unknown_study_are_one_error_line_and_exit_1(engine: Engine) -> None:
+    for verb in ("cancel", "restart", "status", "events", "watch"):
+        result = engine.ctl(verb, "no-such-study")
+        assert 1 == result.returncode, (verb, result.stderr)
+        assert result.stderr.startswith("error: ") and 1 == len(result.stderr.splitlines()), (
+            verb, result.stderr)
+
+
 def test_client_without_credentials_is_refused(engine: Engine) -> None:
     url = json.loads((engine.state / "client.json").read_text())["url"]
     for args in (["list"], ["status", "x"], ["cancel", "x"]):
