@@ -73,7 +73,7 @@ PID = "\x00pid\x00"
 null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 home = os.getcwd()
 umask = os.umask(0); os.umask(umask)
-chmod = umask & 0o555 != 0  # (a umask that keeps r-x from 0o755 needs no fchmod)
+chmod = (umask & 0o555) != 0  # (a umask that keeps r-x from 0o755 needs no fchmod)
 def start(r):  # (under the lock)
     env = {**env0, **r["env"]}
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if r["append"] else os.O_TRUNC)
