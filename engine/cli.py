@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -192,9 +193,35 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
         study=study, nats_url=nats_url, progress=default_progress_stream(), pgen=pgen,
         credentials=read_credentials(conn) if nats_url else Credentials(),
     )
-    state = anyio.run(run_study, graph, opts)
-    click.echo(f"{graph.name}: {state.value} ({graph.study_dir})", err=True)
-    sys.exit(state.exit_code)
+    started = time.monotonic()
+    _finish(graph, anyio.run(run_study, graph, opts), started)
+
+
+def _finish(graph: Any, result: Any, started: float) -> None:
+    """Say what failed (if anything) and how the study ended; exit with its code."""
+    from engine.diagnose import failure_report
+    from engine.progress import final_line
+
+    for line in failure_report(graph.study_dir, result.failed):
+        click.echo(line, err=True)
+    click.echo(final_line(graph.name, result.state.value, time.monotonic() - started,
+                          graph.study_dir), err=True)
+    sys.exit(result.state.exit_code)
+
+
+def restart_run(study_dir: str) -> None:
+    """``enginectl restart DIR`` for a study of ``run`` whose run is over (killed, the
+    machine rebooted, or ended FAILURE/CANCELLED): run it again in the same directory,
+    keeping its FINISHED steps (``engine.runner.load_run``)."""
+    from functools import partial
+
+    from engine.runner import RunOptions, default_progress_stream, load_run, run_study
+
+    graph, study, study_id, ended = load_run(study_dir)
+    opts = RunOptions(study=study, progress=default_progress_stream())
+    started = time.monotonic()
+    _finish(graph, anyio.run(partial(run_study, graph, opts, ended=ended, study_id=study_id)),
+            started)
 
 
 @main.command()

@@ -17,9 +17,11 @@ in all; either failure is one line on stderr and exit code 1. ``watch`` and
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,8 +33,10 @@ import msgspec
 
 from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
-from engine.errors import BusError, ConfigError
+from engine.errors import BusError, ConfigError, printable
 from engine.samplestatus import query_samples
+from engine.progress import StudyProgress, final_line
+from engine.status import read_status, state_counts
 from engine.messages import (
     AnyBusMessage,
     BusMessage,
@@ -41,9 +45,11 @@ from engine.messages import (
     EventsReply,
     EventsRequest,
     RestartRequest,
+    SetThrottle,
     StatusReply,
     StatusRequest,
     StepStateChanged,
+    StepSummary,
     StudyEnded,
     StudyState,
     SubmitReply,
@@ -104,7 +110,8 @@ def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
     """
     if opts.get("nats_url"):
         return opts["nats_url"], read_credentials(opts)
-    path = Path(opts.get("state_dir") or default_state_dir()) / "client.json"
+    path = Path(opts.get("client_file") or Path(opts.get("state_dir") or default_state_dir())
+                / "client.json")
     try:
         if path.stat().st_mode & 0o022:
             raise ConfigError(f"{path}: others can write it; not trusted (it should be 0600, "
@@ -115,8 +122,30 @@ def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
                           "'enginectl serve', or give --nats-url)") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable client config: {exc}") from exc
+    pid = cfg.get("pid")
+    if isinstance(pid, int) and cfg.get("host") == socket.gethostname() and not _engine_alive(pid):
+        if opts.get("client_file"):
+            raise ConfigError(f"the 'enginectl run' of this study is over (last seen pid {pid})")
+        raise ConfigError(f"no engine is running (last seen pid {pid}; start one with "
+                          "'enginectl serve')")
     return cfg["url"], Credentials(user=cfg.get("user"), password=cfg.get("password"),
                                    tls_ca=cfg.get("tls_ca"))
+
+
+def _engine_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live engine (a process of ours running ``serve``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: alive, whatever it runs
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return b"serve" in argv or b"run" in argv
 
 
 def credential_options(func: Callable[..., Any], *, suffix: str = "") -> Callable[..., Any]:
@@ -200,6 +229,22 @@ def _run(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]]) -> None:
     sys.exit(code)
 
 
+def for_study(opts: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The connection for a study named by its directory: a study of ``enginectl run``
+    is reached through its own server (``<study>/meta/client.json``, ``engine.runapi``)
+    unless --nats-url or --state-dir says otherwise."""
+    path = Path(ref or ".", "meta", "client.json")
+    if ref and not opts.get("nats_url") and not opts.get("state_dir") and path.is_file():
+        return {**opts, "client_file": str(path)}
+    return opts
+
+
+def study_ref(ref: str) -> str:
+    """What a client sends for a study: its id, a unique prefix of one or its name as
+    given; a study directory (an existing path) as an absolute path."""
+    return os.path.abspath(ref) if ref and os.path.isdir(ref) else ref
+
+
 def _fmt_time(ts: float | None) -> str:
     return "--" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -212,35 +257,61 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
-    """Show a study's progress from its events until it ends; return ``run``'s exit code."""
-    counts: dict[str, int] = {}
-    states: dict[str, str] = {}
-    tty = sys.stderr.isatty() and not quiet
+    """Show a study's progress from its events until it ends (a live bar on a terminal,
+    ``engine.progress``); print what failed, then the final line; return ``run``'s exit
+    code."""
+    reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+    if not isinstance(reply, StatusReply) or not reply.ok:
+        raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
+    study_id = reply.studies[0].study_id  # (it may have been named by a prefix or its name)
     async with bus.subscribe(subjects.study_events(study_id)) as events:
         reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
         study = reply.studies[0]
         if study.state != "RUNNING":
-            click.echo(f"{study.name}: {study.state} ({study.study_dir})", err=True)
+            if study.state == StudyState.FAILURE:
+                _print_failures(study.study_dir, reply.steps)
+            took = study.ended - study.created if study.ended else None
+            click.echo(final_line(study.name, study.state, took, study.study_dir), err=True)
             return StudyState(study.state).exit_code
         states = {s.step: s.state for s in reply.steps}
-        async for msg in events:
-            if isinstance(msg, StepStateChanged):
-                states[msg.step] = msg.state.value
-            elif isinstance(msg, StudyEnded):
-                if tty:
-                    sys.stderr.write("\n")
-                click.echo(f"{study.name}: {msg.state.value} ({study.study_dir})", err=True)
-                return msg.state.exit_code
-            if tty:
-                counts = {}
-                for s in states.values():
-                    counts[s] = counts.get(s, 0) + 1
-                text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                sys.stderr.write(f"\r\x1b[K{study.name}: {len(states)} steps: {text}")
-                sys.stderr.flush()
+        tries = {s.step: (s.attempt, s.restarts) for s in reply.steps}
+        with contextlib.ExitStack() as stack:
+            view = None
+            if sys.stderr.isatty() and not quiet:
+                view = stack.enter_context(StudyProgress(study.name, len(states)))
+            async for msg in events:
+                if isinstance(msg, StepStateChanged):
+                    states[msg.step] = msg.state.value
+                    tries[msg.step] = (msg.attempt, tries.get(msg.step, (0, 0))[1])
+                elif isinstance(msg, StudyEnded):
+                    stack.close()
+                    if msg.state == StudyState.FAILURE:
+                        await _report_failures(bus, study_id, study.study_dir)
+                    click.echo(final_line(study.name, msg.state.value, msg.time - study.created,
+                                          study.study_dir), err=True)
+                    return msg.state.exit_code
+                if view is not None:
+                    retries = sum(max(a - 1, 0) for a, _ in tries.values())
+                    view.update(state_counts(states.values()), retries=retries)
     return 1
+
+
+async def _report_failures(bus: Bus, study_id: str, study_dir: str) -> None:
+    """Print what failed in a study that ended FAILURE (``engine.diagnose``)."""
+    reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+    if isinstance(reply, StatusReply) and reply.ok:
+        _print_failures(study_dir, reply.steps)
+
+
+def _print_failures(study_dir: str, steps: tuple[StepSummary, ...]) -> None:
+    from engine.diagnose import FailedStep, failure_report
+
+    failed = [FailedStep(step=s.step, state=s.state, exit_code=s.exit_code, reason=s.reason,
+                         attempts=s.attempt, job_id=s.job_id) for s in steps]
+    for line in failure_report(study_dir, failed):
+        click.echo(line, err=True)
 
 
 @click.command()
@@ -310,8 +381,9 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
               help="With --step: only the samples in this state (FAILED, FINISHED, ...).")
 @connection_options
 def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs: Any) -> None:
-    """Show one study's steps, or every study with counts per state. STUDY_ID may be a
-    study directory when --step lists samples (no engine needed)."""
+    """Show one study's steps, or every study with counts per state. STUDY_ID is an id,
+    a unique prefix of one, a study's name or its directory; the directory of a study
+    of 'enginectl run' is read from its status.csv (no engine needed)."""
     opts = _conn_opts(kwargs)
     if state and not step:
         raise ConfigError("--state needs --step (the sampled step whose samples to list)")
@@ -321,10 +393,14 @@ def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs:
         if os.path.isdir(study_id):
             _print_samples(query_samples(study_id, step, state), as_json)
             return
+    elif study_id and os.path.isfile(os.path.join(study_id, "meta", "run.json")):
+        # A study of `run`: its status.csv, kept current while it runs; no engine needed.
+        _print_status_csv(os.path.join(study_id, "status.csv"), as_json)
+        return
 
     async def body(bus: Bus) -> int:
         reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
-                                                        study_id=study_id or ""))
+                                                        study_id=study_ref(study_id or "")))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "status failed")
         if step:
@@ -336,12 +412,31 @@ def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs:
         _print_studies(reply)
         if study_id:
             rows = [[s.step, s.state, s.job_id or "--", str(s.attempt), str(s.restarts),
-                     _fmt_time(s.start_time), _fmt_time(s.end_time)] for s in reply.steps]
+                     _fmt_time(s.start_time), _fmt_time(s.end_time),
+                     "--" if s.exit_code is None else str(s.exit_code),
+                     printable(s.reason)[:60] or "--"] for s in reply.steps]
             click.echo(_table(rows, ["STEP", "STATE", "JOB ID", "ATTEMPTS", "RESTARTS",
-                                     "START", "END"]))
+                                     "START", "END", "EXIT", "REASON"]))
         return 0
 
     _run(opts, body)
+
+
+def _print_status_csv(path: str, as_json: bool) -> None:
+    """A study directory's ``status.csv`` (kept current by ``run`` and ``serve``), as a
+    table (or JSON rows)."""
+    try:
+        rows = read_status(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    keys = ["Step Name", "State", "Job ID", "Number Restarts", "Start Time", "End Time",
+            "Run Time", "Workspace"]
+    click.echo(_table([[printable(r.get(k, "")) for k in keys] for r in rows],
+                      ["STEP", "STATE", "JOB ID", "RESTARTS", "START", "END", "RUN TIME",
+                       "WORKSPACE"]))
 
 
 def _print_samples(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -394,7 +489,7 @@ def list_(state: str | None, name: str, as_json: bool, **kwargs: Any) -> None:
 @connection_options
 def watch(study_id: str, **kwargs: Any) -> None:
     """Follow a study live; exit with its code (0 finished, 2 failure, 3 cancelled)."""
-    _run(_conn_opts(kwargs), lambda bus: follow(bus, study_id))
+    _run(for_study(_conn_opts(kwargs), study_id), lambda bus: follow(bus, study_ref(study_id)))
 
 
 def _control(verb: str, make: Callable[[], BusMessage]) -> Callable[[Bus], Awaitable[int]]:
@@ -414,17 +509,41 @@ def _control(verb: str, make: Callable[[], BusMessage]) -> Callable[[Bus], Await
 @connection_options
 def cancel(study_id: str, glob: str, **kwargs: Any) -> None:
     """Cancel a study, or its steps matching --step GLOB (and their descendants)."""
-    _run(_conn_opts(kwargs), _control("cancel", lambda: CancelSteps(
-        event_id=new_event_id(), study_id=study_id, glob=glob, reason="cancelled by enginectl")))
+    _run(for_study(_conn_opts(kwargs), study_id), _control("cancel", lambda: CancelSteps(
+        event_id=new_event_id(), study_id=study_ref(study_id), glob=glob,
+        reason="cancelled by enginectl")))
 
 
 @click.command()
 @click.argument("study_id")
 @connection_options
 def restart(study_id: str, **kwargs: Any) -> None:
-    """Run a study's failed, cancelled and timed-out steps again, keeping FINISHED ones."""
-    _run(_conn_opts(kwargs), _control("restart", lambda: RestartRequest(
-        event_id=new_event_id(), study_id=study_id)))
+    """Run a study's failed, cancelled and timed-out steps again, keeping FINISHED ones.
+    STUDY_ID may be the directory of a study of 'enginectl run' whose run is over (killed,
+    or ended): it runs again there, in this process, like 'run'."""
+    opts = _conn_opts(kwargs)
+    if (os.path.isfile(os.path.join(study_id, "meta", "run.json"))
+            and not opts.get("nats_url") and not opts.get("state_dir")):
+        from engine.cli import restart_run
+
+        restart_run(study_id)
+        return
+    _run(opts, _control("restart", lambda: RestartRequest(
+        event_id=new_event_id(), study_id=study_ref(study_id))))
+
+
+@click.command()
+@click.argument("study_id")
+@click.argument("limit", type=click.IntRange(min=0))
+@click.option("--scope", default="global", show_default=True, metavar="SCOPE",
+              help="What to throttle: global, adapter:<local|slurm|flux> or group:<name>.")
+@connection_options
+def throttle(study_id: str, limit: int, scope: str, **kwargs: Any) -> None:
+    """Set how many of a running study's steps may run at once (LIMIT 0: no limit), live."""
+    if scope != "global" and not scope.startswith(("adapter:", "group:")):
+        raise ConfigError(f"--scope {scope!r}: expected global, adapter:<name> or group:<name>")
+    _run(for_study(_conn_opts(kwargs), study_id), _control("throttle", lambda: SetThrottle(
+        event_id=new_event_id(), study_id=study_ref(study_id), limit=limit, scope=scope)))
 
 
 @click.command()
@@ -432,11 +551,11 @@ def restart(study_id: str, **kwargs: Any) -> None:
 @connection_options
 def events(study_id: str, **kwargs: Any) -> None:
     """Print a study's stored events as JSON lines, oldest first."""
-    opts = _conn_opts(kwargs)
+    opts = for_study(_conn_opts(kwargs), study_id)
 
     async def body(bus: Bus) -> int:
         reply = await _ask(bus, "events", EventsRequest(event_id=new_event_id(),
-                                                        study_id=study_id))
+                                                        study_id=study_ref(study_id)))
         if not isinstance(reply, EventsReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "events failed")
         for raw in reply.events:
@@ -448,5 +567,5 @@ def events(study_id: str, **kwargs: Any) -> None:
 
 def client_commands() -> list[click.Command]:
     """Every client command, for ``engine.cli``."""
-    return [submit, status, list_, watch, cancel, restart, events]
+    return [submit, status, list_, watch, cancel, restart, throttle, events]
 

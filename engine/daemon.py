@@ -16,7 +16,10 @@ SIGTERM or SIGINT start a graceful stop; the process exits 0 when it is done.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -96,13 +99,20 @@ async def serve_forever(
             tg.start_soon(on_signals)
             log.info("engine_starting", url=url, state_dir=str(state_dir))
             await tg.start(service.serve)
+            # Who wrote it: a client that finds this engine gone says so (``engine.client``).
+            me = {"pid": os.getpid(), "host": socket.gethostname()}
+            # Said before client.json exists, which clients take as the sign it is up.
+            log.info("engine_ready", url=url, state_dir=str(state_dir), pid=os.getpid())
+            print(f"troupe engine ready (pid {os.getpid()}): NATS at {url}; clients find it "
+                  f"through {client_cfg} (--state-dir {state_dir}, or $TROUPE_STATE_DIR)",
+                  file=sys.stderr, flush=True)
             if not nats_url:
                 # client.json last: clients (and tests) take it as the sign the engine is up
                 write_private(state_dir / "monitor.json", {
-                    "url": url, "user": "monitor", "password": secrets_["monitor"]})
+                    "url": url, "user": "monitor", "password": secrets_["monitor"], **me})
                 write_private(client_cfg, {"url": url, "user": "client",
-                                           "password": secrets_["client"]})
+                                           "password": secrets_["client"], **me})
             else:
-                write_private(client_cfg, {"url": url})
+                write_private(client_cfg, {"url": url, **me})
             await service.stopped.wait()
             tg.cancel_scope.cancel()

@@ -40,7 +40,7 @@ from engine.spec.graph import StudyGraph
 from engine.spec.naming import make_safe_path
 
 if TYPE_CHECKING:
-    from engine.store import Store
+    from engine.store import StepEntry, Store
 
 __all__ = ["HostedStudy", "Start", "StudyOptions", "build_runtime", "check_study",
            "make_study_id"]
@@ -153,6 +153,7 @@ async def build_runtime(
     graph: StudyGraph, opts: StudyOptions, *, study_id: str, bus: Bus,
     start: Start = Start.FRESH, store: Store | None = None, worker: str = "",
     notify_user: str | None = None, notify_password: str | None = None,
+    stored: Mapping[str, StepEntry] | None = None,
 ) -> HostedStudy:  # fmt: skip
     """Assemble the runtime of ``graph`` (see the module docstring).
 
@@ -166,6 +167,9 @@ async def build_runtime(
         worker: The hosting engine's id, recorded with each step.
         notify_user, notify_password: The credentials scheduler jobs report their exit
             status with (``engine.notify``).
+        stored: For a restart without a store (``enginectl restart DIR`` of a study of
+            ``run``): the steps known to have ended (nothing is in flight: the processes
+            of a ``run`` die with it).
 
     Raises:
         ConfigError: an unknown batch type, an unreadable input file or ``reuse`` record.
@@ -193,11 +197,15 @@ async def build_runtime(
     cached: list[str] = []
     if start is Start.FRESH:
         cached = reuse_cached(graph, keys, reuse_dir=opts.reuse)
-    else:
-        if store is None:
-            raise ValueError("only a study hosted with a store can be resumed")
+    elif store is not None:
         stored = await store.get_steps(study_id, (s.name for s in graph.steps))
         found = await backends.lookup_inflight(graph, study_id, stored)
+        recovered = recover_records(graph, stored, policies, found,
+                                    rerun_failed=start is Start.RESTART)
+    else:
+        if stored is None:
+            raise ValueError("a study is resumed from a store or from its ended steps")
+        found = {}
         recovered = recover_records(graph, stored, policies, found,
                                     rerun_failed=start is Start.RESTART)
     runtime = StudyRuntime(

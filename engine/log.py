@@ -54,6 +54,20 @@ def _json_formatter() -> logging.Formatter:
     )
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written: while a progress bar is drawn
+    (``engine.progress``) it is rich's proxy, which prints the line above the bar."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(verbosity: int = 0, *, stream=None) -> None:  # type: ignore[no-untyped-def]
     """Route structlog through stdlib logging to stderr.
 
@@ -61,7 +75,7 @@ def configure_logging(verbosity: int = 0, *, stream=None) -> None:  # type: igno
         verbosity: 0 = warnings only, 1 = info, 2+ = debug.
         stream: Where terminal logs go (default ``sys.stderr``).
     """
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,  # drop disabled levels before any work

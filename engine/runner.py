@@ -12,8 +12,13 @@ process kills whatever the study's steps still run (``adapters.watchdog``).
 from __future__ import annotations
 
 import gc
+import json
+import os
 import signal
 import sys
+import time
+from functools import partial
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TextIO
@@ -22,22 +27,36 @@ import anyio
 import msgspec
 import structlog
 
+from adapters.descendants import STUDY_VAR, kill_marked
 from adapters.watchdog import open_study_watchdog
 from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.authz import NatsUser, job_user, new_secrets, role_users
-from engine.bus import Credentials, open_bus
+from engine.bus import Bus, Credentials, open_bus
 from engine.errors import printable
-from engine.hosting import StudyOptions, build_runtime, check_study, make_study_id
+from engine.errors import ConfigError
+from engine.hosting import Start, StudyOptions, build_runtime, check_study, make_study_id
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
-from engine.messages import StudyState
+from engine.diagnose import FailedStep
+from engine.messages import (
+    BUS_DECODER,
+    FAILURE_STATES,
+    StepState,
+    StepStateChanged,
+    StudyState,
+)
 from engine.merlin import SamplesError
 from engine.natsserver import open_embedded_server
+from engine.progress import StudyProgress
+from engine.runapi import CLIENT_FILE, serve_run_api, write_client_file
+from engine.statedir import write_private
+from engine.status import read_status
+from engine.store import StepEntry
 from engine.spec.graph import StudyGraph
 from engine.spec.naming import contained_path
 
-__all__ = ["RunOptions", "default_progress_stream", "run_study"]
+__all__ = ["RunOptions", "RunResult", "default_progress_stream", "load_run", "run_study"]
 
 
 class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,8 +77,27 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     pgen: str | None = None
 
 
-async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
-    """Run ``graph`` to completion in this process and return its final state.
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How a study run by ``run_study`` ended: its state and its failed steps."""
+
+    state: StudyState
+    failed: tuple[FailedStep, ...] = ()
+
+
+RUN_FILE = ("meta", "run.json")
+"""How a study of ``run`` was run (its id and options), for ``enginectl restart DIR``."""
+
+
+class _RunFile(msgspec.Struct, frozen=True, kw_only=True):
+    study_id: str
+    study: StudyOptions
+
+
+async def run_study(graph: StudyGraph, opts: RunOptions, *,
+                    ended: Mapping[str, StepEntry] | None = None,
+                    study_id: str = "") -> RunResult:
+    """Run ``graph`` to completion in this process; say how it ended. With ``ended``
+    (``restart_study``), the study runs again in its own directory, keeping those steps.
 
     Raises:
         ConfigError: the study directory exists, a dependency cannot be acquired, or a
@@ -67,8 +105,15 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
         BusError: the NATS server cannot be started or reached.
     """
     check_study(graph, opts.study)
-    root = prepare_study_dir(graph, pgen=opts.pgen)
-    study_id = make_study_id(graph.name)
+    if ended is None:
+        root = prepare_study_dir(graph, pgen=opts.pgen)
+        study_id = make_study_id(graph.name)
+        write_private(root.joinpath(*RUN_FILE), msgspec.to_builtins(
+            _RunFile(study_id=study_id, study=opts.study)))
+    else:
+        root = Path(graph.study_dir)
+        # What the killed run left running (its watchdog kills it; this makes sure).
+        await anyio.to_thread.run_sync(kill_marked, STUDY_VAR, study_id)
     # Maestro's logs/<raw name>.log, sanitised: a name like '../../x' must stay in logs/.
     log_path = Path(contained_path(root / "logs", f"{graph.name}.log", keep_spaces=True))
     with study_log_file(log_path):
@@ -80,6 +125,7 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             if not opts.study.dry_run:
                 stack.enter_context(open_study_watchdog(study_id))
             job: NatsUser | None = None
+            client_user: NatsUser | None = None
             if opts.nats_url:
                 # The operator's server and credentials: the jobs get none (their exit
                 # files are read instead), never the engine's own.
@@ -90,22 +136,27 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
                 # engine and its study's jobs can connect, each with what it needs.
                 secrets_ = new_secrets()
                 job = job_user(study_id, secrets_["jobs"])
-                engine_user = role_users(secrets_)[0]
+                engine_user, client_user = role_users(secrets_)[:2]
                 server = await stack.enter_async_context(open_embedded_server(
-                    root / "meta" / "nats", users=[engine_user, job], sync_always=False))
+                    root / "meta" / "nats", users=[engine_user, client_user, job],
+                    sync_always=False))
                 url = server.url
                 creds = Credentials(user=engine_user.name, password=engine_user.password)
             bus = await stack.enter_async_context(open_bus(url, creds))
             if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
                 log.warning("jetstream_unavailable", url=url, detail="events are not durable")
+            if ended is not None:  # what the stored events say ended, too (status.csv lags)
+                ended = {**ended, **await _ended_by_events(bus, graph, study_id)}
             try:
-                hosted = await build_runtime(graph, opts.study, study_id=study_id, bus=bus,
-                                             notify_user=job.name if job else None,
-                                             notify_password=job.password if job else None)
+                hosted = await build_runtime(
+                    graph, opts.study, study_id=study_id, bus=bus,
+                    notify_user=job.name if job else None,
+                    notify_password=job.password if job else None,
+                    start=Start.FRESH if ended is None else Start.RESTART, stored=ended)
             except SamplesError as exc:  # the study fails before any step runs
                 log.error("samples_failed", error=str(exc))
                 print(f"error: {printable(str(exc))}", file=sys.stderr)
-                return StudyState.FAILURE
+                return RunResult(state=StudyState.FAILURE)
             runtime = hosted.runtime
             if runtime.cached:
                 log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))
@@ -114,18 +165,93 @@ async def run_study(graph: StudyGraph, opts: RunOptions) -> StudyState:
             gc.freeze()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signals, runtime)
+                tg.start_soon(_cancel_on_lock_file, runtime, root / CANCEL_LOCK)
+                if client_user is not None:  # enginectl status|watch|events|cancel DIR
+                    await tg.start(partial(serve_run_api, bus, runtime, created=time.time()))
+                    write_client_file(str(root), url, client_user.name, client_user.password)
                 if bus.durable:
                     tg.start_soon(bus.redeliver)
+                view = None
                 if opts.progress is not None:
-                    tg.start_soon(_show_progress, runtime, opts.progress)
+                    view = stack.enter_context(StudyProgress(
+                        graph.name, len(graph.steps), opts.progress))
+                    tg.start_soon(_show_progress, runtime, view)
                 state = await runtime.run()
                 tg.cancel_scope.cancel()
-            if opts.progress is not None:
-                _draw(runtime, opts.progress, final=True)
+            if view is not None:
+                _draw(runtime, view)  # the last counts (the bar stops with the stack)
             if not opts.study.dry_run:
                 hosted.record_cache()
         log.info("study_completed", state=state.value)
-    return state
+    failed = tuple(FailedStep(step=r.name, state=r.state.value, exit_code=r.exit_code,
+                              reason=r.reason, attempts=r.attempt, job_id=r.job_id)
+                   for r in runtime.records.values() if r.state in FAILURE_STATES)
+    return RunResult(state=state, failed=failed)
+
+
+def load_run(study_dir: str) -> tuple[StudyGraph, StudyOptions, str, dict[str, StepEntry]]:
+    """What ``enginectl restart DIR`` needs of a study of ``run``: its graph (as it was
+    expanded), its options, its id, and the steps that ended FINISHED or CACHED (from
+    its ``status.csv``; a sampled step only if all its samples did).
+
+    Raises:
+        ConfigError: DIR is not a study of ``enginectl run``, or its run is still alive.
+    """
+    root = Path(study_dir)
+    try:
+        graph = msgspec.json.decode((root / "meta" / "study.json").read_bytes(), type=StudyGraph)
+        how = msgspec.json.decode(root.joinpath(*RUN_FILE).read_bytes(), type=_RunFile)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{study_dir}: not a study of 'enginectl run' that can be "
+                          f"restarted ({exc})") from exc
+    client = root.joinpath(*CLIENT_FILE)
+    try:
+        pid = json.loads(client.read_text()).get("pid")
+    except (OSError, ValueError):
+        pid = None
+    if isinstance(pid, int) and _alive(pid):
+        raise ConfigError(f"{study_dir}: its 'enginectl run' is still running (pid {pid})")
+    states: dict[str, set[str]] = {}
+    try:
+        for row in read_status(root / "status.csv"):
+            states.setdefault(row["Step Name"], set()).add(row["State"])
+    except (OSError, UnicodeDecodeError):
+        pass
+    kept = {name for name, seen in states.items() if seen <= {"FINISHED", "CACHED"}}
+    ended = {s.name: StepEntry(study_id=how.study_id, step=s.name, state=next(iter(states[s.name])),
+                               final=True) for s in graph.steps if s.name in kept}
+    return graph, how.study, how.study_id, ended
+
+
+async def _ended_by_events(bus: Bus, graph: StudyGraph, study_id: str) -> dict[str, StepEntry]:
+    """The steps whose last stored event says they ended FINISHED or CACHED (the events
+    of the killed run are in the study's own JetStream store, which ``run`` reopens)."""
+    last: dict[str, StepState] = {}
+    for raw in await bus.replay_raw(subjects.study_events(study_id), timeout=2.0):
+        try:
+            msg = BUS_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(msg, StepStateChanged):
+            last[msg.step] = msg.state if msg.final else StepState.RUNNING
+    names = {s.name for s in graph.steps}
+    return {n: StepEntry(study_id=study_id, step=n, state=st.value, final=True)
+            for n, st in last.items() if n in names and st in (StepState.FINISHED,
+                                                              StepState.CACHED)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie, or the pid reused by another program, is not the run
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"run" in f.read().split(b"\0")
+    except OSError:
+        return True
 
 
 async def _cancel_on_signals(runtime: StudyRuntime) -> None:
@@ -137,20 +263,32 @@ async def _cancel_on_signals(runtime: StudyRuntime) -> None:
             runtime.cancel(reason=f"cancelled by {signal.Signals(signum).name}")
 
 
-async def _show_progress(runtime: StudyRuntime, out: TextIO) -> None:
+CANCEL_LOCK = ".cancel.lock"
+"""Maestro's cancel request: ``maestro cancel DIR`` creates it in the study directory."""
+
+
+async def _cancel_on_lock_file(runtime: StudyRuntime, lock: Path, interval: float = 0.5) -> None:
+    """Cancel the study once ``maestro cancel`` has created its lock file (Maestro's
+    conductor polls for it too); the file is removed, as Maestro does."""
+    while not lock.exists():
+        await anyio.sleep(interval)
+    structlog.get_logger("troupe.run").warning("study_cancel_requested", by=str(lock))
+    runtime.cancel(reason="cancelled by maestro cancel")
+    lock.unlink(missing_ok=True)
+
+
+async def _show_progress(runtime: StudyRuntime, view: StudyProgress) -> None:
     while True:
-        _draw(runtime, out)
+        _draw(runtime, view)
         await anyio.sleep(0.25)
 
 
-def _draw(runtime: StudyRuntime, out: TextIO, *, final: bool = False) -> None:
-    counts = runtime.state_counts()
-    total = len(runtime.records)
-    text = ", ".join(f"{n} {s}" for s, n in counts.items())
-    out.write(f"\r\x1b[K{runtime.graph.name}: {total} steps: {text}")
-    if final:
-        out.write("\n")
-    out.flush()
+def _draw(runtime: StudyRuntime, view: StudyProgress) -> None:
+    retries = restarts = 0
+    for rec in runtime.records.values():
+        retries += rec.retries + rec.merlin_retries + rec.hw_failures
+        restarts += rec.restarts
+    view.update(runtime.state_counts(), retries=retries, restarts=restarts)
 
 
 def default_progress_stream() -> TextIO | None:

@@ -59,6 +59,7 @@ from engine.messages import (
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
 from engine.status import state_counts
+from engine.studyref import resolve_study
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 
 __all__ = ["QUARANTINE_AFTER", "EngineService"]
@@ -168,6 +169,17 @@ class EngineService:
 
     async def _answer(self, request: AnyBusMessage) -> BusMessage:
         rid = new_event_id()
+        if isinstance(request, (StatusRequest, CancelSteps, SetThrottle, RestartRequest,
+                                EventsRequest)) and request.study_id:
+            try:  # a prefix, a name or a directory: the study's id
+                request = msgspec.structs.replace(request, study_id=await self._study_id(
+                    request.study_id))
+            except ConfigError as exc:
+                if isinstance(request, StatusRequest):
+                    return StatusReply(event_id=rid, ok=False, error=str(exc))
+                if isinstance(request, EventsRequest):
+                    return EventsReply(event_id=rid, ok=False, error=str(exc))
+                return ControlReply(event_id=rid, ok=False, detail=str(exc))
         match request:
             case SubmitRequest():
                 return await self._submit(request)
@@ -190,6 +202,12 @@ class EngineService:
             case _:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")
+
+    async def _study_id(self, ref: str) -> str:
+        """The id of the study ``ref`` names (``engine.studyref``)."""
+        if ref in self.hosted or await self.store.get_study(ref) is not None:
+            return ref
+        return resolve_study(ref, await self.store.list_studies()).study_id
 
     def _remember(self, request_id: str, reply: SubmitReply) -> _Submission:
         sub = _Submission()

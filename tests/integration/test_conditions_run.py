@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.status import read_status
-from tests.conftest import enginectl, alive
+from tests.conftest import REPO, alive, enginectl
 from tests.ledger import ledger_cmd, read_ledger
 
 
@@ -182,3 +184,21 @@ def test_a_cache_directory_in_troupe_memoizes_across_runs_without_reuse(tmp_path
     assert 0 == enginectl("run", str(spec), "-o", str(tmp_path / "two")).returncode
     assert not ledger.exists(), "nothing ran again"
     assert {"CACHED"} == set(states(tmp_path / "two").values())
+
+
+@pytest.mark.parametrize("throttle", [["-t", "0"], []], ids=["unthrottled", "default"])
+def test_the_documented_race_example_reports_the_checked_winner_every_time(
+        tmp_path: Path, throttle: list[str]) -> None:
+    # examples/race: greedy ends first with an empty answer (the check refuses it), so
+    # the report waits for the check of the next finisher; 10 runs, each must pass.
+    for run in range(10):
+        study = tmp_path / f"s{run}"
+        result = enginectl("run", str(REPO / "examples/race/race.yaml"), "-o", str(study),
+                           *throttle)
+        assert 0 == result.returncode, result.stderr
+        rows = {r["Step Name"]: r for r in read_status(study / "status.csv")}
+        answers = {s: (study / r["Workspace"] / "answer.txt").read_text()
+                   for s, r in rows.items() if s.startswith("solver_") and r["State"] == "FINISHED"}
+        report = next((study / "report").glob("report*.out")).read_text()
+        assert "" == answers.get("solver_ALGO.greedy", "")  # (no answer: it never wins)
+        assert report in {a for a in answers.values() if a}, (run, report, answers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -66,6 +67,36 @@ def test_failed_step_fails_its_descendants_and_the_study_exits_2(tmp_path: Path)
     assert {"a": "FINISHED", "b": "FAILED", "c": "FAILED", "d": "FINISHED"} == states(study)
     assert (study / "d" / "d.txt").exists()
     assert not list((study / "c").glob("*.out")) if (study / "c").exists() else True
+
+
+def test_a_failed_study_says_what_failed_how_and_where_to_look(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "chain.yaml", SPEC_CHAIN.format(code=3).replace(
+        'exit 3', 'echo first >&2; echo the real cause >&2; exit 3'))
+    study = tmp_path / "s"
+    result = enginectl("run", str(spec), "-o", str(study))
+    assert 2 == result.returncode, result.stderr
+    lines = result.stderr.splitlines()
+    job = next(r["Job ID"] for r in read_status(study / "status.csv") if r["Step Name"] == "b")
+    err = study / "b" / f"b.{job}.err"
+    assert "1 step(s) failed:" in lines
+    assert "  b: FAILED (exit code 3, 1 attempt)" in lines
+    assert f"    see {err}" in lines
+    assert "  1 step(s) did not run because a dependency failed: c" in lines
+    assert lines[-4:-1] == [f"last lines of {err}:", "  | first", "  | the real cause"]
+    assert re.fullmatch(rf"chain: FAILURE in \d+\.\d s \({re.escape(str(study))}\)", lines[-1])
+
+
+def test_status_of_a_run_study_directory_needs_no_engine(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "chain.yaml", SPEC_CHAIN.format(code=3))
+    study = tmp_path / "s"
+    assert 2 == enginectl("run", str(spec), "-o", str(study)).returncode
+    result = enginectl("status", str(study), "--state-dir", str(tmp_path / "no-engine"))
+    assert 0 == result.returncode, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["STEP", "STATE", "JOB"]
+    assert {("a", "FINISHED"), ("b", "FAILED"), ("c", "FAILED"), ("d", "FINISHED")} == {
+        tuple(line.split()[:2]) for line in lines[1:]}
+    assert result.stdout.endswith("\n")
 
 
 def test_dry_run_writes_every_script_and_runs_nothing(tmp_path: Path) -> None:
@@ -248,8 +279,11 @@ def test_run_shows_progress_on_a_terminal_and_nothing_but_the_result_otherwise(
         chunks.append(data)
     assert 0 == proc.wait(timeout=60)
     os.close(master)
-    shown = b"".join(chunks).decode()
-    assert "\r" in shown and "sweep: 5 steps: 5 FINISHED" in shown
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())  # colours
+    assert "5/5 steps" in shown and "5 FINISHED" in shown and "ETA" in shown  # the bar
+    assert re.search(r"sweep: FINISHED in \d+\.\d s \(", shown)  # the end line, after it
     piped = enginectl("run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(tmp_path / "pipe"))
     assert 0 == piped.returncode
-    assert [f"sweep: FINISHED ({tmp_path / 'pipe'})"] == piped.stderr.strip().splitlines()
+    [line] = piped.stderr.strip().splitlines()
+    assert re.fullmatch(rf"sweep: FINISHED in \d+\.\d s \({re.escape(str(tmp_path / 'pipe'))}\)",
+                        line)

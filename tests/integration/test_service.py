@@ -47,12 +47,44 @@ def test_unreachable_engine_is_reported_quickly(tmp_path: Path) -> None:
     assert "no engine found" in result.stderr
 
 
+def test_a_study_is_named_by_prefix_name_or_directory(engine: Engine, tmp_path: Path) -> None:
+    spec = REPO / "examples/hello/hello.yaml"
+    ids = []
+    for out in ("h1", "h2"):
+        result = engine.ctl("submit", str(spec), "-o", str(tmp_path / out), "--wait")
+        assert 0 == result.returncode, result.stderr
+        ids.append(result.stdout.strip())
+    for ref, want in ((ids[0][:-2], ids[0]), (str(tmp_path / "h2"), ids[1]),
+                      (ids[1], ids[1])):
+        status = engine.status(ref)
+        assert want == status["studies"][0]["study_id"], ref
+    events = engine.ctl("events", ids[0][:-1])
+    assert 0 == events.returncode and "study_ended" in events.stdout
+    ambiguous = engine.ctl("status", "hello")  # the name of both
+    assert 1 == ambiguous.returncode
+    assert "ambiguous study 'hello': 2 match:" in ambiguous.stderr
+    assert ids[0] in ambiguous.stderr and ids[1] in ambiguous.stderr
+
+
 def test_verbs_on_an_unknown_study_are_one_error_line_and_exit_1(engine: Engine) -> None:
     for verb in ("cancel", "restart", "status", "events", "watch"):
         result = engine.ctl(verb, "no-such-study")
         assert 1 == result.returncode, (verb, result.stderr)
         assert result.stderr.startswith("error: ") and 1 == len(result.stderr.splitlines()), (
             verb, result.stderr)
+
+
+def test_serve_says_it_is_ready_and_a_gone_engine_is_named_by_its_pid(
+        engine: Engine) -> None:
+    assert engine.proc is not None
+    pid = engine.proc.pid
+    said = engine.log.read_text()
+    assert f"troupe engine ready (pid {pid}): NATS at nats://127.0.0.1:" in said
+    assert f"through {engine.state / 'client.json'}" in said
+    engine.kill()
+    result = engine.ctl("list")
+    assert 1 == result.returncode
+    assert f"error: no engine is running (last seen pid {pid};" in result.stderr
 
 
 def test_client_without_credentials_is_refused(engine: Engine) -> None:
