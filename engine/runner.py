@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -114,79 +115,88 @@ async def run_study(graph: StudyGraph, opts: RunOptions, *,
         root = Path(graph.study_dir)
         # What the killed run left running (its watchdog kills it; this makes sure).
         await anyio.to_thread.run_sync(kill_marked, STUDY_VAR, study_id)
-    # Maestro's logs/<raw name>.log, sanitised: a name like '../../x' must stay in logs/.
-    log_path = Path(contained_path(root / "logs", f"{graph.name}.log", keep_spaces=True))
-    with study_log_file(log_path):
-        log = structlog.get_logger("troupe.run").bind(study_id=study_id)
-        log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))
-        await acquire_dependencies(graph)
-        async with AsyncExitStack() as stack:
-            # Entered first, so left last: after the runtime has stopped its steps.
-            if not opts.study.dry_run:
-                stack.enter_context(open_study_watchdog(study_id))
-            job: NatsUser | None = None
-            client_user: NatsUser | None = None
-            if opts.nats_url:
-                # The operator's server and credentials: the jobs get none (their exit
-                # files are read instead), never the engine's own.
-                url, creds = opts.nats_url, opts.credentials
-            else:
-                # Nothing resumes a `run`: its events survive a crash of any process (the
-                # page cache), but are not fsynced one by one as under `serve`. Only this
-                # engine and its study's jobs can connect, each with what it needs.
-                secrets_ = new_secrets()
-                job = job_user(study_id, secrets_["jobs"])
-                engine_user, client_user = role_users(secrets_)[:2]
-                server = await stack.enter_async_context(open_embedded_server(
-                    root / "meta" / "nats", users=[engine_user, client_user, job],
-                    sync_always=False))
-                url = server.url
-                creds = Credentials(user=engine_user.name, password=engine_user.password)
-            bus = await stack.enter_async_context(open_bus(url, creds))
-            if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
-                log.warning("jetstream_unavailable", url=url, detail="events are not durable")
-            if ended is not None:  # what the stored events say ended, too (status.csv lags)
-                ended = {**ended, **await _ended_by_events(bus, graph, study_id)}
-            try:
-                hosted = await build_runtime(
-                    graph, opts.study, study_id=study_id, bus=bus,
-                    notify_user=job.name if job else None,
-                    notify_password=job.password if job else None,
-                    start=Start.FRESH if ended is None else Start.RESTART, stored=ended)
-            except SamplesError as exc:  # the study fails before any step runs
-                log.error("samples_failed", error=str(exc))
-                print(f"error: {printable(str(exc))}", file=sys.stderr)
-                return RunResult(state=StudyState.FAILURE)
-            runtime = hosted.runtime
-            if runtime.cached:
-                log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))
-            # One-shot process: what exists now (the graph, the records, the modules) lives
-            # to the end, so the cyclic collector need not walk it again and again.
-            gc.freeze()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_signals, runtime)
-                tg.start_soon(_cancel_on_lock_file, runtime, root / CANCEL_LOCK)
-                if client_user is not None:  # enginectl status|watch|events|cancel DIR
-                    await tg.start(partial(serve_run_api, bus, runtime, created=time.time()))
-                    write_client_file(str(root), url, client_user.name, client_user.password)
-                if bus.durable:
-                    tg.start_soon(bus.redeliver)
-                view = None
-                if opts.progress is not None:
-                    view = stack.enter_context(StudyProgress(
-                        graph.name, len(graph.steps), opts.progress))
-                    tg.start_soon(_show_progress, runtime, view)
-                state = await runtime.run()
-                tg.cancel_scope.cancel()
-            if view is not None:
-                _draw(runtime, view)  # the last counts (the bar stops with the stack)
-            if not opts.study.dry_run:
-                hosted.record_cache()
-        log.info("study_completed", state=state.value)
-    failed = tuple(FailedStep(step=r.name, state=r.state.value, exit_code=r.exit_code,
-                              reason=r.reason, attempts=r.attempt, job_id=r.job_id)
-                   for r in runtime.records.values() if r.state in FAILURE_STATES)
-    return RunResult(state=state, failed=failed)
+    began = False
+    try:
+        # Maestro's logs/<raw name>.log, sanitised: a name like '../../x' must stay in logs/.
+        log_path = Path(contained_path(root / "logs", f"{graph.name}.log", keep_spaces=True))
+        with study_log_file(log_path):
+            log = structlog.get_logger("troupe.run").bind(study_id=study_id)
+            log.info("study_prepared", study_dir=str(root), steps=len(graph.steps))
+            await acquire_dependencies(graph)
+            async with AsyncExitStack() as stack:
+                # Entered first, so left last: after the runtime has stopped its steps.
+                if not opts.study.dry_run:
+                    stack.enter_context(open_study_watchdog(study_id))
+                job: NatsUser | None = None
+                client_user: NatsUser | None = None
+                if opts.nats_url:
+                    # The operator's server and credentials: the jobs get none (their exit
+                    # files are read instead), never the engine's own.
+                    url, creds = opts.nats_url, opts.credentials
+                else:
+                    # Nothing resumes a `run`: its events survive a crash of any process (the
+                    # page cache), but are not fsynced one by one as under `serve`. Only this
+                    # engine and its study's jobs can connect, each with what it needs.
+                    secrets_ = new_secrets()
+                    job = job_user(study_id, secrets_["jobs"])
+                    engine_user, client_user = role_users(secrets_)[:2]
+                    server = await stack.enter_async_context(open_embedded_server(
+                        root / "meta" / "nats", users=[engine_user, client_user, job],
+                        sync_always=False))
+                    url = server.url
+                    creds = Credentials(user=engine_user.name, password=engine_user.password)
+                bus = await stack.enter_async_context(open_bus(url, creds))
+                if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
+                    log.warning("jetstream_unavailable", url=url, detail="events are not durable")
+                if ended is not None:  # what the stored events say ended, too (status.csv lags)
+                    ended = {**ended, **await _ended_by_events(bus, graph, study_id)}
+                try:
+                    hosted = await build_runtime(
+                        graph, opts.study, study_id=study_id, bus=bus,
+                        notify_user=job.name if job else None,
+                        notify_password=job.password if job else None,
+                        start=Start.FRESH if ended is None else Start.RESTART, stored=ended)
+                except SamplesError as exc:  # the study fails before any step runs
+                    log.error("samples_failed", error=str(exc))
+                    print(f"error: {printable(str(exc))}", file=sys.stderr)
+                    return RunResult(state=StudyState.FAILURE)
+                runtime = hosted.runtime
+                if runtime.cached:
+                    log.info("steps_reused", cached=len(runtime.cached), total=len(graph.steps))
+                # One-shot process: what exists now (the graph, the records, the modules) lives
+                # to the end, so the cyclic collector need not walk it again and again.
+                gc.freeze()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_on_signals, runtime)
+                    tg.start_soon(_cancel_on_lock_file, runtime, root / CANCEL_LOCK)
+                    if client_user is not None:  # enginectl status|watch|events|cancel DIR
+                        await tg.start(partial(serve_run_api, bus, runtime, created=time.time()))
+                        write_client_file(str(root), url, client_user.name, client_user.password)
+                    if bus.durable:
+                        tg.start_soon(bus.redeliver)
+                    view = None
+                    if opts.progress is not None:
+                        view = stack.enter_context(StudyProgress(
+                            graph.name, len(graph.steps), opts.progress))
+                        tg.start_soon(_show_progress, runtime, view)
+                    began = True  # from here on the study ran: its directory stays
+                    state = await runtime.run()
+                    tg.cancel_scope.cancel()
+                if view is not None:
+                    _draw(runtime, view)  # the last counts (the bar stops with the stack)
+                if not opts.study.dry_run:
+                    hosted.record_cache()
+            log.info("study_completed", state=state.value)
+        failed = tuple(FailedStep(step=r.name, state=r.state.value, exit_code=r.exit_code,
+                                  reason=r.reason, attempts=r.attempt, job_id=r.job_id)
+                       for r in runtime.records.values() if r.state in FAILURE_STATES)
+        return RunResult(state=state, failed=failed)
+    except BaseException:
+        # An error before the first step (the NATS server unreachable, a backend that
+        # cannot start) leaves no half-made study directory behind.
+        if ended is None and not began:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def load_run(study_dir: str) -> tuple[StudyGraph, StudyOptions, str, dict[str, StepEntry]]:

@@ -140,6 +140,8 @@ def study_dir_for(
       a relative OUTPUT_PATH is resolved against ``cwd`` (not the spec directory) and tokens
       inside it are *not* expanded (Maestro removes the variable before substitution).
     * Without OUTPUT_PATH, ``cwd`` is the parent.
+    * A timestamped directory that already exists (two studies of one spec started in
+      the same second) gets ``-2``, ``-3``, ... (Maestro would reuse it).
 
     Args:
         spec: The validated spec.
@@ -155,4 +157,9 @@ def study_dir_for(
     raw = spec.env.variables.get("OUTPUT_PATH")
     parent = os.path.join(cwd, str(raw)) if raw is not None else cwd
     leaf = make_safe_path(f"{spec.description.name.replace(' ', '_')}_{now.strftime(_TIMESTAMP)}")
-    return os.path.normpath(os.path.join(parent, leaf))
+    path = os.path.normpath(os.path.join(parent, leaf))
+    # Two studies of one spec started in the same second: Maestro's name, then -2, -3, ...
+    n = 1
+    while os.path.lexists(path if n == 1 else f"{path}-{n}"):
+        n += 1
+    return path if n == 1 else f"{path}-{n}"

@@ -21,7 +21,7 @@ from adapters.slurm_parse import key_from_comment
 from adapters.slurm_script import is_scheduled
 from engine.spec import load_study
 from tests.adapters.support import make_step, request
-from tests.conftest import PEER_SPECS
+from tests.conftest import PEER_SPECS, needs_peer_specs
 
 
 def _slurm_answers() -> bool:
@@ -72,6 +72,7 @@ async def _run(a: SlurmAdapter, step: Any, **kw: Any) -> tuple[JobHandle, JobRes
         return handle, await a.wait(handle)
 
 
+@needs_peer_specs
 async def test_jobs_on_real_slurm(tmp_path: Path) -> None:
     """Success, exit 3, scancel, re-adoption, a whole study and TIMEOUT-then-restart."""
     a = _adapter()

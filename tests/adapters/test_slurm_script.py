@@ -18,11 +18,12 @@ from adapters.slurm_script import (
 )  # fmt: skip
 from engine.spec import load_study
 from tests.adapters.support import make_step
-from tests.conftest import PEER_SPECS
+from tests.conftest import PEER_SPECS, needs_peer_specs
 
 MAESTRO = Path(sys.executable).with_name("maestro")
 
 
+@needs_peer_specs
 @pytest.mark.parametrize("spec", ["hello_bye_parameterized_slurm.yaml", "launcher_tokens.yaml"])
 def test_scripts_match_maestro_dry_run(spec: str, tmp_path: Path) -> None:
     """Every scheduled step's script equals the ``<name>.slurm.sh`` Maestro writes."""

@@ -287,3 +287,32 @@ def test_run_shows_progress_on_a_terminal_and_nothing_but_the_result_otherwise(
     [line] = piped.stderr.strip().splitlines()
     assert re.fullmatch(rf"sweep: FINISHED in \d+\.\d s \({re.escape(str(tmp_path / 'pipe'))}\)",
                         line)
+
+
+def test_two_runs_of_one_spec_in_the_same_second_get_two_directories(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "hello.yaml", SPEC_CHAIN.format(code=0))
+    import datetime as dt
+
+    from engine.spec.loader import load_spec
+    from engine.spec.naming import study_dir_for
+
+    parsed = load_spec(str(spec))
+    now = dt.datetime(2026, 12, 7, 4, 30, 0)
+    first = study_dir_for(parsed, out_dir=None, now=now, cwd=str(tmp_path))
+    Path(first).mkdir()
+    second = study_dir_for(parsed, out_dir=None, now=now, cwd=str(tmp_path))
+    assert second == f"{first}-2" and first.endswith("chain_20261207-043000")
+
+
+def test_an_error_before_the_first_step_leaves_no_study_directory(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    study = tmp_path / "s"
+    result = enginectl("run", str(REPO / "examples/hello/hello.yaml"), "-o", str(study),
+                       "--nats-url", f"nats://127.0.0.1:{port}")
+    assert 1 == result.returncode
+    assert result.stderr.startswith("error: cannot connect to NATS"), result.stderr
+    assert not study.exists()

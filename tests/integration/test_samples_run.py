@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from engine.status import read_status
-from tests.conftest import PEER_SPECS, enginectl
+from tests.conftest import PEER_SPECS, enginectl, needs_peer_specs
 
 MERLIN = PEER_SPECS / "merlin"
 
@@ -31,6 +31,7 @@ def hello_samples(tmp_path: Path, generator: str = MAKE_SAMPLES) -> Path:
     return spec
 
 
+@needs_peer_specs
 def test_hello_samples_generates_its_samples_and_greets_each_once(tmp_path: Path) -> None:
     study = tmp_path / "study"
     result = enginectl("run", str(hello_samples(tmp_path)), "-o", str(study))
@@ -54,6 +55,7 @@ def test_hello_samples_generates_its_samples_and_greets_each_once(tmp_path: Path
         (r["Step Name"], r["Job ID"], r["State"]) for r in rows[:2]]
 
 
+@needs_peer_specs
 def test_a_failing_generate_command_fails_the_study_before_any_step(tmp_path: Path) -> None:
     study = tmp_path / "study"
     spec = hello_samples(tmp_path, "import sys\nprint('no names today', file=sys.stderr)\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.status import read_status
-from tests.conftest import PEER_SPECS, enginectl, wait_for_path
+from tests.conftest import PEER_SPECS, enginectl, needs_peer_specs, wait_for_path
 from tests.engine_proc import Engine
 
 
@@ -43,6 +43,7 @@ def sacct_jobs(study_id: str) -> list[dict[str, str]]:
     return rows
 
 
+@needs_peer_specs
 def test_peer_slurm_spec_runs_to_finished_on_the_local_partition(tmp_path: Path) -> None:
     text = (PEER_SPECS / "maestro" / "hello_bye_parameterized_slurm.yaml").read_text()
     spec = tmp_path / "hb.yaml"
