@@ -349,7 +349,10 @@ def _register_client_commands() -> None:
     from engine.client import client_commands
 
     for command in client_commands():
-        command.callback = _friendly_errors(command.callback)  # type: ignore[arg-type]
+        subcommands = command.commands.values() if isinstance(command, click.Group) else ()
+        for cmd in (command, *subcommands):
+            if cmd.callback is not None:
+                cmd.callback = _friendly_errors(cmd.callback)  # type: ignore[arg-type]
         main.add_command(command)
 
 

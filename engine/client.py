@@ -567,5 +567,7 @@ def events(study_id: str, **kwargs: Any) -> None:
 
 def client_commands() -> list[click.Command]:
     """Every client command, for ``engine.cli``."""
-    return [submit, status, list_, watch, cancel, restart, throttle, events]
+    from engine.dbcli import db
+
+    return [submit, status, list_, watch, cancel, restart, throttle, events, db]
 

@@ -43,6 +43,7 @@ from engine.messages import (
     BusMessage,
     CancelSteps,
     ControlReply,
+    DbRequest,
     EventsReply,
     EventsRequest,
     RestartRequest,
@@ -59,6 +60,7 @@ from engine.messages import (
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
 from engine.status import state_counts
+from engine.dbapi import answer_db
 from engine.studyref import resolve_study
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 
@@ -137,7 +139,7 @@ class EngineService:
             self._tg = tg
             tg.start_soon(self.bus.redeliver)
             tg.start_soon(self._heartbeat, started)
-            for verb in ("submit", "status", "cancel", "restart", "throttle", "events"):
+            for verb in ("submit", "status", "cancel", "restart", "throttle", "events", "db"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies():
                 if entry.request_id:
@@ -193,6 +195,8 @@ class EngineService:
                 return answer_not_hosted(request, known=known)
             case RestartRequest(study_id=sid):
                 return await self._restart(sid)
+            case DbRequest():
+                return await answer_db(self.store, request, stop_study=self._stop_study)
             case EventsRequest(study_id=sid):
                 if await self.store.get_study(sid) is None:
                     return EventsReply(event_id=rid, ok=False, error=f"unknown study {sid}")
@@ -202,6 +206,18 @@ class EngineService:
             case _:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")
+
+    async def _stop_study(self, study_id: str, timeout: float = 60.0) -> bool:
+        """Cancel a hosted study and wait until it ended and was stored (``db delete
+        --force``); False if it is still hosted after ``timeout`` seconds."""
+        hosted = self.hosted.get(study_id)
+        if hosted is None:
+            return True
+        hosted.runtime.cancel(reason="deleted with enginectl db delete --force")
+        with anyio.move_on_after(timeout):
+            while study_id in self.hosted:
+                await anyio.sleep(0.05)
+        return study_id not in self.hosted
 
     async def _study_id(self, ref: str) -> str:
         """The id of the study ``ref`` names (``engine.studyref``)."""
@@ -359,6 +375,7 @@ class EngineService:
     async def _host(self, entry: StudyEntry, hosted: _Hosted, run_id: str, fresh: bool) -> None:
         rt = hosted.runtime
         state = None
+        started = time.time()
         try:
             with hosted.scope:
                 if fresh:
@@ -389,7 +406,7 @@ class EngineService:
             **{**_fields(entry), "state": state_name, "ended": ended, "counts": rt.counts})))
         await self._retrying(lambda: self.store.put_run(RunEntry(
             run_id=run_id, study_id=entry.study_id, workspace=rt.graph.study_dir,
-            worker=self.worker, started=ended, state=state_name, ended=ended)))
+            worker=self.worker, started=started, state=state_name, ended=ended)))
         self.hosted.pop(entry.study_id, None)
 
     async def _hosting_failed(self, entry: StudyEntry, exc: Exception, *,

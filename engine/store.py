@@ -263,6 +263,10 @@ class Store:
                 and (not workspace or r.workspace == workspace)  # type: ignore[attr-defined]
                 and (not worker or r.worker == worker)]  # type: ignore[attr-defined]
 
+    async def delete_run(self, run_id: str) -> None:
+        """Delete one run (its study and steps stay)."""
+        await self._kv["troupe_runs"].purge(kv_key(run_id))
+
     # ------------------------------------------------------------------ steps
 
     async def put_step(self, entry: StepEntry) -> int:
@@ -350,6 +354,10 @@ class Store:
     async def put_worker(self, worker: WorkerEntry) -> None:
         """Register (or refresh) an engine."""
         await self._kv["troupe_workers"].put(kv_key(worker.worker), self._enc.encode(worker))
+
+    async def delete_worker(self, worker: str) -> None:
+        """Forget a registered engine."""
+        await self._kv["troupe_workers"].purge(kv_key(worker))
 
     async def list_workers(self) -> list[WorkerEntry]:
         """Every registered engine."""

@@ -19,7 +19,7 @@ from engine.messages.machine import *  # noqa: F403
 __all__ = [  # fmt: skip
     "ACTIVE_STATES", "AnyBusMessage", "AttemptLost", "BUS_DECODER", "BusMessage",
     "CacheHit", "CancelJob", "CancelRequested", "CancelStep", "CancelSteps", "CheckRace",
-    "Command", "ControlReply", "DependencyEnded", "ENCODER", "EndStudy", "Event",
+    "Command", "ControlReply", "DbReply", "DbRequest", "DependencyEnded", "ENCODER", "EndStudy", "Event",
     "EventsReply", "EventsRequest", "FAILURE_STATES", "FailureKind", "GrantSlot",
     "JobExited", "JobOutcome", "JobReported", "JobStarted", "KillAllJobs", "PublishState",
     "RaceChecked", "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION", "SamplesChanged",

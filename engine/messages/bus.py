@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from engine.messages.core import SCHEMA_VERSION, FailureKind, StepState, StudyState
@@ -233,6 +235,34 @@ class EventsReply(BusMessage, tag="events_reply"):
     error: str = ""
 
 
+class DbRequest(BusMessage, tag="db_request"):
+    """API: the entity database (Merlin's ``database`` commands): ``op`` is get, list or
+    delete; ``kind`` is study, run, step or worker. ``ref`` names one entity (a study by
+    id, prefix, name or directory; a run by id or workspace; a step as ``STUDY:STEP``; a
+    worker by id); the filters narrow a list (or a delete with ``all``); ``force`` lets a
+    delete remove a running study (cancelled first)."""
+
+    op: str
+    kind: str
+    ref: str = ""
+    study: str = ""
+    state: str = ""
+    worker: str = ""
+    since: float | None = None
+    all: bool = False
+    force: bool = False
+
+
+class DbReply(BusMessage, tag="db_reply"):
+    """API answer to a ``DbRequest``: the entities as JSON objects, how many were
+    deleted, or the error."""
+
+    ok: bool
+    entries: tuple[dict[str, Any], ...] = ()
+    deleted: int = 0
+    error: str = ""
+
+
 class StepWarning(BusMessage, tag="step_warning"):
     """Something about a step that is not a failure but may be a mistake: an unresolved
     ``$(TOKEN)`` in the command about to run (said once per spec step and token)."""
@@ -247,7 +277,7 @@ AnyBusMessage = (
     StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
     | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply | JobReported
+    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply
 )
 
 ENCODER = msgspec.json.Encoder()
