@@ -332,8 +332,11 @@ def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
 @_credential_opts
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running steps get to finish on SIGTERM.")
+@click.option("--max-running", type=click.IntRange(min=0), default=0, show_default=True,
+              help="At most this many jobs of all studies run at once (0: no limit); "
+                   "changed live with 'enginectl throttle --engine N'.")
 @_friendly_errors
-def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float,
+def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float, max_running: int,
           **conn: Any) -> None:
     """Run the engine until SIGTERM: studies are submitted to it over NATS."""
     from engine.client import default_state_dir, read_credentials
@@ -342,7 +345,7 @@ def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float,
     credentials = read_credentials(conn) if nats_url else Credentials()
     anyio.run(lambda: serve_forever(Path(state_dir) if state_dir else default_state_dir(),
                                     nats_url=nats_url, credentials=credentials,
-                                    drain_timeout=drain_timeout))
+                                    drain_timeout=drain_timeout, max_running=max_running))
 
 
 def _register_client_commands() -> None:

@@ -17,7 +17,6 @@ in all; either failure is one line on stderr and exit code 1. ``watch`` and
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -35,8 +34,7 @@ from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError, ConfigError, printable
 from engine.samplestatus import query_samples
-from engine.progress import StudyProgress, final_line
-from engine.status import read_status, state_counts
+from engine.status import read_status
 from engine.messages import (
     AnyBusMessage,
     BusMessage,
@@ -48,9 +46,6 @@ from engine.messages import (
     SetThrottle,
     StatusReply,
     StatusRequest,
-    StepStateChanged,
-    StepSummary,
-    StudyEnded,
     StudyState,
     SubmitReply,
     SubmitRequest,
@@ -256,64 +251,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
-    """Show a study's progress from its events until it ends (a live bar on a terminal,
-    ``engine.progress``); print what failed, then the final line; return ``run``'s exit
-    code."""
-    reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
-    if not isinstance(reply, StatusReply) or not reply.ok:
-        raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
-    study_id = reply.studies[0].study_id  # (it may have been named by a prefix or its name)
-    async with bus.subscribe(subjects.study_events(study_id)) as events:
-        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
-        if not isinstance(reply, StatusReply) or not reply.ok:
-            raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
-        study = reply.studies[0]
-        if study.state != "RUNNING":
-            if study.state == StudyState.FAILURE:
-                _print_failures(study.study_dir, reply.steps)
-            took = study.ended - study.created if study.ended else None
-            click.echo(final_line(study.name, study.state, took, study.study_dir), err=True)
-            return StudyState(study.state).exit_code
-        states = {s.step: s.state for s in reply.steps}
-        tries = {s.step: (s.attempt, s.restarts) for s in reply.steps}
-        with contextlib.ExitStack() as stack:
-            view = None
-            if sys.stderr.isatty() and not quiet:
-                view = stack.enter_context(StudyProgress(study.name, len(states)))
-            async for msg in events:
-                if isinstance(msg, StepStateChanged):
-                    states[msg.step] = msg.state.value
-                    tries[msg.step] = (msg.attempt, tries.get(msg.step, (0, 0))[1])
-                elif isinstance(msg, StudyEnded):
-                    stack.close()
-                    if msg.state == StudyState.FAILURE:
-                        await _report_failures(bus, study_id, study.study_dir)
-                    click.echo(final_line(study.name, msg.state.value, msg.time - study.created,
-                                          study.study_dir), err=True)
-                    return msg.state.exit_code
-                if view is not None:
-                    retries = sum(max(a - 1, 0) for a, _ in tries.values())
-                    view.update(state_counts(states.values()), retries=retries)
-    return 1
-
-
-async def _report_failures(bus: Bus, study_id: str, study_dir: str) -> None:
-    """Print what failed in a study that ended FAILURE (``engine.diagnose``)."""
-    reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
-    if isinstance(reply, StatusReply) and reply.ok:
-        _print_failures(study_dir, reply.steps)
-
-
-def _print_failures(study_dir: str, steps: tuple[StepSummary, ...]) -> None:
-    from engine.diagnose import FailedStep, failure_report
-
-    failed = [FailedStep(step=s.step, state=s.state, exit_code=s.exit_code, reason=s.reason,
-                         attempts=s.attempt, job_id=s.job_id) for s in steps]
-    for line in failure_report(study_dir, failed):
-        click.echo(line, err=True)
-
-
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Study directory, as given.")
@@ -367,6 +304,8 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
         for w in reply.warnings:
             click.echo(f"warning: {w}", err=True)
         click.echo(reply.study_id)
+        from engine.follow import follow
+
         return await follow(bus, reply.study_id) if wait else 0
 
     _run(opts, body)
@@ -489,6 +428,8 @@ def list_(state: str | None, name: str, as_json: bool, **kwargs: Any) -> None:
 @connection_options
 def watch(study_id: str, **kwargs: Any) -> None:
     """Follow a study live; exit with its code (0 finished, 2 failure, 3 cancelled)."""
+    from engine.follow import follow
+
     _run(for_study(_conn_opts(kwargs), study_id), lambda bus: follow(bus, study_ref(study_id)))
 
 
@@ -533,16 +474,30 @@ def restart(study_id: str, **kwargs: Any) -> None:
 
 
 @click.command()
-@click.argument("study_id")
-@click.argument("limit", type=click.IntRange(min=0))
+@click.argument("args", nargs=-1, metavar="STUDY LIMIT | --engine LIMIT")
 @click.option("--scope", default="global", show_default=True, metavar="SCOPE",
               help="What to throttle: global, adapter:<local|slurm|flux> or group:<name>.")
+@click.option("--engine", "engine_wide", is_flag=True,
+              help="Set the engine-wide limit across all studies (serve --max-running).")
 @connection_options
-def throttle(study_id: str, limit: int, scope: str, **kwargs: Any) -> None:
-    """Set how many of a running study's steps may run at once (LIMIT 0: no limit), live."""
-    if scope != "global" and not scope.startswith(("adapter:", "group:")):
+def throttle(args: tuple[str, ...], scope: str, engine_wide: bool, **kwargs: Any) -> None:
+    """Set how many of a running study's steps may run at once, live (LIMIT 0: no limit);
+    with --engine, how many jobs of all the engine's studies may."""
+    if len(args) != (1 if engine_wide else 2):
+        raise ConfigError("usage: enginectl throttle STUDY LIMIT, or throttle --engine LIMIT")
+    study_id = "" if engine_wide else args[0]
+    try:
+        limit = int(args[-1])
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigError(f"LIMIT {args[-1]!r}: expected 0 (no limit) or more")
+    if engine_wide:
+        scope = "engine"
+    elif scope != "global" and not scope.startswith(("adapter:", "group:")):
         raise ConfigError(f"--scope {scope!r}: expected global, adapter:<name> or group:<name>")
-    _run(for_study(_conn_opts(kwargs), study_id), _control("throttle", lambda: SetThrottle(
+    opts = _conn_opts(kwargs)
+    _run(for_study(opts, study_id) if study_id else opts, _control("throttle", lambda: SetThrottle(
         event_id=new_event_id(), study_id=study_ref(study_id), limit=limit, scope=scope)))
 
 

@@ -45,8 +45,10 @@ async def serve_forever(
     nats_url: str | None = None,
     credentials: Credentials | None = None,
     drain_timeout: float = 30.0,
+    max_running: int = 0,
 ) -> None:
-    """Run the engine until SIGTERM/SIGINT, then stop gracefully.
+    """Run the engine until SIGTERM/SIGINT, then stop gracefully (``max_running``: the
+    engine-wide limit of jobs running at once, 0 for none).
 
     Raises:
         BusError: the server cannot be started or reached, or has no JetStream.
@@ -87,7 +89,7 @@ async def serve_forever(
         if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
         store = await Store.open(bus)
-        service = EngineService(bus, store, drain_timeout=drain_timeout,
+        service = EngineService(bus, store, drain_timeout=drain_timeout, max_running=max_running,
                                 job_credentials=job_credentials)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import msgspec
 
 from adapters.base import Adapter
@@ -154,6 +155,7 @@ async def build_runtime(
     start: Start = Start.FRESH, store: Store | None = None, worker: str = "",
     notify_user: str | None = None, notify_password: str | None = None,
     stored: Mapping[str, StepEntry] | None = None,
+    engine_slots: anyio.CapacityLimiter | None = None,
 ) -> HostedStudy:  # fmt: skip
     """Assemble the runtime of ``graph`` (see the module docstring).
 
@@ -170,6 +172,7 @@ async def build_runtime(
         stored: For a restart without a store (``enginectl restart DIR`` of a study of
             ``run``): the steps known to have ended (nothing is in flight: the processes
             of a ``run`` die with it).
+        engine_slots: The engine-wide limit of ``serve --max-running`` (None: none).
 
     Raises:
         ConfigError: an unknown batch type, an unreadable input file or ``reuse`` record.
@@ -214,5 +217,6 @@ async def build_runtime(
         status_path=Path(graph.study_dir) / "status.csv", store=store,
         recovered=recovered, cached=cached, worker=worker, samples=samples,
         per_sample_status=opts.per_sample_status, strict=opts.strict,
+        engine_slots=engine_slots,
     )
     return HostedStudy(runtime=runtime, backends=backends, keys=keys)

@@ -11,6 +11,7 @@ interrupted (they run again on the next start), stores everything, and returns.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import socket
 import time
@@ -109,8 +110,12 @@ class EngineService:
     """
 
     def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0,
-                 job_credentials: Callable[[str], tuple[str, str]] | None = None) -> None:
+                 job_credentials: Callable[[str], tuple[str, str]] | None = None,
+                 max_running: int = 0) -> None:
         self.bus = bus
+        # Every study's jobs share it (``--max-running``; 0: no limit), changed live by a
+        # throttle request with no study and the scope ``engine``.
+        self.engine_slots = anyio.CapacityLimiter(max_running or math.inf)
         self._job_credentials = job_credentials
         self.store = store
         self.drain_timeout = drain_timeout
@@ -171,6 +176,13 @@ class EngineService:
 
     async def _answer(self, request: AnyBusMessage) -> BusMessage:
         rid = new_event_id()
+        if isinstance(request, SetThrottle) and not request.study_id:
+            if request.scope != "engine" or request.limit < 0:
+                return ControlReply(event_id=rid, ok=False, detail=(
+                    "without a study, throttle sets the engine-wide limit: scope 'engine', "
+                    "0 or more"))
+            self.engine_slots.total_tokens = request.limit or math.inf
+            return ControlReply(event_id=rid, ok=True, detail=f"throttle engine = {request.limit}")
         if isinstance(request, (StatusRequest, CancelSteps, SetThrottle, RestartRequest,
                                 EventsRequest)) and request.study_id:
             try:  # a prefix, a name or a directory: the study's id
@@ -358,7 +370,8 @@ class EngineService:
             study = await build_runtime(
                 graph, opts, study_id=entry.study_id, bus=self.bus, start=start,
                 store=self.store, worker=self.worker,
-                notify_user=job_user, notify_password=job_password)
+                notify_user=job_user, notify_password=job_password,
+                engine_slots=self.engine_slots)
         except Exception as exc:  # noqa: BLE001 - one study must not stop the engine
             await self._hosting_failed(entry, exc, counts={})
             return False

@@ -64,6 +64,8 @@ class JobShell:
         clock: Seconds since the epoch.
         warn: Says a warning about a step (``(step, message)``).
         strict: An unresolved token fails the step's submission instead.
+        engine_slots: An engine-wide limit (``serve --max-running``): a job holds one of
+            its tokens from its submission until it ended; None: no such limit.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class JobShell:
         records: Mapping[str, StepRecord], resolve: Callable[[str], StepInstance],
         persister: Persister | None = None, clock: Callable[[], float] = time.time,
         warn: Callable[[str, str], None] = lambda step, message: None, strict: bool = False,
+        engine_slots: anyio.CapacityLimiter | None = None,
     ) -> None:  # fmt: skip
         self.adapter = adapter
         self.graph = graph
@@ -81,6 +84,7 @@ class JobShell:
         self._clock = clock
         self._warn = warn
         self._strict = strict
+        self._engine_slots = engine_slots
         self._warned: set[tuple[str, str]] = set()
         self._handles: dict[tuple[str, int], JobHandle] = {}
         self._cancel_pending: set[tuple[str, int]] = set()
@@ -135,6 +139,25 @@ class JobShell:
         request = JobRequest(step=inst, attempt=attempt, restart=restart, name=name,
                              bulk=SEP in name,
                              key=f"{self.study_id}/{name.replace(SEP, '#')}/{attempt}")
+        slots, borrower = self._engine_slots, object()
+        if slots is not None:
+            # The engine-wide limit: a token held until the job ended (by a borrower of
+            # its own, so that whichever task ends it may give it back).
+            await slots.acquire_on_behalf_of(borrower)
+            if (name, attempt) in self._cancel_pending:  # cancelled while it waited
+                self._cancel_pending.discard((name, attempt))
+                slots.release_on_behalf_of(borrower)
+                yield SubmitFailed(event_id=new_event_id(), detail="cancelled before it started")
+                return
+        try:
+            async for event in self._submit_and_wait(request, name, attempt):
+                yield event
+        finally:
+            if slots is not None:
+                slots.release_on_behalf_of(borrower)
+
+    async def _submit_and_wait(self, request: JobRequest, name: str,
+                               attempt: int) -> AsyncIterator[Event]:
         try:
             handle = await self.adapter.submit(request)
         except SubmitError as exc:

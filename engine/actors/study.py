@@ -116,6 +116,8 @@ class StudyRuntime:
         per_sample_status: status.csv lists each sample (else each state's count).
         strict: A command about to run with an unresolved ``$(TOKEN)`` fails its step
             (else a warning, once per spec step and token).
+        engine_slots: The engine-wide limit shared by every study of a ``serve``
+            (``--max-running``), or None.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class StudyRuntime:
         samples: Samples | None = None,
         per_sample_status: bool = False,
         strict: bool = False,
+        engine_slots: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.graph = graph
         self.study_id = study_id
@@ -171,7 +174,7 @@ class StudyRuntime:
         self._samples = self._sample_shell(samples)
         self._jobs = JobShell(adapter, graph, study_id=study_id, records=self.records,
                               resolve=self._resolve, persister=self.persister, clock=clock,
-                              warn=self._warn, strict=strict)
+                              warn=self._warn, strict=strict, engine_slots=engine_slots)
         self._status = None if status_path is None else StatusWriter(
             status_path, StatusTable(self._order, graph.by_name, samples=self._samples,
                                      per_sample=per_sample_status), self.records,
