@@ -298,8 +298,10 @@ def _on_exit(rec: StepRecord, ev: JobExited) -> tuple[StepRecord, list[Command]]
     pub_seen = _publish(seen, rec.state, now, final=False, exit_code=ev.exit_code,
                         kind=verdict.failure, retryable=True)
     use_restart = verdict.use_restart or (verdict.counter == "hw" and rec.use_restart)
+    # start_time stays the first attempt's: status.csv's Run Time counts every attempt
+    # (Maestro's does: from the first start to the end, restarts' waits included).
     waiting = replace(seen, state=StepState.WAITING, use_restart=use_restart, job_id="",
-                      start_time=None, **counters)  # type: ignore[arg-type]
+                      **counters)  # type: ignore[arg-type]
     cmds = [pub_seen, *release, _publish(waiting, seen.state, now)]
     if verdict.delay > 0:
         cmds.append(StartTimer(step=rec.name, name="retry", attempt=rec.attempt,
@@ -367,7 +369,8 @@ def decide(
             return new, [*cmds, SubmitJob(step=rec.name, attempt=attempt, restart=rec.use_restart)]
         case JobStarted() if state == StepState.PENDING and not rec.cancelling:
             new, cmds = _enter(rec, StepState.RUNNING, now, job_id=event.job_id,
-                               start_time=event.time)
+                               start_time=rec.start_time if rec.start_time is not None
+                               else event.time)
             if rec.policy.walltime:
                 cmds.append(StartTimer(step=rec.name, name="walltime", attempt=rec.attempt,
                                        delay=rec.policy.walltime))

@@ -302,3 +302,18 @@ def test_a_lost_attempt_is_published_failed_lost_and_leaves_the_record_as_it_was
     assert rec == new, "the step starts over from INITIALIZED"
     assert [PublishState.match(step="b", state=StepState.FAILED, previous=StepState.RUNNING, attempt=3,
                                kind="lost", retryable=True, final=False)] == cmds
+
+
+def test_a_retried_step_keeps_its_first_start_so_run_time_counts_every_attempt() -> None:
+    from engine.machines.policy import StepPolicy
+    from engine.spec.policy import RetryPolicy
+
+    policy = StepPolicy(retry=RetryPolicy(max_attempts=2, initial_delay=0.0))
+    rec = replace(ROWS["RUNNING"], policy=policy)
+    rec, _ = decide(rec, JobExited(exit_code=1, time=NOW + 5), now=NOW + 5)
+    assert StepState.WAITING == rec.state and NOW == rec.start_time
+    rec, _ = decide(rec, SlotGranted(), now=NOW + 6)
+    rec, _ = decide(rec, JobStarted(job_id="43", time=NOW + 7), now=NOW + 7)
+    assert (StepState.RUNNING, 2, NOW) == (rec.state, rec.attempt, rec.start_time)
+    rec, _ = decide(rec, JobExited(exit_code=0, time=NOW + 9), now=NOW + 9)
+    assert (StepState.FINISHED, NOW, NOW + 9) == (rec.state, rec.start_time, rec.end_time)
