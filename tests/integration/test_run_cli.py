@@ -262,9 +262,13 @@ def test_run_shows_progress_on_a_terminal_and_nothing_but_the_result_otherwise(
     import pty
     import subprocess
 
+    steps = "".join(f"  - {{name: s{i}, description: d, run: {{cmd: 'sleep 0.1'}}}}\n"
+                    for i in range(20))
+    spec = write_spec(tmp_path / "twenty.yaml",
+                      f"description: {{name: twenty, description: 20 steps}}\nstudy:\n{steps}")
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [*ENGINECTL, "run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(tmp_path / "tty")],
+        [*ENGINECTL, "run", str(spec), "-o", str(tmp_path / "tty")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
     )
     os.close(slave)
@@ -280,8 +284,9 @@ def test_run_shows_progress_on_a_terminal_and_nothing_but_the_result_otherwise(
     assert 0 == proc.wait(timeout=60)
     os.close(master)
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())  # colours
-    assert "5/5 steps" in shown and "5 FINISHED" in shown and "ETA" in shown  # the bar
-    assert re.search(r"sweep: FINISHED in \d+\.\d s \(", shown)  # the end line, after it
+    assert "20/20 steps" in shown and "20 FINISHED" in shown and "ETA" in shown  # the bar
+    assert re.search(r"/20 steps .*\d+ RUNNING", shown)  # counts per state while it ran
+    assert re.search(r"\ntwenty: FINISHED in \d+\.\d s \(", shown)  # the end line, alone
     piped = enginectl("run", str(REPO / "examples/sweep/sweep.yaml"), "-o", str(tmp_path / "pipe"))
     assert 0 == piped.returncode
     [line] = piped.stderr.strip().splitlines()
