@@ -34,7 +34,8 @@ def test_a_study_log_on_a_full_disk_is_given_up_with_one_line(
     err = capsys.readouterr().err
     assert 1 == err.count("cannot write the study's log"), err
     assert "Traceback" not in err and "Logging error" not in err
-    assert err.strip().endswith("it is no longer written")
+    [said] = [line for line in err.splitlines() if "cannot write the study's log" in line]
+    assert said.startswith("warning: ") and said.endswith("it is no longer written")
 
 
 async def test_a_status_table_that_cannot_be_written_does_not_stop_the_study(
