@@ -104,6 +104,12 @@ _out_opt = click.option("-o", "--out", type=click.Path(file_okay=False),
                         help="Study directory, used as given (no timestamp).")
 
 
+def _study_opts(func: F) -> F:
+    from engine.client import study_options
+
+    return study_options(func)  # type: ignore[no-any-return]
+
+
 def _credential_opts(func: F) -> F:
     from engine.client import credential_options
 
@@ -149,13 +155,7 @@ def main(verbose: int) -> None:
 @main.command()
 @_spec_arg
 @_out_opt
-@click.option("--dry", is_flag=True, help="Write every script and mark steps DRYRUN; run nothing.")
-@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
-              help="Max steps running at once (default: number of CPUs; 0 = unlimited).")
-@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None,
-              help="Restarts of a timed-out step (default 1; 0 = unlimited).")
-@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
-              help="Runs of a step that fails (default 1: no retry).")
+@_study_opts
 @click.option("--nats-url", metavar="URL", help="Use this NATS server instead of an embedded one.")
 @_credential_opts
 @click.option("--local", "run_local", is_flag=True,

@@ -161,6 +161,23 @@ def credential_options(func: Callable[..., Any], *, suffix: str = "") -> Callabl
     return func
 
 
+def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add how a study runs (``run`` and ``submit``): --dry, -t, -r, -a."""
+    for opt in reversed([
+        click.option("--dry", is_flag=True,
+                     help="Write every script and mark steps DRYRUN; run nothing."),
+        click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
+                     help="Max steps running at once (0 = unlimited; default: the spec's "
+                          "troupe.throttle, else the number of CPUs for local steps)."),
+        click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None,
+                     help="Restarts of a timed-out step (default 1; 0 = unlimited)."),
+        click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
+                     help="Runs of a step that fails (default 1: no retry)."),
+    ]):
+        func = opt(func)
+    return func
+
+
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add --state-dir, --nats-url and the credential options to a command."""
     func = credential_options(func)
@@ -255,13 +272,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Study directory, as given.")
 @click.option("--wait", is_flag=True, help="Follow the study and exit 0/2/3 like run.")
-@click.option("--dry", is_flag=True, help="Write every script and mark steps DRYRUN; run nothing.")
-@click.option("-t", "--throttle", type=click.IntRange(min=0), default=None,
-              help="Max steps running at once (0 = unlimited; default: the spec's, else CPUs).")
-@click.option("-r", "--rlimit", type=click.IntRange(min=0), default=None,
-              help="Restarts of a timed-out step (default 1; 0 = unlimited).")
-@click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
-              help="Runs of a step that fails (default 1: no retry).")
+@study_options
 @click.option("--local", "run_local", is_flag=True,
               help="Run Slurm/Flux steps as local processes instead.")
 @click.option("-p", "--pgen", type=click.Path(exists=True, dir_okay=False),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,16 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Any]:
+    """A running ``enginectl serve`` on a state directory of its own (``tests.engine_proc``),
+    stopped at the end of the test."""
+    from tests.engine_proc import Engine
+
+    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
+    try:
+        yield eng
+    finally:
+        eng.stop()

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from tests.engine_proc import Engine
 from tests.hostile.test_spec_defects import HEAD, ONE_STEP, _alias_bomb
@@ -45,15 +43,6 @@ HOSTILE = [
     ("not_a_mapping", "- just\n- a list\n", "must be a mapping"),
     ("empty", "", "the spec is empty"),
 ]
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
-    try:
-        yield eng
-    finally:
-        eng.stop()
 
 
 def wait_for_step_state(engine: Engine, study_id: str, state: str, timeout: float = 60) -> None:

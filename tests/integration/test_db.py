@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ENGINECTL, REPO, wait_for_path
 from tests.engine_proc import Engine
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
-    try:
-        yield eng
-    finally:
-        eng.stop()
 
 
 def db(engine: Engine, *args: str) -> list | dict:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from tests.engine_proc import Engine
 
@@ -30,15 +28,6 @@ study:
 merlin:
   samples: {{file: samples.csv, column_labels: [X]}}
 """
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
-    try:
-        yield eng
-    finally:
-        eng.stop()
 
 
 def write(tmp_path: Path, n: int, body: str = "true") -> tuple[Path, Path, Path]:

@@ -6,22 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ENGINECTL, REPO, enginectl, wait_for_path
 from tests.engine_proc import Engine
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
-    try:
-        yield eng
-    finally:
-        eng.stop()
 
 
 def test_submit_wait_then_status_list_and_events(engine: Engine, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import time as _time
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,15 +70,6 @@ study:
       walltime: "00:01:00"
       procs: 1
 """
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", "--drain-timeout", "5").start()
-    try:
-        yield eng
-    finally:
-        eng.stop()
 
 
 def test_jobs_are_readopted_after_sigkill_and_failures_timeouts_map_to_maestro_states(
