@@ -55,7 +55,7 @@ from engine.spec.naming import contained_path
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
 
-__all__ = ["LocalAdapter", "output_stem", "script_path"]
+__all__ = ["LocalAdapter", "output_stem", "script_path", "wrapper_argv"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
 _SCRIPT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -74,6 +74,16 @@ _MERLIN_WRAPPER = _WRAPPER.replace('exec >"$4.$$.out" 2>"$4.$$.err"', 'exec >>"$
 _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 _SUPERSEDED = "superseded\n"
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+
+
+def wrapper_argv(script: str, exit_path: str, pid_path: str, stem: str, *,
+                 merlin: bool) -> list[str]:
+    """The claiming wrapper's command line (``serve``'s local steps, and the workers'):
+    it claims the attempt by creating ``pid_path`` exclusively (exit 199 if it cannot),
+    runs ``script`` with its output in Maestro's (or Merlin's) files named from ``stem``,
+    and records the exit status in ``exit_path``."""
+    return ["/bin/sh", "-c", _MERLIN_WRAPPER if merlin else _WRAPPER, "troupe-step", script,
+            exit_path, pid_path, stem]
 
 
 def script_path(step: StepInstance, *, restart: bool = False) -> Path:
@@ -209,8 +219,8 @@ class LocalAdapter(Adapter):
         except FileNotFoundError:
             pass
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", _MERLIN_WRAPPER if self.merlin else _WRAPPER, "troupe-step", str(script), str(exit_path),
-             f"{ws}/.troupe.{attempt}.pid", stem],
+            wrapper_argv(str(script), str(exit_path), f"{ws}/.troupe.{attempt}.pid", stem,
+                         merlin=self.merlin),
             cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
         )
         return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)

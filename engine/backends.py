@@ -22,6 +22,7 @@ from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
 
 if TYPE_CHECKING:
+    from engine.bus import Bus
     from engine.store import StepEntry
 
 __all__ = ["BACKENDS", "Backends", "check_backends", "make_backends", "notify_env"]
@@ -87,9 +88,11 @@ def make_backends(
     graph: StudyGraph, *, study_id: str, run_local: bool = False,
     kill_grace: float = DEFAULT_KILL_GRACE,
     notify: dict[str, str] | None = None, adoptable: bool = True,
+    bus: Bus | None = None,
 ) -> Backends:
     """Build the adapters for ``graph`` (``adoptable``: local steps can be adopted by a
-    restarted engine; see ``LocalAdapter``).
+    restarted engine; see ``LocalAdapter``). With ``troupe.executor: workers`` the local
+    steps become tasks for workers, queued on ``bus`` (``adapters.workers``).
 
     Raises:
         ConfigError: an unknown ``batch.type``.
@@ -107,8 +110,29 @@ def make_backends(
                                       for t in sorted(others)}, local=local)
         return Backends(routed, local)
     if run_local or btype == "local":
+        executor = (graph.troupe.get("executor") or "local") if not run_local else "local"
+        if executor == "workers" and bus is not None:
+            return Backends(_workers(bus, local, study_id, job_env, kill_grace), local)
         return Backends(local, local)
     return Backends(_scheduler(btype, graph, shell, job_env, local), local)
+
+
+def _workers(bus: Bus, local: LocalAdapter, study_id: str, env: dict[str, str],
+             kill_grace: float) -> Adapter:
+    from adapters.workers import WorkersAdapter
+    from engine.workqueue import ensure_task_stream, publish_task
+
+    ready: list[bool] = []
+
+    async def queue_task(queue: str, payload: bytes, key: str) -> None:
+        if not ready:
+            await ensure_task_stream(bus)
+            ready.append(True)
+        await publish_task(bus, queue, payload, key=key)
+
+    return WorkersAdapter(local, queue_task=queue_task, publish=bus.publish, study_id=study_id,
+                          report_subject=subjects.job_reports(study_id), env=env,
+                          kill_grace=kill_grace)
 
 
 def _scheduler(btype: str, graph: StudyGraph, shell: str, job_env: dict[str, str],

@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from engine.errors import BusError
@@ -74,6 +75,11 @@ class Bus:
         # Why the last event publication failed (it is then re-sent); named in the error
         # if wait_persisted gives up.
         self._last_publish_error = ""
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context (for ``engine.workqueue`` and ``engine.kvbucket``)."""
+        return self._js
 
     async def key_value(self, bucket: str, *, history: int, replicas: int = 1) -> KeyValueBucket:
         """Create (or reuse) a file-backed JetStream key-value bucket.

@@ -348,6 +348,32 @@ def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float, max
                                     drain_timeout=drain_timeout, max_running=max_running))
 
 
+@main.command()
+@click.option("--queues", default="default", show_default=True, metavar="Q1,Q2",
+              help="The queues to take tasks from (a step's Merlin task_queue, else default).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Tasks run at once (default: the number of CPUs).")
+@click.option("--name", default="", help="This worker's name (default: host-pid).")
+@click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between two 'still working' signs for a running task.")
+@click.option("--nats-url", metavar="URL", required=True, help="The engine's NATS server.")
+@_credential_opts
+@_friendly_errors
+def worker(queues: str, concurrency: int | None, name: str, heartbeat: float, nats_url: str,
+           **conn: Any) -> None:
+    """Take step tasks from JetStream queues and run them (troupe.executor: workers),
+    until SIGTERM: the running tasks end first (a second SIGTERM kills them)."""
+    from engine.client import read_credentials
+    from engine.worker import run_worker
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if not names:
+        _fail("--queues: name at least one queue")
+    anyio.run(lambda: run_worker(nats_url, read_credentials(conn), queues=names,
+                                 concurrency=concurrency or os.cpu_count() or 1, name=name,
+                                 heartbeat=heartbeat))
+
+
 def _register_client_commands() -> None:
     from engine.client import client_commands
 

@@ -189,6 +189,7 @@ async def build_runtime(
         graph, study_id=study_id, run_local=opts.run_local, kill_grace=kill_grace(graph, cli),
         notify=notify_env(bus.url, study_id, notify_user, notify_password),
         adoptable=store is not None,  # nothing resumes a `run`: no wrapper per step
+        bus=bus,
     )
     keys = cache_keys(graph) if opts.use_cache and not opts.dry_run else {}
     if samples is not None:  # a key does not cover the samples: nothing on them is reused

@@ -143,6 +143,15 @@ def kv_key(name: str) -> str:
     return encode_token(name).replace("~", "=")
 
 
+def tasks(queue: str) -> str:
+    """Where a queue's step tasks wait for workers (``engine.workqueue``); ``>``: all."""
+    return f"{PREFIX}.tasks.{queue if queue == '>' else encode_token(queue)}"
+
+
+WORKER_CANCEL = f"{PREFIX}.workers.cancel"
+"""Where the engine asks the workers to stop an attempt (by its key)."""
+
+
 def job_reports(study_id: str) -> str:
     """Where a study's scheduler jobs report their exit status (``engine.notify``)."""
     return f"{PREFIX}.jobs.{encode_token(study_id)}"

@@ -263,6 +263,34 @@ class DbReply(BusMessage, tag="db_reply"):
     error: str = ""
 
 
+class Task(BusMessage, tag="task"):
+    """One attempt of a step for a worker (``enginectl worker``, ``adapters.workers``):
+    run ``script`` in ``workspace`` under the claiming wrapper (``.troupe.<attempt>.pid``,
+    exit status in ``exit_file``), outputs named from ``stem``, then publish a
+    ``JobReported`` to ``report_subject``."""
+
+    study_id: str
+    step: str
+    attempt: int
+    key: str
+    queue: str
+    workspace: str
+    script: str
+    stem: str
+    exit_file: str
+    report_subject: str
+    merlin: bool = False
+    env: dict[str, str] = {}
+
+
+class WorkerCancel(BusMessage, tag="worker_cancel"):
+    """The engine asks the workers to stop the attempt ``key`` (SIGTERM to its group,
+    SIGKILL after ``grace`` seconds)."""
+
+    key: str
+    grace: float = 10.0
+
+
 class StepWarning(BusMessage, tag="step_warning"):
     """Something about a step that is not a failure but may be a mistake: an unresolved
     ``$(TOKEN)`` in the command about to run (said once per spec step and token)."""
@@ -277,7 +305,7 @@ AnyBusMessage = (
     StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
     | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply
+    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel
 )
 
 ENCODER = msgspec.json.Encoder()

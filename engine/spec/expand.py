@@ -179,7 +179,7 @@ class _Node:
                "when": run.when, "race": run.race, "inputs": run.inputs,
                "group_by": run.group_by,
                "max_retries": run.max_retries, "retry_delay": run.retry_delay,
-               "shell": run.shell, "task_queue": run.task_queue,
+               "shell": run.shell, "task_queue": run.task_queue or run.queue,
                "batch_type": (run.batch or {}).get("type")}  # fmt: skip
         self.extensions = {k: v for k, v in ext.items() if v is not None}
         self.group_by: tuple[str, ...] = tuple(run.group_by or ())

@@ -49,12 +49,13 @@ __all__ = [
     "check_troupe_block",
 ]
 
-TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race", "inputs")
+TROUPE_RUN_KEYS = ("group", "restart_limit", "retry", "when", "group_by", "race", "inputs", "queue")
 MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue", "batch")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
-                "hw_limit", "races", "cache", "limits")  # fmt: skip
+                "hw_limit", "races", "cache", "limits", "executor")  # fmt: skip
+EXECUTORS = ("local", "workers")
 _LIMIT_KEYS = ("max_instances",)
 
 Fail = Callable[[str, str], NoReturn]
@@ -77,6 +78,9 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
             in its workspace (default: exit code 0 alone wins).
         limits: Bounds on what the spec may cause: ``max_instances`` (step instances after
             expansion, default 1,000,000; see ``engine.spec.safety``).
+        executor: Who runs the local steps: ``local`` (this engine's processes, the
+            default) or ``workers`` (tasks in a JetStream queue for ``enginectl worker``;
+            a step's Merlin ``task_queue`` names its queue, else ``default``).
     """
 
     throttle: int | None = None
@@ -90,6 +94,7 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
     races: dict[str, dict[str, str]] = {}
     cache: str = ""
     limits: dict[str, int] = {}
+    executor: str = "local"
 
     @property
     def max_instances(self) -> int:
@@ -171,6 +176,8 @@ def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
             _check_limits(value, field, fail)
         if key == "retry":
             _check_retry(value, field, fail)
+        if key == "executor" and value not in EXECUTORS:
+            fail(field, f"must be one of {', '.join(EXECUTORS)}, not {_shown(value)}")
         if key == "cache" and not (isinstance(value, str) and value):
             fail(field, f"must be a directory path, not {value!r}")
         if key == "races":
@@ -189,8 +196,9 @@ def check_run_extensions(run: dict[str, Any], field: str, fail: Fail) -> None:
     Raises (through ``fail``):
         SpecError: a value of the wrong type, naming ``<field>.<key>``.
     """
-    if "group" in run and not (isinstance(run["group"], str) and run["group"]):
-        fail(f"{field}.group", f"must be a non-empty string, not {run['group']!r}")
+    for key in ("group", "queue"):
+        if key in run and not (isinstance(run[key], str) and run[key]):
+            fail(f"{field}.{key}", f"must be a non-empty string, not {run[key]!r}")
     if "restart_limit" in run and not _is_int(run["restart_limit"], 0):
         fail(f"{field}.restart_limit", f"must be an integer >= 0 (0 = unlimited), "
              f"not {_shown(run['restart_limit'])}")  # fmt: skip

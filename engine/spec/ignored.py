@@ -6,7 +6,7 @@ itself would refuse one is an error).
   YAML anchors) and Troupe's own (``troupe``): ignored, as Maestro ignores them.
 * ``merlin.resources`` (``workers``, ``task_server``, ``overlap``): Troupe runs every
   step on the study's own adapter; Merlin's Celery workers are not started.
-* ``run.task_queue``: Troupe has no Celery queues.
+* ``run.task_queue``: unless ``troupe.executor: workers`` sends steps to queues.
 * ``batch`` keys no adapter reads.
 """
 
@@ -49,9 +49,10 @@ def ignored_keys(top: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> l
         out.append(f"merlin.resources ({', '.join(resources)}) is ignored: Troupe starts no "
                    "Celery workers; every step runs on the study's adapter")
     queued = [s["name"] for s in top.get("study") or [] if "task_queue" in s.get("run", {})]
-    if queued:
+    if queued and (top.get("troupe") or {}).get("executor") != "workers":
         names = ", ".join(queued[:5]) + (f" and {len(queued) - 5} more" if len(queued) > 5 else "")
-        out.append(f"run.task_queue is ignored (steps {names}): Troupe has no Celery queues")
+        out.append(f"run.task_queue is ignored (steps {names}): its steps run here unless "
+                   "troupe.executor is workers")
     batch = top.get("batch") or {}
     for key in batch:
         if key not in _BATCH:

@@ -84,6 +84,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
     group_by: tuple[str, ...] | None = None
     race: str | None = None
     inputs: tuple[str, ...] | None = None
+    queue: str | None = None  # the workers' queue (troupe.executor: workers)
     # Merlin's keys, accepted when the spec has a ``merlin:`` block.
     max_retries: int | None = None
     retry_delay: float | None = None

@@ -1,0 +1,170 @@
+"""The workers adapter: a step's attempt becomes a task in a JetStream queue, which a
+worker process (``enginectl worker``, ``engine.worker``) takes, runs and reports.
+
+``submit`` writes the step's script into its workspace (on the file system the workers
+share), and queues a ``Task`` naming it, with the attempt's key as the message id. The
+worker runs the script under the local adapter's claiming wrapper (so one attempt never
+runs twice: the wrapper claims ``.troupe.<attempt>.pid`` exclusively), then publishes the
+exit status to the study's report subject, which the engine hands to ``report``; the exit
+file the wrapper writes is read too, should that message be lost. ``cancel`` claims an
+attempt still waiting in its queue (its wrapper then never runs the script) and asks the
+workers to stop one that runs (``WorkerCancel``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from adapters.base import Adapter, JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
+from adapters.local import output_stem, script_path
+from engine.messages import ENCODER, BusMessage, Task, WorkerCancel, new_event_id
+from engine.subjects import WORKER_CANCEL
+
+if TYPE_CHECKING:
+    from adapters.local import LocalAdapter
+    from engine.spec.graph import StepInstance
+
+__all__ = ["DEFAULT_QUEUE", "WorkersAdapter"]
+
+DEFAULT_QUEUE = "default"
+CANCELLED = "cancelled\n"  # what a claim made by the engine holds (the wrapper exits 199)
+
+
+class WorkersAdapter(Adapter):
+    """Steps as tasks for workers (see the module docstring).
+
+    Args:
+        local: The local adapter, whose scripts and file names the workers use.
+        queue_task: Puts ``(queue, payload, key)`` on the tasks stream, acknowledged.
+        publish: Sends ``(subject, message)`` (the cancel requests).
+        study_id: The study.
+        report_subject: Where the workers report exit statuses.
+        kill_grace: Seconds a worker waits between SIGTERM and SIGKILL on cancel.
+        poll: Seconds between two reads of an unreported attempt's exit file.
+    """
+
+    name = "workers"
+    takes_reports = True
+
+    def __init__(self, local: LocalAdapter, *,
+                 queue_task: Callable[[str, bytes, str], Awaitable[None]],
+                 publish: Callable[[str, BusMessage], Awaitable[None]], study_id: str,
+                 report_subject: str, env: Mapping[str, str] | None = None,
+                 kill_grace: float = 10.0, poll: float = 2.0) -> None:
+        self._local = local
+        self._queue_task = queue_task
+        self._publish = publish
+        self._study_id = study_id
+        self._report_subject = report_subject
+        self._env = dict(env or {})
+        self._kill_grace = kill_grace
+        self._poll = poll
+        self._waiting: dict[str, tuple[anyio.Event, list[int]]] = {}  # exit file -> (set, code)
+        self._exit_files: dict[tuple[str, int], str] = {}
+
+    def write_script(self, step: StepInstance) -> Path:
+        return self._local.write_script(step)
+
+    def prepare(self, step: StepInstance) -> None:
+        self._local.prepare(step)
+
+    async def submit(self, request: JobRequest) -> JobHandle:
+        """Write the script and queue the task; the handle's job id is the attempt key.
+
+        Raises:
+            SubmitError: the script could not be written, or the queue refused the task.
+        """
+        step, attempt = request.step, request.attempt
+        try:
+            self._local.write_script(step)
+        except OSError as exc:
+            raise SubmitError(f"{type(exc).__name__}: {exc}", step.name) from exc
+        script = script_path(step, restart=request.restart and bool(step.restart))
+        stem = output_stem(step) + (".restart" if request.restart and step.restart
+                                    and self._local.merlin else "")
+        exit_file = os.path.join(step.workspace, f".troupe.{attempt}.exit")
+        task = Task(event_id=new_event_id(), study_id=self._study_id, step=request.actor,
+                    attempt=attempt, key=request.key, queue=step.task_queue or DEFAULT_QUEUE,
+                    workspace=step.workspace, script=str(script), stem=stem,
+                    exit_file=exit_file, report_subject=self._report_subject,
+                    merlin=self._local.merlin,
+                    env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
+                         "TROUPE_WORKSPACE": step.workspace, "TROUPE_JOB_KEY": request.key})
+        self._waiting[exit_file] = (anyio.Event(), [])
+        self._exit_files[(request.actor, attempt)] = exit_file
+        try:
+            await self._queue_task(task.queue, ENCODER.encode(task), request.key)
+        except Exception as exc:  # noqa: BLE001 - the bus's error, whatever its type
+            self._waiting.pop(exit_file, None)
+            raise SubmitError(str(exc), step.name, retryable=True) from exc
+        return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
+                         backend=self.name)
+
+    def report(self, exit_file: str, exit_code: int) -> bool:
+        waiting = self._waiting.get(exit_file)
+        if waiting is None:
+            return False
+        waiting[1].append(exit_code)
+        waiting[0].set()
+        return True
+
+    async def wait(self, handle: JobHandle) -> JobResult:
+        """Wait for the worker's report (or the exit file, should the report be lost)."""
+        exit_file = self._exit_files[(handle.step, handle.attempt)]
+        event, codes = self._waiting[exit_file]
+        try:
+            while not event.is_set():
+                with anyio.move_on_after(self._poll):
+                    await event.wait()
+                if not event.is_set():
+                    code = _read_exit(exit_file)
+                    if code is not None:
+                        codes.append(code)
+                        break
+        finally:
+            self._waiting.pop(exit_file, None)
+            self._exit_files.pop((handle.step, handle.attempt), None)
+        code = codes[0]
+        if code == 199 and _claimed_by_engine(exit_file):
+            return JobResult(outcome=JobOutcome.CANCELLED, exit_code=code,
+                             detail="cancelled before a worker started it")
+        outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
+        return JobResult(outcome=outcome, exit_code=code)
+
+    async def cancel(self, handle: JobHandle) -> None:
+        """Claim the attempt (a worker that takes it later does not run it) and ask the
+        workers to stop it if one runs it."""
+        exit_file = self._exit_files.get((handle.step, handle.attempt))
+        if exit_file is None:
+            return
+        pid_file = exit_file[: -len(".exit")] + ".pid"
+        try:
+            fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # a worker runs it: ask it to stop
+            await self._publish(WORKER_CANCEL, WorkerCancel(
+                event_id=new_event_id(), key=handle.job_id, grace=self._kill_grace))
+            return
+        except OSError:
+            return
+        os.write(fd, CANCELLED.encode())
+        os.close(fd)
+        self.report(exit_file, 199)  # it never runs: its wait ends now
+
+
+def _read_exit(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _claimed_by_engine(exit_file: str) -> bool:
+    try:
+        return Path(exit_file[: -len(".exit")] + ".pid").read_text() == CANCELLED
+    except OSError:
+        return False

@@ -1,0 +1,184 @@
+"""``enginectl worker``: take step tasks from JetStream queues and run them.
+
+A worker pulls from its queues (``engine.workqueue``: one durable consumer per queue,
+shared by every worker of the queue), at most ``concurrency`` tasks at a time. It runs
+each task's script under the claiming wrapper (``adapters.local.wrapper_argv``) in the
+task's workspace, in a session of its own, with the task's environment; while it runs,
+the worker tells JetStream every ``heartbeat`` seconds that it is still on it (so the
+task is not delivered to another worker), and when it ended publishes the exit status
+(``JobReported``) to the study's report subject, then acknowledges the task. A task whose
+claim fails (exit 199) was taken by another worker, or cancelled by the engine: the
+claimant (or the engine) reports it, this worker only acknowledges it. ``WorkerCancel``
+stops a running task (SIGTERM to its group and the processes it marked, SIGKILL after
+the grace). SIGTERM stops taking tasks and waits for the running ones to end; a second
+SIGTERM (or SIGINT) kills them, and they are reported as killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import anyio
+import structlog
+
+from adapters.descendants import JOB_KEY_VAR, kill_marked
+from adapters.local import wrapper_argv
+from engine import subjects
+from engine.bus import Bus, Credentials, open_bus
+from engine.messages import (
+    BUS_DECODER,
+    JobReported,
+    Task,
+    WorkerCancel,
+    new_event_id,
+)
+from engine.workqueue import Delivery, TaskQueue, ensure_task_stream
+
+__all__ = ["run_worker"]
+
+_CLAIM_FAILED = 199  # the wrapper's exit when another holds the attempt
+
+
+class _Running:
+    """A task this worker runs."""
+
+    __slots__ = ("pid", "task")
+
+    def __init__(self, task: Task, pid: int) -> None:
+        self.task = task
+        self.pid = pid
+
+
+async def run_worker(url: str, credentials: Credentials | None = None, *,
+                     queues: list[str], concurrency: int, name: str = "",
+                     heartbeat: float = 5.0) -> None:
+    """Serve ``queues`` until SIGTERM/SIGINT (see the module docstring).
+
+    Raises:
+        BusError: the server cannot be reached, or has no JetStream.
+    """
+    name = name or f"{socket.gethostname()}-{os.getpid()}"
+    log = structlog.get_logger("troupe.worker").bind(worker=name)
+    running: dict[str, _Running] = {}
+    room = anyio.Condition()
+    stopping = anyio.Event()
+    async with open_bus(url, credentials, name=f"troupe-worker {name}",
+                        max_reconnect_attempts=-1) as bus:
+        await ensure_task_stream(bus)
+        tasks = TaskQueue(bus, queues, concurrency=concurrency, ack_wait=heartbeat * 6)
+        await tasks.open()
+        log.info("worker_ready", queues=queues, concurrency=concurrency)
+        print(f"troupe worker {name} ready: queues {', '.join(queues)}, concurrency "
+              f"{concurrency}, NATS at {url}", flush=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_listen_cancels, bus, running)
+            tg.start_soon(_on_signals, stopping, running)
+            while not stopping.is_set():
+                free = concurrency - len(running)
+                if free <= 0:
+                    async with room:
+                        with anyio.move_on_after(1.0):
+                            await room.wait()
+                    continue
+                for delivery in await tasks.take(free, timeout=0.5):
+                    tg.start_soon(_run_task, bus, delivery, running, room, heartbeat, log)
+            await tasks.close()
+            while running:  # finish what runs (a second signal kills it)
+                async with room:
+                    with anyio.move_on_after(1.0):
+                        await room.wait()
+            tg.cancel_scope.cancel()
+    log.info("worker_stopped")
+
+
+async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
+                    room: anyio.Condition, heartbeat: float, log: structlog.BoundLogger) -> None:
+    try:
+        task = BUS_DECODER.decode(delivery.data)
+    except Exception:  # noqa: BLE001 - a malformed task is dropped, never fatal
+        log.warning("task_malformed")
+        await delivery.ack()
+        return
+    if not isinstance(task, Task):
+        await delivery.ack()
+        return
+    pid_file = task.exit_file[: -len(".exit")] + ".pid"
+    argv = wrapper_argv(task.script, task.exit_file, pid_file, task.stem, merlin=task.merlin)
+    try:
+        proc = await anyio.open_process(argv, cwd=task.workspace, env={**os.environ, **task.env},
+                                        start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:  # the workspace is gone: the step fails
+        log.warning("task_not_started", key=task.key, error=str(exc))
+        await _report(bus, task, 127)
+        await delivery.ack()
+        return
+    running[task.key] = _Running(task, proc.pid)
+    log.info("task_started", key=task.key, pid=proc.pid)
+    try:
+        async with anyio.create_task_group() as beats:
+            async def keep_alive() -> None:
+                while True:
+                    await anyio.sleep(heartbeat)
+                    await delivery.working()
+
+            beats.start_soon(keep_alive)
+            code = await proc.wait()
+            beats.cancel_scope.cancel()
+    finally:
+        running.pop(task.key, None)
+        async with room:
+            room.notify_all()
+    if code != _CLAIM_FAILED or _claimed_by_engine(pid_file):
+        await _report(bus, task, code)
+    log.info("task_ended", key=task.key, exit_code=code)
+    await delivery.ack()
+
+
+async def _report(bus: Bus, task: Task, code: int) -> None:
+    await bus.publish(task.report_subject, JobReported(
+        event_id=new_event_id(), exit_file=task.exit_file, exit_code=code))
+
+
+def _claimed_by_engine(pid_file: str) -> bool:
+    try:
+        with open(pid_file) as f:
+            return f.read() == "cancelled\n"
+    except OSError:
+        return False
+
+
+async def _listen_cancels(bus: Bus, running: dict[str, _Running]) -> None:
+    async with bus.subscribe(subjects.WORKER_CANCEL) as requests, \
+            anyio.create_task_group() as tg:
+        async for msg in requests:
+            if isinstance(msg, WorkerCancel) and msg.key in running:
+                tg.start_soon(_stop, running[msg.key], msg.grace, running)
+
+
+async def _stop(run: _Running, grace: float, running: dict[str, _Running]) -> None:
+    _signal(run, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        while run.task.key in running:
+            await anyio.sleep(0.05)
+    _signal(run, signal.SIGKILL)
+
+
+def _signal(run: _Running, sig: int) -> None:
+    try:
+        os.killpg(run.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    kill_marked(JOB_KEY_VAR, run.task.key, sig)
+
+
+async def _on_signals(stopping: anyio.Event, running: dict[str, _Running]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if stopping.is_set():  # the second one: kill what runs
+                for run in list(running.values()):
+                    _signal(run, signal.SIGKILL)
+            stopping.set()

@@ -1,0 +1,153 @@
+"""The bus's work-queue half: step tasks for workers (``enginectl worker``).
+
+One JetStream stream, ``TROUPE_TASKS``, with work-queue retention, holds the tasks of
+every queue (``troupe.v1.tasks.<queue>``): a message is removed once a worker
+acknowledged it. The engine publishes a task with the attempt's key as its message id
+(a retried publish is dropped by the server); each queue has one durable pull consumer,
+shared by every worker of that queue, which delivers a task to one worker at a time and
+again if that worker neither acknowledged it nor said it is still working on it within
+``ack_wait``. With ``engine.bus`` and ``engine.kvbucket``, the only code that touches
+nats-py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import Error as JetStreamError
+
+from engine import subjects
+from engine.bus import Bus
+from engine.errors import BusError
+
+__all__ = ["TASKS_STREAM", "Delivery", "TaskQueue", "ensure_task_stream", "publish_task"]
+
+TASKS_STREAM = "TROUPE_TASKS"
+
+
+def _durable(queue: str) -> str:
+    return "workers-" + subjects.kv_key(queue).replace(".", "_").replace("/", "_").replace("=", "_")
+
+
+async def ensure_task_stream(bus: Bus, *, replicas: int = 1) -> None:
+    """Create (or reuse) the tasks stream.
+
+    Raises:
+        BusError: the server has no JetStream, or the stream cannot be made.
+    """
+    cfg = StreamConfig(name=TASKS_STREAM, subjects=[subjects.tasks(">")],
+                       storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE,
+                       num_replicas=replicas, duplicate_window=120.0)
+    js = bus.jetstream
+    try:
+        await js.add_stream(cfg)
+    except (NatsError, JetStreamError) as exc:
+        try:
+            await js.stream_info(TASKS_STREAM)
+        except (NatsError, JetStreamError):
+            raise BusError(f"cannot create stream {TASKS_STREAM}: {exc}", bus.url) from exc
+
+
+async def publish_task(bus: Bus, queue: str, payload: bytes, *, key: str) -> None:
+    """Put one task on ``queue`` (acknowledged by the server; ``key`` deduplicates).
+
+    Raises:
+        BusError: the server did not store it.
+    """
+    try:
+        await bus.jetstream.publish(subjects.tasks(queue), payload, timeout=5.0,
+                                    headers={"Nats-Msg-Id": key})
+    except (NatsError, JetStreamError) as exc:
+        raise BusError(f"cannot queue the task {key} on {queue!r}: {exc}", bus.url) from exc
+
+
+class Delivery:
+    """One task delivered to this worker: its payload and how to answer it."""
+
+    __slots__ = ("_msg", "data", "redelivered")
+
+    def __init__(self, msg: object) -> None:
+        self._msg = msg
+        self.data: bytes = msg.data  # type: ignore[attr-defined]
+        self.redelivered = msg.metadata.num_delivered > 1  # type: ignore[attr-defined]
+
+    async def ack(self) -> None:
+        """Done with it: the stream removes it."""
+        try:
+            await self._msg.ack()  # type: ignore[attr-defined]
+        except (NatsError, JetStreamError):
+            pass  # it comes back to a worker, whose claim of the attempt fails
+
+    async def working(self) -> None:
+        """Still on it (resets the redelivery timer)."""
+        try:
+            await self._msg.in_progress()  # type: ignore[attr-defined]
+        except (NatsError, JetStreamError):
+            pass
+
+    async def give_back(self) -> None:
+        """Not done: deliver it again (to any worker) at once."""
+        try:
+            await self._msg.nak()  # type: ignore[attr-defined]
+        except (NatsError, JetStreamError):
+            pass
+
+
+class TaskQueue:
+    """This worker's pull subscriptions to its queues."""
+
+    def __init__(self, bus: Bus, queues: Iterable[str], *, concurrency: int,
+                 ack_wait: float = 30.0) -> None:
+        self._bus = bus
+        self._queues = list(queues)
+        self._concurrency = concurrency
+        self._ack_wait = ack_wait
+        self._subs: list[object] = []
+
+    async def open(self) -> None:
+        """Subscribe to each queue's shared durable consumer.
+
+        Raises:
+            BusError: a consumer could not be made.
+        """
+        js = self._bus.jetstream
+        for queue in self._queues:
+            config = ConsumerConfig(durable_name=_durable(queue), ack_policy=AckPolicy.EXPLICIT,
+                                    ack_wait=self._ack_wait, max_ack_pending=-1,
+                                    filter_subject=subjects.tasks(queue))
+            try:
+                sub = await js.pull_subscribe(subjects.tasks(queue), durable=_durable(queue),
+                                              stream=TASKS_STREAM, config=config)
+            except (NatsError, JetStreamError) as exc:
+                raise BusError(f"cannot take tasks of queue {queue!r}: {exc}",
+                               self._bus.url) from exc
+            self._subs.append(sub)
+
+    async def close(self) -> None:
+        """Stop taking tasks (the consumers stay, for the other workers and the next
+        start); without it, the connection's drain waits for the pull requests."""
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except (NatsError, JetStreamError):
+                pass
+        self._subs = []
+
+    async def take(self, most: int, *, timeout: float = 1.0) -> list[Delivery]:
+        """Up to ``most`` tasks from the queues, in the order they are named (waits up to
+        ``timeout`` seconds for the first one)."""
+        out: list[Delivery] = []
+        for sub in self._subs:
+            if len(out) >= most:
+                break
+            try:
+                msgs = await sub.fetch(most - len(out), timeout=timeout)  # type: ignore[attr-defined]
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except (NatsError, JetStreamError):
+                continue  # the connection is down: nats-py reconnects; ask again later
+            out += [Delivery(m) for m in msgs]
+        return out

@@ -1,0 +1,127 @@
+"""``troupe.executor: workers``: steps become JetStream tasks that ``enginectl worker``
+processes take from their queues. Real nats-server, real worker processes, each with its
+own working directory and environment (the only channels to the engine are NATS and the
+study directory)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.status import read_status
+from tests.conftest import ENGINECTL, enginectl, wait_for_path
+
+
+def spec_text(queues: dict[str, int], ledger: Path, extra: str = "") -> str:
+    steps = []
+    for queue, n in queues.items():
+        for i in range(n):
+            steps.append(
+                f"  - name: {queue}{i}\n    description: on {queue}\n    run:\n"
+                f"      queue: {queue}\n"
+                f"      cmd: echo \"$TROUPE_STEP {queue} $WORKER_ID\" >> {ledger}{extra}\n")
+    return ("description: {name: workers, description: steps on worker queues}\n"
+            "troupe: {executor: workers}\nstudy:\n" + "".join(steps))
+
+
+class Workers:
+    """Worker processes, stopped at the end."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url, self.root = url, root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, queues: str, concurrency: int = 1) -> None:
+        cwd = self.root / name
+        cwd.mkdir(parents=True)
+        log = open(cwd / "worker.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [*ENGINECTL, "-v", "worker", "--nats-url", self.url, "--queues", queues,
+             "--concurrency", str(concurrency), "--name", name, "--heartbeat", "1"],
+            cwd=cwd, stdout=log, stderr=log, env={**os.environ, "WORKER_ID": name})
+        deadline = time.monotonic() + 30
+        while b"ready" not in (cwd / "worker.log").read_bytes():
+            assert self.procs[name].poll() is None, (cwd / "worker.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    def stop(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+@pytest.fixture
+def workers(nats_server: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(nats_server, tmp_path / "workers")
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def test_each_queue_runs_its_steps_on_its_own_workers(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"cpu": 14, "gpu": 6}, ledger))
+    workers.start("w1", "cpu")
+    workers.start("w2", "cpu")
+    workers.start("w3", "gpu,other")
+    study = tmp_path / "study"
+    result = enginectl("run", str(spec), "-o", str(study), "--nats-url", nats_server, "-t", "0")
+    assert 0 == result.returncode, result.stderr
+    assert {"FINISHED"} == {r["State"] for r in read_status(study / "status.csv")}
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    assert 20 == len(lines) == len({step for step, _, _ in lines})  # each step ran once
+    assert {w for _, q, w in lines if q == "cpu"} <= {"w1", "w2"}
+    assert {w for _, q, w in lines if q == "gpu"} == {"w3"}
+    assert {"w1": 0, "w2": 0, "w3": 0} == workers.stop()  # SIGTERM: a clean stop
+
+
+def test_a_failed_step_fails_and_a_task_cancelled_in_its_queue_never_runs(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    text = spec_text({"cpu": 1, "later": 1}, ledger, extra="; exit 4")
+    spec.write_text(text)
+    workers.start("w1", "cpu")
+    study = tmp_path / "study"
+    proc = subprocess.Popen([*ENGINECTL, "run", str(spec), "-o", str(study), "--nats-url",
+                             nats_server], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_path(ledger)  # cpu0 ran; later0 waits in a queue no worker serves
+        deadline = time.monotonic() + 30
+        while not any(r["Step Name"] == "cpu0" and r["State"] == "FAILED"
+                      for r in read_status(study / "status.csv")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 2 == proc.returncode, err  # a failed step outranks the cancel: FAILURE
+    states = {r["Step Name"]: r["State"] for r in read_status(study / "status.csv")}
+    assert {"cpu0": "FAILED", "later0": "CANCELLED"} == states
+    workers.start("w2", "later")  # it now takes the cancelled task, and must not run it
+    deadline = time.monotonic() + 30
+    while b"task_ended" not in (tmp_path / "workers" / "w2" / "worker.log").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ["cpu0"] == [line.split()[0] for line in ledger.read_text().splitlines()]
