@@ -9,6 +9,10 @@ password, and the server itself enforces what each may publish and subscribe to:
   (``troupe.v1.api.>``), its replies, and the events, read-only.
 * ``monitor`` (a dashboard): the ``status`` and ``events`` requests and the events,
   read-only.
+* ``worker`` (``enginectl worker``, through ``worker.json``): take tasks from the tasks
+  stream (its consumers, its acknowledgements; ``engine.workqueue``), report exit
+  statuses on the studies' report subjects, hear cancel requests; nothing else (no
+  event, no API request, no other stream or bucket).
 * ``job-<study>`` (scheduler jobs of one study, through ``TROUPE_NOTIFY_*``): publish
   its own study's report subject, nothing else; its password is derived from a secret of
   the engine and the study id, so a job submitted before an engine restart still reports.
@@ -32,10 +36,17 @@ from engine import subjects
 
 __all__ = ["ROLES", "NatsUser", "authorization_block", "job_user", "new_secrets", "role_users"]
 
-ROLES = ("engine", "client", "monitor")
+ROLES = ("engine", "client", "monitor", "worker")
 """The fixed users of an embedded server (plus one ``job-<study>`` user per study)."""
 
 _EVENTS = f"{subjects.PREFIX}.events.>"
+_TASKS = "TROUPE_TASKS"  # engine.workqueue.TASKS_STREAM (not imported: it imports nats-py)
+_WORKER_PUBLISH = (
+    "$JS.API.INFO", f"$JS.API.STREAM.INFO.{_TASKS}", f"$JS.API.STREAM.CREATE.{_TASKS}",
+    f"$JS.API.CONSUMER.INFO.{_TASKS}.>", f"$JS.API.CONSUMER.CREATE.{_TASKS}.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{_TASKS}.>", f"$JS.API.CONSUMER.MSG.NEXT.{_TASKS}.>",
+    f"$JS.ACK.{_TASKS}.>", f"{subjects.PREFIX}.jobs.>",
+)
 
 
 class NatsUser(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +75,8 @@ def role_users(passwords: Mapping[str, str]) -> list[NatsUser]:
         NatsUser(name="monitor", password=passwords["monitor"],
                  publish=(subjects.api("status"), subjects.api("events")),
                  subscribe=("_INBOX.>", _EVENTS)),
+        NatsUser(name="worker", password=passwords["worker"], publish=_WORKER_PUBLISH,
+                 subscribe=("_INBOX.>", subjects.WORKER_CANCEL)),
     ]
 
 

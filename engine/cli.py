@@ -356,20 +356,32 @@ def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float, max
 @click.option("--name", default="", help="This worker's name (default: host-pid).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between two 'still working' signs for a running task.")
-@click.option("--nats-url", metavar="URL", required=True, help="The engine's NATS server.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="A serve engine's state directory: its worker.json says how to connect "
+                   "(default: $TROUPE_STATE_DIR or ~/.local/state/troupe).")
+@click.option("--study", "study_dir", type=click.Path(file_okay=False),
+              help="A study of 'enginectl run': its meta/worker.json says how to connect.")
+@click.option("--nats-url", metavar="URL", help="Connect to this server instead.")
 @_credential_opts
 @_friendly_errors
-def worker(queues: str, concurrency: int | None, name: str, heartbeat: float, nats_url: str,
+def worker(queues: str, concurrency: int | None, name: str, heartbeat: float,
+           state_dir: str | None, study_dir: str | None, nats_url: str | None,
            **conn: Any) -> None:
     """Take step tasks from JetStream queues and run them (troupe.executor: workers),
     until SIGTERM: the running tasks end first (a second SIGTERM kills them)."""
-    from engine.client import read_credentials
+    from engine.client import default_state_dir, read_credentials, resolve_connection
     from engine.worker import run_worker
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names:
         _fail("--queues: name at least one queue")
-    anyio.run(lambda: run_worker(nats_url, read_credentials(conn), queues=names,
+    if nats_url:
+        url, creds = nats_url, read_credentials(conn)
+    else:
+        where = (Path(study_dir) / "meta" if study_dir
+                 else Path(state_dir) if state_dir else default_state_dir())
+        url, creds = resolve_connection({"client_file": str(where / "worker.json")})
+    anyio.run(lambda: run_worker(url, creds, queues=names,
                                  concurrency=concurrency or os.cpu_count() or 1, name=name,
                                  heartbeat=heartbeat))
 

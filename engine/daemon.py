@@ -112,6 +112,8 @@ async def serve_forever(
                 # client.json last: clients (and tests) take it as the sign the engine is up
                 write_private(state_dir / "monitor.json", {
                     "url": url, "user": "monitor", "password": secrets_["monitor"], **me})
+                write_private(state_dir / "worker.json", {  # enginectl worker --state-dir
+                    "url": url, "user": "worker", "password": secrets_["worker"], **me})
                 write_private(client_cfg, {"url": url, "user": "client",
                                            "password": secrets_["client"], **me})
             else:

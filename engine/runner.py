@@ -139,10 +139,14 @@ async def run_study(graph: StudyGraph, opts: RunOptions, *,
                     # engine and its study's jobs can connect, each with what it needs.
                     secrets_ = new_secrets()
                     job = job_user(study_id, secrets_["jobs"])
-                    engine_user, client_user = role_users(secrets_)[:2]
+                    engine_user, client_user, _, worker_user = role_users(secrets_)
                     server = await stack.enter_async_context(open_embedded_server(
-                        root / "meta" / "nats", users=[engine_user, client_user, job],
+                        root / "meta" / "nats", users=[engine_user, client_user, worker_user, job],
                         sync_always=False))
+                    if graph.troupe.get("executor") == "workers":  # worker --study DIR
+                        write_private(root / "meta" / "worker.json", {
+                            "url": server.url, "user": worker_user.name,
+                            "password": worker_user.password, "pid": os.getpid()})
                     url = server.url
                     creds = Credentials(user=engine_user.name, password=engine_user.password)
                 bus = await stack.enter_async_context(open_bus(url, creds))

@@ -5,6 +5,7 @@ study directory)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,12 +38,14 @@ class Workers:
         self.url, self.root = url, root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, queues: str, concurrency: int = 1) -> None:
+    def start(self, name: str, queues: str, concurrency: int = 1, *,
+              where: tuple[str, str] | None = None) -> None:
         cwd = self.root / name
         cwd.mkdir(parents=True)
         log = open(cwd / "worker.log", "wb")  # noqa: SIM115 - closed with the process
+        connect = list(where) if where else ["--nats-url", self.url]
         self.procs[name] = subprocess.Popen(
-            [*ENGINECTL, "-v", "worker", "--nats-url", self.url, "--queues", queues,
+            [*ENGINECTL, "-v", "worker", *connect, "--queues", queues,
              "--concurrency", str(concurrency), "--name", name, "--heartbeat", "1"],
             cwd=cwd, stdout=log, stderr=log, env={**os.environ, "WORKER_ID": name})
         deadline = time.monotonic() + 30
@@ -125,3 +128,42 @@ def test_a_failed_step_fails_and_a_task_cancelled_in_its_queue_never_runs(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert ["cpu0"] == [line.split()[0] for line in ledger.read_text().splitlines()]
+
+
+def test_workers_of_a_serve_engine_connect_with_its_worker_credentials(
+        workers: Workers, engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"cpu": 4}, ledger))
+    assert 0o600 == (engine.state / "worker.json").stat().st_mode & 0o777
+    workers.start("w1", "cpu", where=("--state-dir", str(engine.state)))
+    result = engine.ctl("submit", str(spec), "-o", str(tmp_path / "study"), "--wait")
+    assert 0 == result.returncode, result.stderr
+    assert {"w1"} == {line.split()[2] for line in ledger.read_text().splitlines()}
+    # The worker's user takes tasks and reports, and can do nothing else: no API request.
+    cfg = json.loads((engine.state / "worker.json").read_text())
+    secret = tmp_path / "worker.pw"
+    secret.write_text(cfg["password"])
+    refused = subprocess.run(
+        [*ENGINECTL, "list", "--nats-url", cfg["url"], "--user", "worker", "--password-file",
+         str(secret)], capture_output=True, text=True, timeout=30)
+    assert 1 == refused.returncode and "error: " in refused.stderr
+
+
+def test_workers_of_a_run_study_connect_through_its_directory(
+        workers: Workers, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"cpu": 3}, ledger))
+    study = tmp_path / "study"
+    proc = subprocess.Popen([*ENGINECTL, "run", str(spec), "-o", str(study)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_path(study / "meta" / "worker.json")
+        workers.start("w1", "cpu", where=("--study", str(study)))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 == proc.returncode, err
+    assert 3 == len(ledger.read_text().splitlines())
