@@ -8,7 +8,7 @@ adapter when it has none) and each handle back to the adapter that made it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,6 +77,11 @@ class RoutedAdapter(Adapter):
     def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
                 ended: Callable[[str, int | None, str], None]) -> Batches | None:
         return self._for(step).batches(step, limit=limit, started=started, ended=ended)
+
+    def alive(self, keys: Sequence[str]) -> None:
+        for adapter in self._all:
+            if adapter.takes_reports:
+                adapter.alive(keys)
 
     def report(self, exit_file: str, exit_code: int) -> bool:
         return any(a.report(exit_file, exit_code) for a in self._all if a.takes_reports)

@@ -14,7 +14,8 @@ workers to stop one that runs (``WorkerCancel``).
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,9 @@ class WorkersAdapter(Adapter):
         report_subject: Where the workers report exit statuses.
         kill_grace: Seconds a worker waits between SIGTERM and SIGKILL on cancel.
         poll: Seconds between two reads of an unreported attempt's exit file.
+        lost_after: Seconds without a heartbeat after which an attempt a worker had
+            started is lost (its worker died with it): it ends as a node failure, which
+            the supervisor's policy resubmits as a new attempt (``hw_limit``).
     """
 
     name = "workers"
@@ -55,7 +59,8 @@ class WorkersAdapter(Adapter):
                  queue_task: Callable[[str, bytes, str], Awaitable[None]],
                  publish: Callable[[str, BusMessage], Awaitable[None]], study_id: str,
                  report_subject: str, env: Mapping[str, str] | None = None,
-                 kill_grace: float = 10.0, poll: float = 2.0) -> None:
+                 kill_grace: float = 10.0, poll: float = 2.0, lost_after: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._local = local
         self._queue_task = queue_task
         self._publish = publish
@@ -66,6 +71,9 @@ class WorkersAdapter(Adapter):
         self._poll = poll
         self._waiting: dict[str, tuple[anyio.Event, list[int]]] = {}  # exit file -> (set, code)
         self._exit_files: dict[tuple[str, int], str] = {}
+        self._lost_after = lost_after
+        self._clock = clock
+        self._seen: dict[str, float] = {}  # attempt key -> when a worker last said it runs
 
     def write_script(self, step: StepInstance) -> Path:
         return self._local.write_script(step)
@@ -105,6 +113,11 @@ class WorkersAdapter(Adapter):
         return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
                          backend=self.name)
 
+    def alive(self, keys: Sequence[str]) -> None:
+        now = self._clock()
+        for key in keys:
+            self._seen[key] = now
+
     def report(self, exit_file: str, exit_code: int) -> bool:
         waiting = self._waiting.get(exit_file)
         if waiting is None:
@@ -126,9 +139,14 @@ class WorkersAdapter(Adapter):
                     if code is not None:
                         codes.append(code)
                         break
+                    seen = self._seen.get(handle.job_id)
+                    if seen is not None and self._clock() - seen > self._lost_after:
+                        return JobResult(outcome=JobOutcome.NODE_FAIL, detail=(
+                            f"its worker fell silent (no heartbeat for {self._lost_after:g} s)"))
         finally:
             self._waiting.pop(exit_file, None)
             self._exit_files.pop((handle.step, handle.attempt), None)
+            self._seen.pop(handle.job_id, None)
         code = codes[0]
         if code == 199 and _claimed_by_engine(exit_file):
             return JobResult(outcome=JobOutcome.CANCELLED, exit_code=code,

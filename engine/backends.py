@@ -112,13 +112,14 @@ def make_backends(
     if run_local or btype == "local":
         executor = (graph.troupe.get("executor") or "local") if not run_local else "local"
         if executor == "workers" and bus is not None:
-            return Backends(_workers(bus, local, study_id, job_env, kill_grace), local)
+            timeout = float(graph.troupe.get("worker_timeout") or 30.0)
+            return Backends(_workers(bus, local, study_id, job_env, kill_grace, timeout), local)
         return Backends(local, local)
     return Backends(_scheduler(btype, graph, shell, job_env, local), local)
 
 
 def _workers(bus: Bus, local: LocalAdapter, study_id: str, env: dict[str, str],
-             kill_grace: float) -> Adapter:
+             kill_grace: float, lost_after: float) -> Adapter:
     from adapters.workers import WorkersAdapter
     from engine.workqueue import ensure_task_stream, publish_task
 
@@ -132,7 +133,8 @@ def _workers(bus: Bus, local: LocalAdapter, study_id: str, env: dict[str, str],
 
     return WorkersAdapter(local, queue_task=queue_task, publish=bus.publish, study_id=study_id,
                           report_subject=subjects.job_reports(study_id), env=env,
-                          kill_grace=kill_grace)
+                          kill_grace=kill_grace, lost_after=lost_after,
+                          poll=min(2.0, lost_after / 4))
 
 
 def _scheduler(btype: str, graph: StudyGraph, shell: str, job_env: dict[str, str],

@@ -28,10 +28,12 @@ from adapters.descendants import JOB_KEY_VAR, kill_marked
 from adapters.local import wrapper_argv
 from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
+from engine.errors import BusError
 from engine.messages import (
     BUS_DECODER,
     JobReported,
     Task,
+    TasksAlive,
     WorkerCancel,
     new_event_id,
 )
@@ -75,6 +77,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
               f"{concurrency}, NATS at {url}", flush=True)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_listen_cancels, bus, running)
+            tg.start_soon(_say_alive, bus, name, running, heartbeat)
             tg.start_soon(_on_signals, stopping, running)
             while not stopping.is_set():
                 free = concurrency - len(running)
@@ -118,6 +121,11 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
         return
     running[task.key] = _Running(task, proc.pid)
     log.info("task_started", key=task.key, pid=proc.pid)
+    try:  # it runs: the engine starts counting its heartbeats
+        await bus.publish(task.report_subject, TasksAlive(event_id=new_event_id(), worker="",
+                                                          keys=(task.key,)))
+    except BusError:
+        pass
     try:
         async with anyio.create_task_group() as beats:
             async def keep_alive() -> None:
@@ -136,6 +144,22 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
         await _report(bus, task, code)
     log.info("task_ended", key=task.key, exit_code=code)
     await delivery.ack()
+
+
+async def _say_alive(bus: Bus, name: str, running: dict[str, _Running],
+                     heartbeat: float) -> None:
+    """Every ``heartbeat`` seconds, tell each study which of its attempts run here."""
+    while True:
+        by_subject: dict[str, list[str]] = {}
+        for run in list(running.values()):
+            by_subject.setdefault(run.task.report_subject, []).append(run.task.key)
+        for subject, keys in by_subject.items():
+            try:
+                await bus.publish(subject, TasksAlive(event_id=new_event_id(), worker=name,
+                                                      keys=tuple(keys)))
+            except BusError:
+                pass  # disconnected: nats-py reconnects; the next beat goes out
+        await anyio.sleep(heartbeat)
 
 
 async def _report(bus: Bus, task: Task, code: int) -> None:

@@ -35,6 +35,7 @@ from engine.messages import (
     JobStarted,
     StepState,
     SubmitFailed,
+    TasksAlive,
     new_event_id,
 )
 from engine.spec.environment import unresolved_tokens
@@ -224,3 +225,5 @@ class JobShell:
             async for msg in reports:
                 if isinstance(msg, JobReported):
                     self.adapter.report(msg.exit_file, msg.exit_code)
+                elif isinstance(msg, TasksAlive):
+                    self.adapter.alive(msg.keys)

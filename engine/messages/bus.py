@@ -283,6 +283,14 @@ class Task(BusMessage, tag="task"):
     env: dict[str, str] = {}
 
 
+class TasksAlive(BusMessage, tag="tasks_alive"):
+    """A worker still runs these attempts (by key), said on their study's report subject
+    every heartbeat: an attempt not heard of for long is lost (``adapters.workers``)."""
+
+    worker: str
+    keys: tuple[str, ...]
+
+
 class WorkerCancel(BusMessage, tag="worker_cancel"):
     """The engine asks the workers to stop the attempt ``key`` (SIGTERM to its group,
     SIGKILL after ``grace`` seconds)."""
@@ -305,7 +313,7 @@ AnyBusMessage = (
     StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
     | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel
+    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel | TasksAlive
 )
 
 ENCODER = msgspec.json.Encoder()

@@ -54,7 +54,7 @@ MERLIN_RUN_KEYS = ("max_retries", "retry_delay", "shell", "task_queue", "batch")
 
 _RETRY_KEYS = {"max_attempts": 1, "initial_delay": 0, "factor": 1, "cap": 0, "jitter": 0}
 _TROUPE_KEYS = ("throttle", "throttles", "groups", "rlimit", "attempts", "retry", "kill_grace",
-                "hw_limit", "races", "cache", "limits", "executor")  # fmt: skip
+                "hw_limit", "races", "cache", "limits", "executor", "worker_timeout")  # fmt: skip
 EXECUTORS = ("local", "workers")
 _LIMIT_KEYS = ("max_instances",)
 
@@ -78,6 +78,8 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
             in its workspace (default: exit code 0 alone wins).
         limits: Bounds on what the spec may cause: ``max_instances`` (step instances after
             expansion, default 1,000,000; see ``engine.spec.safety``).
+        worker_timeout: Seconds without a heartbeat after which a task a worker started
+            is lost and run again as a new attempt (default 30).
         executor: Who runs the local steps: ``local`` (this engine's processes, the
             default) or ``workers`` (tasks in a JetStream queue for ``enginectl worker``;
             a step's Merlin ``task_queue`` names its queue, else ``default``).
@@ -95,6 +97,7 @@ class TroupeSettings(msgspec.Struct, frozen=True, kw_only=True):
     cache: str = ""
     limits: dict[str, int] = {}
     executor: str = "local"
+    worker_timeout: float = 30.0
 
     @property
     def max_instances(self) -> int:
@@ -176,6 +179,8 @@ def check_troupe_block(block: dict[str, Any], fail: Fail) -> TroupeSettings:
             _check_limits(value, field, fail)
         if key == "retry":
             _check_retry(value, field, fail)
+        if key == "worker_timeout" and not (_is_num(value, 0) and value > 0):
+            fail(field, f"must be a number of seconds above 0, not {_shown(value)}")
         if key == "executor" and value not in EXECUTORS:
             fail(field, f"must be one of {', '.join(EXECUTORS)}, not {_shown(value)}")
         if key == "cache" and not (isinstance(value, str) and value):

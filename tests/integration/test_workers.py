@@ -167,3 +167,44 @@ def test_workers_of_a_run_study_connect_through_its_directory(
             proc.kill()
     assert 0 == proc.returncode, err
     assert 3 == len(ledger.read_text().splitlines())
+
+
+LOSS = """
+description: {{name: loss, description: a worker dies with its task}}
+troupe: {{executor: workers, worker_timeout: 3}}
+study:
+  - name: long
+    description: the first attempt hangs until its host dies
+    run:
+      queue: cpu
+      cmd: |
+        echo "$TROUPE_ATTEMPT $WORKER_ID" >> {ledger}
+        if [ "$TROUPE_ATTEMPT" = 1 ]; then echo $$ > {tmp}/attempt1.pid; sleep 300; fi
+        echo done > done.txt
+"""
+
+
+def test_a_task_whose_worker_died_is_run_again_as_a_new_attempt(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LOSS.format(ledger=ledger, tmp=tmp_path))
+    workers.start("w1", "cpu")
+    study = tmp_path / "study"
+    proc = subprocess.Popen([*ENGINECTL, "run", str(spec), "-o", str(study), "--nats-url",
+                             nats_server], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_path(tmp_path / "attempt1.pid")
+        # The host dies: the worker and the task's processes (its own session) at once.
+        pid = int((tmp_path / "attempt1.pid").read_text())
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+        workers.procs["w1"].kill()
+        workers.start("w2", "cpu")
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 == proc.returncode, err
+    assert "done\n" == (study / "long" / "done.txt").read_text()
+    assert [["1", "w1"], ["2", "w2"]] == [line.split() for line in ledger.read_text().splitlines()]
