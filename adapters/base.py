@@ -226,6 +226,10 @@ class Adapter(abc.ABC):
         """The jobs of these attempt keys were said to be running (a worker's heartbeat,
         only if ``takes_reports``). The default ignores it."""
 
+    def serving(self, queues: Sequence[str]) -> None:  # noqa: B027 - a no-op by default
+        """A worker serving these queues is alive (its heartbeat; only if
+        ``takes_reports``). The default ignores it."""
+
     def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
                 ended: Callable[[str, int | None, str], None]) -> Batches | None:
         """A way to run many short jobs of one step (a sampled step's samples) in

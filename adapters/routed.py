@@ -83,5 +83,10 @@ class RoutedAdapter(Adapter):
             if adapter.takes_reports:
                 adapter.alive(keys)
 
+    def serving(self, queues: Sequence[str]) -> None:
+        for adapter in self._all:
+            if adapter.takes_reports:
+                adapter.serving(queues)
+
     def report(self, exit_file: str, exit_code: int) -> bool:
         return any(a.report(exit_file, exit_code) for a in self._all if a.takes_reports)

@@ -13,6 +13,7 @@ workers to stop one that runs (``WorkerCancel``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import structlog
 
 from adapters.base import Adapter, JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
 from adapters.local import output_stem, script_path
@@ -74,6 +76,9 @@ class WorkersAdapter(Adapter):
         self._lost_after = lost_after
         self._clock = clock
         self._seen: dict[str, float] = {}  # attempt key -> when a worker last said it runs
+        self._served: dict[str, float] = {}  # queue -> when a worker serving it was heard
+        self._unserved: set[str] = set()  # queues already warned about
+        self._log = structlog.get_logger("troupe.workers")
 
     def write_script(self, step: StepInstance) -> Path:
         return self._local.write_script(step)
@@ -110,8 +115,28 @@ class WorkersAdapter(Adapter):
         except Exception as exc:  # noqa: BLE001 - the bus's error, whatever its type
             self._waiting.pop(exit_file, None)
             raise SubmitError(str(exc), step.name, retryable=True) from exc
+        delay = min(10.0, self._lost_after)
+        asyncio.get_running_loop().call_later(delay, self._check_served, task.queue)
         return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
                          backend=self.name)
+
+    def serving(self, queues: Sequence[str]) -> None:
+        now = self._clock()
+        for queue in queues:
+            self._served[queue] = now
+            self._unserved.discard(queue)
+
+    def _check_served(self, queue: str) -> None:
+        """Warn (once) if no live worker serves ``queue`` a little after a task went to it
+        (Merlin#211: a queue nobody serves waits forever)."""
+        seen = self._served.get(queue)
+        if queue in self._unserved or (seen is not None and
+                                       self._clock() - seen < self._lost_after):
+            return
+        self._unserved.add(queue)
+        self._log.warning("queue_unserved", queue=queue, detail=(
+            f"no live worker serves queue {queue!r}: its tasks wait until one does "
+            f"(enginectl worker --queues {queue})"))
 
     def alive(self, keys: Sequence[str]) -> None:
         now = self._clock()

@@ -45,7 +45,7 @@ _WORKER_PUBLISH = (
     "$JS.API.INFO", f"$JS.API.STREAM.INFO.{_TASKS}", f"$JS.API.STREAM.CREATE.{_TASKS}",
     f"$JS.API.CONSUMER.INFO.{_TASKS}.>", f"$JS.API.CONSUMER.CREATE.{_TASKS}.>",
     f"$JS.API.CONSUMER.DURABLE.CREATE.{_TASKS}.>", f"$JS.API.CONSUMER.MSG.NEXT.{_TASKS}.>",
-    f"$JS.ACK.{_TASKS}.>", f"{subjects.PREFIX}.jobs.>",
+    f"$JS.ACK.{_TASKS}.>", f"{subjects.PREFIX}.jobs.>", subjects.WORKERS_ALIVE,
 )
 
 

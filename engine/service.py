@@ -57,6 +57,7 @@ from engine.messages import (
     SubmitReply,
     SubmitRequest,
     new_event_id,
+    WorkerAlive,
 )
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
@@ -144,6 +145,7 @@ class EngineService:
             self._tg = tg
             tg.start_soon(self.bus.redeliver)
             tg.start_soon(self._heartbeat, started)
+            tg.start_soon(self._record_workers)
             for verb in ("submit", "status", "cancel", "restart", "throttle", "events", "db"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies():
@@ -218,6 +220,24 @@ class EngineService:
             case _:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")
+
+    async def _record_workers(self) -> None:
+        """Keep the workers' heartbeats in the ``workers`` bucket (``enginectl db list
+        worker``); a worker that stops is removed."""
+        async with self.bus.subscribe(subjects.WORKERS_ALIVE) as beats:
+            async for msg in beats:
+                if not isinstance(msg, WorkerAlive):
+                    continue
+                try:
+                    if msg.stopping:
+                        await self.store.delete_worker(msg.worker)
+                        continue
+                    await self.store.put_worker(WorkerEntry(
+                        worker=msg.worker, host=msg.host, pid=msg.pid, started=msg.started,
+                        heartbeat=time.time(), kind="worker", queues=msg.queues,
+                        concurrency=msg.concurrency, running=msg.running))
+                except StoreError as exc:
+                    self._log.warning("worker_not_recorded", worker=msg.worker, error=str(exc))
 
     async def _stop_study(self, study_id: str, timeout: float = 60.0) -> bool:
         """Cancel a hosted study and wait until it ended and was stored (``db delete

@@ -140,7 +140,8 @@ class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """An engine process."""
+    """An engine process (``kind`` engine), or a worker (``enginectl worker``: its queues,
+    concurrency and the attempts it runs, as its last heartbeat said)."""
 
     worker: str
     host: str
@@ -148,6 +149,10 @@ class WorkerEntry(msgspec.Struct, frozen=True, kw_only=True):
     started: float
     heartbeat: float
     studies: tuple[str, ...] = ()
+    kind: str = "engine"
+    queues: tuple[str, ...] = ()
+    concurrency: int = 0
+    running: tuple[str, ...] = ()
 
 
 def step_key(study_id: str, step: str) -> str:

@@ -151,6 +151,9 @@ def tasks(queue: str) -> str:
 WORKER_CANCEL = f"{PREFIX}.workers.cancel"
 """Where the engine asks the workers to stop an attempt (by its key)."""
 
+WORKERS_ALIVE = f"{PREFIX}.workers.alive"
+"""Where every worker says, each heartbeat, who it is and what it serves and runs."""
+
 
 def job_reports(study_id: str) -> str:
     """Where a study's scheduler jobs report their exit status (``engine.notify``)."""

@@ -20,8 +20,10 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 import anyio
+import msgspec
 import structlog
 
 from adapters.descendants import JOB_KEY_VAR, kill_marked
@@ -34,6 +36,7 @@ from engine.messages import (
     JobReported,
     Task,
     TasksAlive,
+    WorkerAlive,
     WorkerCancel,
     new_event_id,
 )
@@ -77,7 +80,9 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
               f"{concurrency}, NATS at {url}", flush=True)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_listen_cancels, bus, running)
-            tg.start_soon(_say_alive, bus, name, running, heartbeat)
+            me = WorkerAlive(event_id="", worker=name, host=socket.gethostname(), pid=os.getpid(),
+                             queues=tuple(queues), concurrency=concurrency, started=time.time())
+            tg.start_soon(_say_alive, bus, me, running, heartbeat)
             tg.start_soon(_on_signals, stopping, running)
             while not stopping.is_set():
                 free = concurrency - len(running)
@@ -89,6 +94,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
                 for delivery in await tasks.take(free, timeout=0.5):
                     tg.start_soon(_run_task, bus, delivery, running, room, heartbeat, log)
             await tasks.close()
+            await _announce(bus, msgspec.structs.replace(me, stopping=True), running)
             while running:  # finish what runs (a second signal kills it)
                 async with room:
                     with anyio.move_on_after(1.0):
@@ -146,10 +152,22 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
     await delivery.ack()
 
 
-async def _say_alive(bus: Bus, name: str, running: dict[str, _Running],
+async def _announce(bus: Bus, me: WorkerAlive, running: dict[str, _Running]) -> None:
+    """Say who this worker is, what it serves and runs (``troupe.v1.workers.alive``)."""
+    try:
+        await bus.publish(subjects.WORKERS_ALIVE, msgspec.structs.replace(
+            me, event_id=new_event_id(), running=tuple(running)))
+    except BusError:
+        pass
+
+
+async def _say_alive(bus: Bus, me: WorkerAlive, running: dict[str, _Running],
                      heartbeat: float) -> None:
-    """Every ``heartbeat`` seconds, tell each study which of its attempts run here."""
+    """Every ``heartbeat`` seconds: who this worker is, and to each study, which of its
+    attempts run here."""
+    name = me.worker
     while True:
+        await _announce(bus, me, running)
         by_subject: dict[str, list[str]] = {}
         for run in list(running.values()):
             by_subject.setdefault(run.task.report_subject, []).append(run.task.key)

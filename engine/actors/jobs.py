@@ -36,6 +36,7 @@ from engine.messages import (
     StepState,
     SubmitFailed,
     TasksAlive,
+    WorkerAlive,
     new_event_id,
 )
 from engine.spec.environment import unresolved_tokens
@@ -220,10 +221,13 @@ class JobShell:
         self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Hand the exit statuses that scheduler jobs push over NATS to the adapter."""
-        async with bus.subscribe(subjects.job_reports(self.study_id)) as reports:
+        async with bus.subscribe(subjects.job_reports(self.study_id),
+                                 subjects.WORKERS_ALIVE) as reports:
             task_status.started()
             async for msg in reports:
                 if isinstance(msg, JobReported):
                     self.adapter.report(msg.exit_file, msg.exit_code)
                 elif isinstance(msg, TasksAlive):
                     self.adapter.alive(msg.keys)
+                elif isinstance(msg, WorkerAlive) and not msg.stopping:
+                    self.adapter.serving(msg.queues)

@@ -28,6 +28,6 @@ __all__ = [  # fmt: skip
     "StepStateChanged", "StepSummary", "StepWarning", "StopRequested", "StopStudy", "StudyCancelRequested",
     "StudyEnded", "StudyOpened", "StudyStarted", "StudyState", "StudySummary",
     "SubmissionsPaused", "SubmitFailed", "SubmitJob", "SubmitReply", "SubmitRequest",
-    "TERMINAL_STATES", "Task", "TasksAlive", "ThrottleChanged", "TimerFired", "WithdrawSlotRequest", "WorkerCancel",
+    "TERMINAL_STATES", "Task", "TasksAlive", "ThrottleChanged", "TimerFired", "WithdrawSlotRequest", "WorkerAlive", "WorkerCancel",
     "WriteScript", "new_event_id",
 ]

@@ -291,6 +291,19 @@ class TasksAlive(BusMessage, tag="tasks_alive"):
     keys: tuple[str, ...]
 
 
+class WorkerAlive(BusMessage, tag="worker_alive"):
+    """A worker's heartbeat on ``troupe.v1.workers.alive`` (``stopping``: its last)."""
+
+    worker: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started: float
+    running: tuple[str, ...] = ()
+    stopping: bool = False
+
+
 class WorkerCancel(BusMessage, tag="worker_cancel"):
     """The engine asks the workers to stop the attempt ``key`` (SIGTERM to its group,
     SIGKILL after ``grace`` seconds)."""
@@ -313,7 +326,7 @@ AnyBusMessage = (
     StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
     | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel | TasksAlive
+    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel | TasksAlive | WorkerAlive
 )
 
 ENCODER = msgspec.json.Encoder()

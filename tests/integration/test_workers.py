@@ -140,6 +140,10 @@ def test_workers_of_a_serve_engine_connect_with_its_worker_credentials(
     result = engine.ctl("submit", str(spec), "-o", str(tmp_path / "study"), "--wait")
     assert 0 == result.returncode, result.stderr
     assert {"w1"} == {line.split()[2] for line in ledger.read_text().splitlines()}
+    listed = engine.ctl("db", "list", "worker", "--json")  # the engine keeps its heartbeats
+    assert 0 == listed.returncode, listed.stderr
+    [w1] = [w for w in json.loads(listed.stdout) if w["kind"] == "worker"]
+    assert ("w1", ["cpu"], 1) == (w1["worker"], w1["queues"], w1["concurrency"])
     # The worker's user takes tasks and reports, and can do nothing else: no API request.
     cfg = json.loads((engine.state / "worker.json").read_text())
     secret = tmp_path / "worker.pw"
@@ -208,3 +212,25 @@ def test_a_task_whose_worker_died_is_run_again_as_a_new_attempt(
     assert 0 == proc.returncode, err
     assert "done\n" == (study / "long" / "done.txt").read_text()
     assert [["1", "w1"], ["2", "w2"]] == [line.split() for line in ledger.read_text().splitlines()]
+
+
+def test_a_queue_no_worker_serves_is_a_warning(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"nobody": 1}, tmp_path / "ledger").replace(
+        "troupe: {executor: workers}", "troupe: {executor: workers, worker_timeout: 2}"))
+    workers.start("w1", "cpu")  # alive, but for another queue
+    err_file = tmp_path / "err"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([*ENGINECTL, "run", str(spec), "-o", str(tmp_path / "s"),
+                                 "--nats-url", nats_server], stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while "no live worker serves queue 'nobody'" not in err_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err_file.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert 3 == proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
