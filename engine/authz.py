@@ -76,7 +76,7 @@ def role_users(passwords: Mapping[str, str]) -> list[NatsUser]:
                  publish=(subjects.api("status"), subjects.api("events")),
                  subscribe=("_INBOX.>", _EVENTS)),
         NatsUser(name="worker", password=passwords["worker"], publish=_WORKER_PUBLISH,
-                 subscribe=("_INBOX.>", subjects.WORKER_CANCEL)),
+                 subscribe=("_INBOX.>", subjects.WORKER_CANCEL, subjects.WORKERS_STOP)),
     ]
 
 

@@ -386,6 +386,42 @@ def worker(queues: str, concurrency: int | None, name: str, heartbeat: float,
                                  heartbeat=heartbeat))
 
 
+@main.command(name="run-workers")
+@_spec_arg
+@click.option("--echo", is_flag=True, help="Print the worker commands instead of starting them.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="The workers connect to this serve engine (its worker.json).")
+@click.option("--study", "study_dir", type=click.Path(file_okay=False),
+              help="The workers connect to this study of 'enginectl run' (its meta/worker.json).")
+@click.option("--nats-url", metavar="URL", help="The workers connect to this server.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Where each worker's log goes (<name>.worker.log).")
+@_friendly_errors
+def run_workers(spec: str, echo: bool, state_dir: str | None, study_dir: str | None,
+                nats_url: str | None, log_dir: str) -> None:
+    """Start the workers SPEC's merlin.resources.workers asks for (Merlin's run-workers):
+    one 'enginectl worker' each, serving the queues of its steps, in the background."""
+    import shlex
+    import subprocess
+
+    from engine.runworkers import plan_workers
+
+    connect = (["--study", os.path.abspath(study_dir)] if study_dir else
+               ["--state-dir", os.path.abspath(state_dir)] if state_dir else
+               ["--nats-url", nats_url] if nats_url else [])
+    enginectl = [sys.executable, "-m", "engine"]
+    for plan in plan_workers(spec):
+        if echo:
+            click.echo(shlex.join(["enginectl", *plan.argv([], connect)]))
+            continue
+        log = Path(log_dir) / f"{plan.name}.worker.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(plan.argv(enginectl, connect), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=out, start_new_session=True)
+        click.echo(f"started worker {plan.name} (pid {proc.pid}): queues "
+                   f"{', '.join(plan.queues)}; log {log}")
+
+
 def _register_client_commands() -> None:
     from engine.client import client_commands
 

@@ -44,6 +44,7 @@ from engine.messages import (
     EventsRequest,
     RestartRequest,
     SetThrottle,
+    StopWorkers,
     StatusReply,
     StatusRequest,
     StudyState,
@@ -512,6 +513,24 @@ def throttle(args: tuple[str, ...], scope: str, engine_wide: bool, **kwargs: Any
         event_id=new_event_id(), study_id=study_ref(study_id), limit=limit, scope=scope)))
 
 
+@click.command(name="stop-workers")
+@click.option("--queues", default="", metavar="Q1,Q2", help="Only the workers serving these.")
+@click.option("--name", "names", multiple=True, help="Only this worker (repeatable).")
+@click.option("--study", "study_dir", type=click.Path(file_okay=False),
+              help="Ask through this study of 'enginectl run' instead of a serve engine.")
+@connection_options
+def stop_workers(queues: str, names: tuple[str, ...], study_dir: str | None,
+                 **kwargs: Any) -> None:
+    """Stop workers (all, or those named or serving --queues): each finishes the tasks it
+    runs, then exits (Merlin's stop-workers)."""
+    opts = _conn_opts(kwargs)
+    if study_dir:
+        opts = for_study(opts, study_dir)
+    request = StopWorkers(event_id=new_event_id(), names=names,
+                          queues=tuple(q.strip() for q in queues.split(",") if q.strip()))
+    _run(opts, _control("stop_workers", lambda: request))
+
+
 @click.command()
 @click.argument("study_id")
 @connection_options
@@ -535,5 +554,5 @@ def client_commands() -> list[click.Command]:
     """Every client command, for ``engine.cli``."""
     from engine.dbcli import db
 
-    return [submit, status, list_, watch, cancel, restart, throttle, events, db]
+    return [submit, status, list_, watch, cancel, restart, throttle, events, db, stop_workers]
 

@@ -32,6 +32,7 @@ from engine.messages import (
     StatusReply,
     StatusRequest,
     StepSummary,
+    StopWorkers,
     StudySummary,
     new_event_id,
 )
@@ -92,6 +93,9 @@ async def _answer(bus: Bus, runtime: StudyRuntime, created: float,
             return EventsReply(event_id=rid, ok=True, events=tuple(msgspec.Raw(r) for r in raw))
         case CancelSteps() | SetThrottle():
             return answer_control(runtime, msgspec.structs.replace(request, study_id=sid))
+        case StopWorkers():
+            await bus.publish(subjects.WORKERS_STOP, request)
+            return ControlReply(event_id=rid, ok=True, detail="the workers were asked to stop")
         case _:
             return ControlReply(event_id=rid, ok=False, detail=(
                 f"{type(request).__name__} is not offered by 'enginectl run' (it hosts one "

@@ -58,6 +58,7 @@ from engine.messages import (
     SubmitRequest,
     new_event_id,
     WorkerAlive,
+    StopWorkers,
 )
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
@@ -146,7 +147,7 @@ class EngineService:
             tg.start_soon(self.bus.redeliver)
             tg.start_soon(self._heartbeat, started)
             tg.start_soon(self._record_workers)
-            for verb in ("submit", "status", "cancel", "restart", "throttle", "events", "db"):
+            for verb in ("submit", "status", "cancel", "restart", "throttle", "events", "db", "stop_workers"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies():
                 if entry.request_id:
@@ -211,6 +212,9 @@ class EngineService:
                 return await self._restart(sid)
             case DbRequest():
                 return await answer_db(self.store, request, stop_study=self._stop_study)
+            case StopWorkers():
+                await self.bus.publish(subjects.WORKERS_STOP, request)
+                return ControlReply(event_id=rid, ok=True, detail="the workers were asked to stop")
             case EventsRequest(study_id=sid):
                 if await self.store.get_study(sid) is None:
                     return EventsReply(event_id=rid, ok=False, error=f"unknown study {sid}")

@@ -151,6 +151,9 @@ def tasks(queue: str) -> str:
 WORKER_CANCEL = f"{PREFIX}.workers.cancel"
 """Where the engine asks the workers to stop an attempt (by its key)."""
 
+WORKERS_STOP = f"{PREFIX}.workers.stop"
+"""Where the engine tells workers to stop (``enginectl stop-workers``)."""
+
 WORKERS_ALIVE = f"{PREFIX}.workers.alive"
 """Where every worker says, each heartbeat, who it is and what it serves and runs."""
 

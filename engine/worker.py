@@ -35,6 +35,7 @@ from engine.messages import (
     BUS_DECODER,
     JobReported,
     Task,
+    StopWorkers,
     TasksAlive,
     WorkerAlive,
     WorkerCancel,
@@ -83,6 +84,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
             me = WorkerAlive(event_id="", worker=name, host=socket.gethostname(), pid=os.getpid(),
                              queues=tuple(queues), concurrency=concurrency, started=time.time())
             tg.start_soon(_say_alive, bus, me, running, heartbeat)
+            tg.start_soon(_listen_stop, bus, me, stopping)
             tg.start_soon(_on_signals, stopping, running)
             while not stopping.is_set():
                 free = concurrency - len(running)
@@ -92,7 +94,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
                             await room.wait()
                     continue
                 for delivery in await tasks.take(free, timeout=0.5):
-                    tg.start_soon(_run_task, bus, delivery, running, room, heartbeat, log)
+                    tg.start_soon(_run_task, bus, delivery, running, room, heartbeat, log, name)
             await tasks.close()
             await _announce(bus, msgspec.structs.replace(me, stopping=True), running)
             while running:  # finish what runs (a second signal kills it)
@@ -104,7 +106,8 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
 
 
 async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
-                    room: anyio.Condition, heartbeat: float, log: structlog.BoundLogger) -> None:
+                    room: anyio.Condition, heartbeat: float, log: structlog.BoundLogger,
+                    name: str) -> None:
     try:
         task = BUS_DECODER.decode(delivery.data)
     except Exception:  # noqa: BLE001 - a malformed task is dropped, never fatal
@@ -117,7 +120,8 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
     pid_file = task.exit_file[: -len(".exit")] + ".pid"
     argv = wrapper_argv(task.script, task.exit_file, pid_file, task.stem, merlin=task.merlin)
     try:
-        proc = await anyio.open_process(argv, cwd=task.workspace, env={**os.environ, **task.env},
+        env = {**os.environ, **task.env, "TROUPE_WORKER": name}
+        proc = await anyio.open_process(argv, cwd=task.workspace, env=env,
                                         start_new_session=True, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError as exc:  # the workspace is gone: the step fails
@@ -191,6 +195,17 @@ def _claimed_by_engine(pid_file: str) -> bool:
             return f.read() == "cancelled\n"
     except OSError:
         return False
+
+
+async def _listen_stop(bus: Bus, me: WorkerAlive, stopping: anyio.Event) -> None:
+    """Stop (as on SIGTERM) when ``enginectl stop-workers`` names this worker."""
+    async with bus.subscribe(subjects.WORKERS_STOP) as requests:
+        async for msg in requests:
+            if not isinstance(msg, StopWorkers):
+                continue
+            everyone = not msg.queues and not msg.names
+            if everyone or me.worker in msg.names or set(msg.queues) & set(me.queues):
+                stopping.set()
 
 
 async def _listen_cancels(bus: Bus, running: dict[str, _Running]) -> None:

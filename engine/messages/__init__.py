@@ -25,7 +25,7 @@ __all__ = [  # fmt: skip
     "RaceChecked", "ReleaseSlot", "RequestSlot", "RestartRequest", "SCHEMA_VERSION", "SamplesChanged",
     "SetThrottle", "SlotGranted", "SlotReleased", "SlotRequested", "SlotWithdrawn",
     "StartTimer", "StatusReply", "StatusRequest", "StepEnded", "StepState",
-    "StepStateChanged", "StepSummary", "StepWarning", "StopRequested", "StopStudy", "StudyCancelRequested",
+    "StepStateChanged", "StepSummary", "StepWarning", "StopRequested", "StopStudy", "StopWorkers", "StudyCancelRequested",
     "StudyEnded", "StudyOpened", "StudyStarted", "StudyState", "StudySummary",
     "SubmissionsPaused", "SubmitFailed", "SubmitJob", "SubmitReply", "SubmitRequest",
     "TERMINAL_STATES", "Task", "TasksAlive", "ThrottleChanged", "TimerFired", "WithdrawSlotRequest", "WorkerAlive", "WorkerCancel",

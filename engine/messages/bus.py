@@ -304,6 +304,15 @@ class WorkerAlive(BusMessage, tag="worker_alive"):
     stopping: bool = False
 
 
+class StopWorkers(BusMessage, tag="stop_workers"):
+    """API (``enginectl stop-workers``), then the engine's broadcast on
+    ``troupe.v1.workers.stop``: the workers named, or serving one of ``queues`` (every
+    worker if both are empty), stop as on SIGTERM."""
+
+    queues: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+
 class WorkerCancel(BusMessage, tag="worker_cancel"):
     """The engine asks the workers to stop the attempt ``key`` (SIGTERM to its group,
     SIGKILL after ``grace`` seconds)."""
@@ -326,7 +335,7 @@ AnyBusMessage = (
     StepStateChanged | SamplesChanged | StepWarning | StudyStarted | StudyEnded | CancelSteps
     | SetThrottle | ControlReply
     | SubmitRequest | SubmitReply | StatusRequest | StatusReply | RestartRequest
-    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel | TasksAlive | WorkerAlive
+    | EventsRequest | EventsReply | JobReported | DbRequest | DbReply | Task | WorkerCancel | TasksAlive | WorkerAlive | StopWorkers
 )
 
 ENCODER = msgspec.json.Encoder()

@@ -1,0 +1,88 @@
+"""``enginectl run-workers SPEC``: the workers a Merlin spec asks for, started here.
+
+Merlin's ``merlin.resources.workers`` names each worker with the steps it serves and its
+Celery arguments::
+
+    merlin:
+      resources:
+        workers:
+          simworkers: {args: -l INFO --concurrency 4, steps: [sim, post]}
+          learner: {args: --concurrency 1, steps: [learn]}
+
+Each becomes one ``enginectl worker`` serving the queues of its steps (a step's
+``task_queue``, else ``default``; ``steps: [all]`` or no ``steps``: every step), with the
+``--concurrency`` of its args. Without a ``workers`` block, one worker serves every
+queue (Merlin's default worker).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+__all__ = ["WorkerPlan", "plan_workers"]
+
+_DEFAULT_QUEUE = "default"  # adapters.workers.DEFAULT_QUEUE
+_CONCURRENCY = re.compile(r"(?:--concurrency[ =]|-c ?)(\d+)")
+
+
+class WorkerPlan:
+    """One worker to start: its name, queues and concurrency."""
+
+    __slots__ = ("concurrency", "name", "queues")
+
+    def __init__(self, name: str, queues: list[str], concurrency: int | None) -> None:
+        self.name, self.queues, self.concurrency = name, queues, concurrency
+
+    def argv(self, enginectl: list[str], connect: list[str]) -> list[str]:
+        extra = ["--concurrency", str(self.concurrency)] if self.concurrency else []
+        return [*enginectl, "worker", "--name", self.name, "--queues", ",".join(self.queues),
+                *extra, *connect]
+
+    def shell(self, enginectl: list[str], connect: list[str]) -> str:
+        return shlex.join(self.argv(enginectl, connect))
+
+
+def plan_workers(spec: str) -> list[WorkerPlan]:
+    """The workers ``spec`` asks for (see the module docstring).
+
+    Raises:
+        SpecError: the spec is not valid.
+        ConfigError: a worker names a step the spec does not have.
+    """
+    from engine.spec import load_study
+    from engine.spec.loader import parse_spec
+
+    text = Path(spec).read_text()
+    top: Any = parse_spec(spec, text)
+    graph = load_study(spec, text=text, out_dir=os.devnull, now=dt.datetime.now(),
+                       cwd=os.getcwd())
+    queues_of: dict[str, set[str]] = {}
+    for inst in graph.steps:
+        queues_of.setdefault(inst.step, set()).add(inst.task_queue or _DEFAULT_QUEUE)
+    every = sorted({q for qs in queues_of.values() for q in qs})
+    workers = (((top.get("merlin") or {}).get("resources") or {}).get("workers") or {}
+               if isinstance(top, dict) else {})
+    if not workers:
+        return [WorkerPlan("default_worker", every, None)]
+    plans = []
+    for name, cfg in workers.items():
+        cfg = cfg if isinstance(cfg, dict) else {}
+        steps = cfg.get("steps") or ["all"]
+        if "all" in steps:
+            queues = every
+        else:
+            unknown = [s for s in steps if s not in queues_of]
+            if unknown:
+                raise ConfigError(f"{spec}: merlin.resources.workers.{name}.steps: no step "
+                                  f"named {', '.join(map(repr, unknown))}")
+            queues = sorted({q for s in steps for q in queues_of[s]})
+        found = _CONCURRENCY.search(str(cfg.get("args") or ""))
+        plans.append(WorkerPlan(str(name), queues, int(found.group(1)) if found else None))
+    return plans
