@@ -396,9 +396,11 @@ def worker(queues: str, concurrency: int | None, name: str, heartbeat: float,
 @click.option("--nats-url", metavar="URL", help="The workers connect to this server.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Where each worker's log goes (<name>.worker.log).")
+@click.option("--batch", "as_jobs", is_flag=True,
+              help="Submit each worker as a Slurm job running inside its allocation.")
 @_friendly_errors
 def run_workers(spec: str, echo: bool, state_dir: str | None, study_dir: str | None,
-                nats_url: str | None, log_dir: str) -> None:
+                nats_url: str | None, log_dir: str, as_jobs: bool) -> None:
     """Start the workers SPEC's merlin.resources.workers asks for (Merlin's run-workers):
     one 'enginectl worker' each, serving the queues of its steps, in the background."""
     import shlex
@@ -414,7 +416,18 @@ def run_workers(spec: str, echo: bool, state_dir: str | None, study_dir: str | N
         if echo:
             click.echo(shlex.join(["enginectl", *plan.argv([], connect)]))
             continue
-        log = Path(log_dir) / f"{plan.name}.worker.log"
+        log = Path(log_dir).absolute() / f"{plan.name}.worker.log"
+        if as_jobs:  # the pilot job: sbatch runs the worker inside its allocation
+            script = log.with_suffix(".sbatch")
+            script.write_text(plan.sbatch_script(plan.argv(enginectl, connect), str(log)))
+            done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
+                                  text=True, timeout=60)
+            if done.returncode != 0:
+                _fail(f"sbatch {script}: {done.stderr.strip() or done.returncode}")
+            click.echo(f"submitted worker {plan.name} as Slurm job "
+                       f"{done.stdout.strip().split(';')[0]}: queues {', '.join(plan.queues)}; "
+                       f"log {log}")
+            continue
         with open(log, "ab") as out:
             proc = subprocess.Popen(plan.argv(enginectl, connect), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=out, start_new_session=True)

@@ -33,12 +33,25 @@ _CONCURRENCY = re.compile(r"(?:--concurrency[ =]|-c ?)(\d+)")
 
 
 class WorkerPlan:
-    """One worker to start: its name, queues and concurrency."""
+    """One worker to start: its name, queues and concurrency (and, as a Slurm job, its
+    nodes and the spec's ``batch`` block)."""
 
-    __slots__ = ("concurrency", "name", "queues")
+    __slots__ = ("batch", "concurrency", "name", "nodes", "queues")
 
-    def __init__(self, name: str, queues: list[str], concurrency: int | None) -> None:
+    def __init__(self, name: str, queues: list[str], concurrency: int | None, *,
+                 nodes: int = 1, batch: dict[str, Any] | None = None) -> None:
         self.name, self.queues, self.concurrency = name, queues, concurrency
+        self.nodes, self.batch = nodes, batch or {}
+
+    def sbatch_script(self, argv: list[str], log: str) -> str:
+        """A Slurm job that runs this worker inside its allocation (the pilot job)."""
+        lines = ["#!/bin/bash", f"#SBATCH --job-name=troupe-worker-{self.name}",
+                 f"#SBATCH --nodes={self.nodes}", f"#SBATCH --output={log}"]
+        if self.batch.get("queue"):
+            lines.append(f"#SBATCH --partition={self.batch['queue']}")
+        if self.batch.get("bank"):
+            lines.append(f"#SBATCH --account={self.batch['bank']}")
+        return "\n".join([*lines, "", f"exec {shlex.join(argv)}", ""])
 
     def argv(self, enginectl: list[str], connect: list[str]) -> list[str]:
         extra = ["--concurrency", str(self.concurrency)] if self.concurrency else []
@@ -69,8 +82,9 @@ def plan_workers(spec: str) -> list[WorkerPlan]:
     every = sorted({q for qs in queues_of.values() for q in qs})
     workers = (((top.get("merlin") or {}).get("resources") or {}).get("workers") or {}
                if isinstance(top, dict) else {})
+    batch = dict(graph.batch)
     if not workers:
-        return [WorkerPlan("default_worker", every, None)]
+        return [WorkerPlan("default_worker", every, None, batch=batch)]
     plans = []
     for name, cfg in workers.items():
         cfg = cfg if isinstance(cfg, dict) else {}
@@ -84,5 +98,8 @@ def plan_workers(spec: str) -> list[WorkerPlan]:
                                   f"named {', '.join(map(repr, unknown))}")
             queues = sorted({q for s in steps for q in queues_of[s]})
         found = _CONCURRENCY.search(str(cfg.get("args") or ""))
-        plans.append(WorkerPlan(str(name), queues, int(found.group(1)) if found else None))
+        nodes = cfg.get("nodes")
+        plans.append(WorkerPlan(str(name), queues, int(found.group(1)) if found else None,
+                                nodes=nodes if isinstance(nodes, int) and nodes > 0 else 1,
+                                batch=batch))
     return plans

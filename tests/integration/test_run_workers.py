@@ -9,6 +9,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import alive, enginectl
 
 SPEC = """
@@ -69,3 +71,45 @@ def test_run_workers_starts_what_the_spec_names_and_stop_workers_stops_them(
         for pid in pids:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def _slurm_up() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no Slurm running")
+def test_batch_workers_run_inside_slurm_jobs_that_end_when_they_stop(
+        engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    ledger = tmp_path / "ledger"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(ledger=ledger).replace(
+        "      learner: {args: -l INFO, steps: [learn]}\n", "").replace(
+        "steps: [simulate]", "steps: [all]"))
+    started = enginectl("run-workers", str(spec), "--batch", "--state-dir", str(engine.state),
+                        "--log-dir", str(tmp_path))
+    assert 0 == started.returncode, started.stderr
+    [job] = re.findall(r"as Slurm job (\d+)", started.stdout)
+    try:
+        result = engine.ctl("submit", str(spec), "-o", str(tmp_path / "study"), "--wait",
+                            timeout=180)
+        assert 0 == result.returncode, result.stderr
+        assert ["simulate simworkers", "learn simworkers"] == ledger.read_text().splitlines()
+        assert 0 == engine.ctl("stop-workers").returncode
+        deadline = time.monotonic() + 60
+        while subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                             text=True).stdout.strip():
+            assert time.monotonic() < deadline, "the worker's Slurm job did not end"
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
