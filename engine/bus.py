@@ -338,13 +338,14 @@ class Bus:
 
     @asynccontextmanager
     async def serve(
-        self, subject: str
+        self, subject: str, *, queue: str = ""
     ) -> AsyncIterator[AsyncIterator[tuple[AnyBusMessage, Callable[[BusMessage], Awaitable[None]]]]]:
-        """Yield an iterator of ``(request, reply)`` pairs for requests on ``subject``.
+        """Yield an iterator of ``(request, reply)`` pairs for requests on ``subject``
+        (with ``queue``, each request goes to one member of that queue group).
 
         Undecodable requests are answered with an error reply and skipped.
         """
-        sub = await self._nc.subscribe(subject)
+        sub = await self._nc.subscribe(subject, queue=queue)
 
         async def requests() -> AsyncIterator[tuple[AnyBusMessage, Callable[[BusMessage], Awaitable[None]]]]:
             async for msg in sub.messages:

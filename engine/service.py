@@ -70,6 +70,9 @@ from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 __all__ = ["QUARANTINE_AFTER", "EngineService"]
 
 QUARANTINE_AFTER = 2
+API_GROUP = "troupe-engines"
+"""The queue group of the API subjects: with several engines on one bus, each request
+(a submit above all) is taken by exactly one of them."""
 """A study whose hosting failed this many times is not restarted again."""
 
 _EXPAND_TIMEOUT = 600.0  # seconds a submitted spec may take to load and expand
@@ -166,7 +169,8 @@ class EngineService:
     # ------------------------------------------------------------------ API
 
     async def _serve_verb(self, verb: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with self.bus.serve(subjects.api(verb)) as requests:
+        # One queue group for every engine on the bus: a request is answered once.
+        async with self.bus.serve(subjects.api(verb), queue=API_GROUP) as requests:
             task_status.started()
             async for request, reply in requests:
                 try:
@@ -206,8 +210,17 @@ class EngineService:
                 hosted = self.hosted.get(sid)
                 if hosted is not None:
                     return answer_control(hosted.runtime, request)
-                known = await self.store.get_study(sid) is not None
-                return answer_not_hosted(request, known=known)
+                entry = await self.store.get_study(sid)
+                if entry is not None and entry.state == "RUNNING":
+                    # Hosted by another engine on this bus: its runtime answers its
+                    # study's control subject.
+                    verb = "cancel" if isinstance(request, CancelSteps) else "throttle"
+                    try:
+                        return await self.bus.request(subjects.control(sid, verb), request,
+                                                      timeout=5.0)
+                    except BusError:
+                        pass  # nobody hosts it right now (an engine restarting)
+                return answer_not_hosted(request, known=entry is not None)
             case RestartRequest(study_id=sid):
                 return await self._restart(sid)
             case DbRequest():
