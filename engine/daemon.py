@@ -39,6 +39,21 @@ from engine.store import Store
 __all__ = ["serve_forever"]
 
 
+def _engine_id(state_dir: Path) -> str:
+    """This engine's id, kept in ``<state dir>/engine.id``: the same engine restarted on
+    its state directory resumes its own studies at once (``engine.service``)."""
+    path = state_dir / "engine.id"
+    try:
+        known = path.read_text().strip()
+        if known:
+            return known
+    except OSError:
+        pass
+    new = f"{socket.gethostname()}-{os.urandom(4).hex()}"
+    path.write_text(new + "\n")
+    return new
+
+
 async def serve_forever(
     state_dir: Path,
     *,
@@ -90,6 +105,7 @@ async def serve_forever(
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
         store = await Store.open(bus)
         service = EngineService(bus, store, drain_timeout=drain_timeout, max_running=max_running,
+                                worker=_engine_id(state_dir),
                                 job_credentials=job_credentials)
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:

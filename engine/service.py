@@ -57,13 +57,13 @@ from engine.messages import (
     SubmitReply,
     SubmitRequest,
     new_event_id,
-    WorkerAlive,
     StopWorkers,
 )
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
 from engine.status import state_counts
 from engine.dbapi import answer_db
+from engine.leases import HEARTBEAT, Lease, record_workers
 from engine.studyref import resolve_study
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
 
@@ -116,7 +116,7 @@ class EngineService:
 
     def __init__(self, bus: Bus, store: Store, *, drain_timeout: float = 30.0,
                  job_credentials: Callable[[str], tuple[str, str]] | None = None,
-                 max_running: int = 0) -> None:
+                 max_running: int = 0, worker: str = "") -> None:
         self.bus = bus
         # Every study's jobs share it (``--max-running``; 0: no limit), changed live by a
         # throttle request with no study and the scope ``engine``.
@@ -124,7 +124,10 @@ class EngineService:
         self._job_credentials = job_credentials
         self.store = store
         self.drain_timeout = drain_timeout
-        self.worker = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+        # The engine's id: stable per state directory (``serve`` gives it), so that the
+        # same engine restarted resumes its own studies at once (``engine.leases``).
+        self.worker = worker or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+        self._lease = Lease(store, self.worker)
         self.hosted: dict[str, _Hosted] = {}
         self._submissions: OrderedDict[str, _Submission] = OrderedDict()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -149,7 +152,7 @@ class EngineService:
             self._tg = tg
             tg.start_soon(self.bus.redeliver)
             tg.start_soon(self._heartbeat, started)
-            tg.start_soon(self._record_workers)
+            tg.start_soon(record_workers, self.bus, self.store, self._log)
             for verb in ("submit", "status", "cancel", "restart", "throttle", "events", "db", "stop_workers"):
                 await tg.start(self._serve_verb, verb)
             for entry in await self.store.list_studies():
@@ -157,8 +160,9 @@ class EngineService:
                     self._remember(entry.request_id, SubmitReply(
                         event_id="", ok=True, study_id=entry.study_id,
                         study_dir=entry.study_dir))
-                if entry.state == "RUNNING":
+                if entry.state == "RUNNING" and await self._lease.may_host(entry, self.hosted):
                     await self._launch(entry, start=Start.RESUME)
+            tg.start_soon(self._lease.take_over, self.hosted, self._take, lambda: self._stopping)
             self._log.info("engine_ready", studies=len(self.hosted))
             task_status.started()
             await self._stop.wait()
@@ -238,24 +242,6 @@ class EngineService:
                 return ControlReply(event_id=rid, ok=False,
                                     detail=f"unsupported request {type(request).__name__}")
 
-    async def _record_workers(self) -> None:
-        """Keep the workers' heartbeats in the ``workers`` bucket (``enginectl db list
-        worker``); a worker that stops is removed."""
-        async with self.bus.subscribe(subjects.WORKERS_ALIVE) as beats:
-            async for msg in beats:
-                if not isinstance(msg, WorkerAlive):
-                    continue
-                try:
-                    if msg.stopping:
-                        await self.store.delete_worker(msg.worker)
-                        continue
-                    await self.store.put_worker(WorkerEntry(
-                        worker=msg.worker, host=msg.host, pid=msg.pid, started=msg.started,
-                        heartbeat=time.time(), kind="worker", queues=msg.queues,
-                        concurrency=msg.concurrency, running=msg.running))
-                except StoreError as exc:
-                    self._log.warning("worker_not_recorded", worker=msg.worker, error=str(exc))
-
     async def _stop_study(self, study_id: str, timeout: float = 60.0) -> bool:
         """Cancel a hosted study and wait until it ended and was stored (``db delete
         --force``); False if it is still hosted after ``timeout`` seconds."""
@@ -331,7 +317,7 @@ class EngineService:
         entry = StudyEntry(
             study_id=study_id, name=graph.name, spec_path=req.spec_path, spec_text=req.spec_text,
             study_dir=graph.study_dir, cwd=req.cwd, state="RUNNING", created=time.time(),
-            options=opts, request_id=req.request_id,
+            options=opts, request_id=req.request_id, host=self.worker,
         )
         await self.store.put_study(entry)
         await self._launch(entry, graph=graph, start=Start.FRESH)
@@ -349,7 +335,12 @@ class EngineService:
             return ControlReply(event_id=rid, ok=False, detail=(
                 f"study {study_id} is quarantined: the engine failed to host it "
                 f"{entry.hosting_failures} times (last: {entry.error})"))
-        entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None, "error": ""})
+        if entry.state == "RUNNING" and entry.host != self.worker and \
+                entry.host in await self._lease.live_engines():
+            return ControlReply(event_id=rid, ok=False,
+                                detail=f"study {study_id} is running on engine {entry.host}")
+        entry = StudyEntry(**{**_fields(entry), "state": "RUNNING", "ended": None, "error": "",
+                              "host": self.worker})
         await self.store.put_study(entry)
         if not await self._launch(entry, start=Start.RESTART):
             return ControlReply(event_id=rid, ok=False,
@@ -491,9 +482,13 @@ class EngineService:
                     self._log.warning("job_not_cancelled", step=handle.step, error=str(exc))
             hosted.study.adapter.kill_all_now()
 
+    async def _take(self, entry: StudyEntry) -> None:
+        """Host a study taken over from an engine that died (``engine.leases``)."""
+        await self._launch(msgspec.structs.replace(entry, host=self.worker), start=Start.RESUME)
+
     async def _heartbeat(self, started: float) -> None:
         while True:
-            await anyio.sleep(5)
+            await anyio.sleep(HEARTBEAT)
             await self._retrying(lambda: self.store.put_worker(WorkerEntry(
                 worker=self.worker, host=socket.gethostname(), pid=os.getpid(), started=started,
                 heartbeat=time.time(), studies=tuple(self.hosted))))

@@ -58,6 +58,7 @@ class StudyEntry(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""  # why the engine could not host it (its state is then FAILURE)
     request_id: str = ""  # the submit request's id (a retried submit finds its study)
     hosting_failures: int = 0  # how many times hosting it failed (quarantined at 2)
+    host: str = ""  # the engine hosting it (engine.service: its lease is that engine's heartbeat)
 
 
 class RunEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,6 +238,30 @@ class Store:
         out = [s for s in studies if (not state or s.state == state)  # type: ignore[attr-defined]
                and (not name or fnmatch.fnmatchcase(s.name, name))]  # type: ignore[attr-defined]
         return sorted(out, key=lambda s: s.created)  # type: ignore[attr-defined,return-value]
+
+    async def claim_study(self, study_id: str, *, host: str, expected: str) -> StudyEntry | None:
+        """Make ``host`` the study's host if its host is still ``expected`` (compare-and-
+        swap: of two engines taking over one study, one wins).
+
+        Returns:
+            The entry as claimed, or None (gone, or claimed by another engine first).
+
+        Raises:
+            StoreError: the read or the write failed.
+        """
+        key = kv_key(study_id)
+        got = await self._get("troupe_studies", key, StudyEntry)
+        if got is None:
+            return None
+        entry, revision = got
+        if entry.host != expected:  # type: ignore[attr-defined]
+            return None
+        claimed = msgspec.structs.replace(entry, host=host)  # type: ignore[type-var]
+        try:
+            await self._kv["troupe_studies"].update(key, self._enc.encode(claimed), last=revision)
+        except StoreConflict:
+            return None
+        return claimed  # type: ignore[return-value]
 
     async def delete_study(self, study_id: str) -> None:
         """Delete a study with its runs and steps."""
