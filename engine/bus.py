@@ -59,9 +59,11 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 class Bus:
     """A connected NATS client speaking Troupe's messages."""
 
-    def __init__(self, nc: Client, url: str, on_closed: list[Callable[[], None]] | None = None
-                 ) -> None:
+    def __init__(self, nc: Client, url: str, on_closed: list[Callable[[], None]] | None = None,
+                 denied: list[str] | None = None) -> None:
         self._nc = nc
+        # The server's "Permissions Violation" errors (nats-py reports them apart).
+        self._denied = denied if denied is not None else []
         # Called once the connection is closed for good (nats-py's closed_cb).
         self._on_closed = on_closed if on_closed is not None else []
         self._js = nc.jetstream()
@@ -236,8 +238,14 @@ class Bus:
         except NatsError as exc:
             raise BusError(f"publish to {subject} failed: {exc}", self.url) from exc
 
-    async def ensure_stream(self, name: str, subjects: list[str]) -> bool:
-        """Create (or reuse) a file-backed stream capturing ``subjects``.
+    def cluster_size(self) -> int:
+        """How many servers the connected server's cluster has (1: a single server)."""
+        info = getattr(self._nc, "_server_info", None) or {}
+        return max(1, len(info.get("connect_urls") or [])) if info.get("cluster") else 1
+
+    async def ensure_stream(self, name: str, subjects: list[str], *, replicas: int = 1) -> bool:
+        """Create (or reuse) a file-backed stream capturing ``subjects`` (``replicas``
+        copies on a cluster).
 
         Returns:
             False if the server has no JetStream (events are then not durable).
@@ -247,6 +255,7 @@ class Bus:
             subjects=subjects,
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
+            num_replicas=replicas,
         )
         try:
             await self._js.add_stream(cfg)
@@ -331,6 +340,8 @@ class Bus:
         except nats.errors.NoRespondersError as exc:
             raise BusError(f"nobody serves {subject}", self.url) from exc
         except nats.errors.TimeoutError as exc:
+            if self._denied:  # not allowed to ask at all: say so, not "no reply"
+                raise BusError(f"the server refused it: {self._denied[-1]}", self.url) from exc
             raise BusError(f"no reply on {subject} within {timeout} s", self.url) from exc
         except NatsError as exc:
             raise BusError(f"request on {subject} failed: {exc}", self.url) from exc
@@ -429,6 +440,7 @@ async def open_bus(
     seen: list[Exception] = []
     failed = [anyio.Event()]
     on_closed: list[Callable[[], None]] = []
+    denied: list[str] = []
 
     async def closed_cb() -> None:
         for callback in list(on_closed):
@@ -444,15 +456,22 @@ async def open_bus(
         # outage surfaces as failed operations (BusError, StoreError), so it is dropped.
         if connecting:
             seen.append(exc)
-            failed[0].set()
+            if len(seen) - tried[0] >= len(servers):  # every server of the list failed once
+                failed[0].set()
+        elif "permissions violation" in str(exc).lower():
+            denied.append(" ".join(str(exc).split()))
 
     kwargs["error_cb"] = error_cb
     nc = None
+    # A cluster: several URLs, comma-separated; nats-py tries them in turn, and an attempt
+    # gives up only once each has failed.
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    tried = [0]  # errors seen before this attempt
 
     async def attempt() -> None:
         nonlocal nc
         try:
-            nc = await nats.connect(url, **kwargs)  # type: ignore[arg-type]
+            nc = await nats.connect(servers, **kwargs)  # type: ignore[arg-type]
         except (NatsError, OSError, ssl.SSLError, TimeoutError) as exc:
             seen.append(exc)
             failed[0].set()
@@ -466,6 +485,7 @@ async def open_bus(
     with anyio.move_on_after(connect_timeout * 2 + 1) as scope:
         for tries_left in range(_CONNECT_TRIES - 1, -1, -1):
             failed[0] = anyio.Event()
+            tried[0] = len(seen)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(attempt)
                 await failed[0].wait()
@@ -480,7 +500,7 @@ async def open_bus(
         raise BusError(f"cannot connect to NATS at {url}: {detail}", url)
     connecting = False
     try:
-        yield Bus(nc, url, on_closed)
+        yield Bus(nc, url, on_closed, denied)
     finally:
         with anyio.CancelScope(shield=True):
             try:

@@ -57,6 +57,9 @@ __all__ = ["PASSWORD_ENV", "TOKEN_ENV", "client_commands", "credential_options",
            "default_state_dir", "read_password", "read_secret", "resolve_connection"]
 
 _TIMEOUT = 4.0
+READ_TIMEOUT = 30.0
+"""Seconds a read-only request (status, events) is asked again while the engine is
+silent: a cluster electing a new leader for the engine's store holds it up a while."""
 _SUBMIT_TIMEOUT = 600.0  # a submit waits this long for a busy engine (it is idempotent)
 PASSWORD_ENV = "TROUPE_NATS_PASSWORD"
 TOKEN_ENV = "TROUPE_NATS_TOKEN"
@@ -216,6 +219,8 @@ async def _ask(bus: Bus, verb: str, msg: BusMessage, *,
     server after an outage), ask again for up to ``timeout`` seconds. With
     ``retry_silence`` (an idempotent request, such as a submit with its request id), an
     engine that is busy and does not answer in time is asked again too."""
+    if verb in ("status", "events"):  # read-only, idempotent: asked again while silent
+        retry_silence, timeout = True, max(timeout, READ_TIMEOUT)
     now = anyio.current_time()
     absent_deadline, deadline = now + _TIMEOUT, now + timeout
     while True:
@@ -230,6 +235,8 @@ async def _ask(bus: Bus, verb: str, msg: BusMessage, *,
             if absent or busy:
                 await anyio.sleep(0.2)
                 continue
+            if "server refused" in str(exc):
+                raise  # these credentials may not ask this: say so
             raise BusError(f"the engine did not answer ({exc}); is 'enginectl serve' "
                            "running?") from exc
 

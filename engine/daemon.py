@@ -101,9 +101,12 @@ async def serve_forever(
             job_credentials = add_job_user
         bus = await stack.enter_async_context(
             open_bus(url, creds, name="troupe-engine", max_reconnect_attempts=-1))
-        if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()]):
+        # On a cluster of 3 or more, the stream and the buckets keep 3 copies.
+        replicas = 3 if bus.cluster_size() >= 3 else 1
+        if not await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()],
+                                       replicas=replicas):
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
-        store = await Store.open(bus)
+        store = await Store.open(bus, replicas=replicas)
         service = EngineService(bus, store, drain_timeout=drain_timeout, max_running=max_running,
                                 worker=_engine_id(state_dir),
                                 job_credentials=job_credentials)
@@ -121,7 +124,9 @@ async def serve_forever(
             me = {"pid": os.getpid(), "host": socket.gethostname()}
             # Said before client.json exists, which clients take as the sign it is up.
             log.info("engine_ready", url=url, state_dir=str(state_dir), pid=os.getpid())
-            print(f"troupe engine ready (pid {os.getpid()}): NATS at {url}; clients find it "
+            where = (f"a cluster of {bus.cluster_size()}, {replicas} replicas"
+                     if replicas > 1 else "one server")
+            print(f"troupe engine ready (pid {os.getpid()}): NATS at {url} ({where}); clients find it "
                   f"through {client_cfg} (--state-dir {state_dir}, or $TROUPE_STATE_DIR)",
                   file=sys.stderr, flush=True)
             if not nats_url:

@@ -32,12 +32,15 @@ def _durable(queue: str) -> str:
     return "workers-" + subjects.kv_key(queue).replace(".", "_").replace("/", "_").replace("=", "_")
 
 
-async def ensure_task_stream(bus: Bus, *, replicas: int = 1) -> None:
-    """Create (or reuse) the tasks stream.
+async def ensure_task_stream(bus: Bus, *, replicas: int | None = None) -> None:
+    """Create (or reuse) the tasks stream (3 replicas on a cluster of 3 or more, unless
+    told).
 
     Raises:
         BusError: the server has no JetStream, or the stream cannot be made.
     """
+    if replicas is None:
+        replicas = 3 if bus.cluster_size() >= 3 else 1
     cfg = StreamConfig(name=TASKS_STREAM, subjects=[subjects.tasks(">")],
                        storage=StorageType.FILE, retention=RetentionPolicy.WORK_QUEUE,
                        num_replicas=replicas, duplicate_window=120.0)

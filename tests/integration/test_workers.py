@@ -17,16 +17,21 @@ import pytest
 
 from engine.status import read_status
 from tests.conftest import ENGINECTL, enginectl, wait_for_path
+from tests.ledger import ledger_cmd, max_overlap, read_ledger
 
 
-def spec_text(queues: dict[str, int], ledger: Path, extra: str = "") -> str:
+def spec_text(queues: dict[str, int], ledger: Path, extra: str = "",
+              timing: Path | None = None) -> str:
     steps = []
     for queue, n in queues.items():
         for i in range(n):
+            lines = [f'echo "$TROUPE_STEP {queue} $WORKER_ID" >> {ledger}{extra}']
+            if timing is not None:  # start and end times, for the overlap
+                lines += ledger_cmd(timing, "true").splitlines()
+            body = "".join(f"        {line}\n" for line in lines)
             steps.append(
                 f"  - name: {queue}{i}\n    description: on {queue}\n    run:\n"
-                f"      queue: {queue}\n"
-                f"      cmd: echo \"$TROUPE_STEP {queue} $WORKER_ID\" >> {ledger}{extra}\n")
+                f"      queue: {queue}\n      cmd: |\n{body}")
     return ("description: {name: workers, description: steps on worker queues}\n"
             "troupe: {executor: workers}\nstudy:\n" + "".join(steps))
 
@@ -77,22 +82,23 @@ def workers(nats_server: str, tmp_path: Path) -> Iterator[Workers]:
         pool.stop()
 
 
-def test_each_queue_runs_its_steps_on_its_own_workers(
+def test_each_queue_runs_its_steps_on_its_own_workers_within_the_throttle(
         workers: Workers, nats_server: str, tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger"
+    ledger, timing = tmp_path / "ledger", tmp_path / "timing"
     spec = tmp_path / "spec.yaml"
-    spec.write_text(spec_text({"cpu": 14, "gpu": 6}, ledger))
-    workers.start("w1", "cpu")
-    workers.start("w2", "cpu")
-    workers.start("w3", "gpu,other")
+    spec.write_text(spec_text({"cpu": 140, "gpu": 60}, ledger, timing=timing))
+    workers.start("w1", "cpu", concurrency=2)
+    workers.start("w2", "cpu", concurrency=2)
+    workers.start("w3", "gpu,other", concurrency=2)
     study = tmp_path / "study"
-    result = enginectl("run", str(spec), "-o", str(study), "--nats-url", nats_server, "-t", "0")
+    result = enginectl("run", str(spec), "-o", str(study), "--nats-url", nats_server, "-t", "4")
     assert 0 == result.returncode, result.stderr
     assert {"FINISHED"} == {r["State"] for r in read_status(study / "status.csv")}
     lines = [line.split() for line in ledger.read_text().splitlines()]
-    assert 20 == len(lines) == len({step for step, _, _ in lines})  # each step ran once
-    assert {w for _, q, w in lines if q == "cpu"} <= {"w1", "w2"}
+    assert 200 == len(lines) == len({step for step, _, _ in lines})  # each step ran once
+    assert {w for _, q, w in lines if q == "cpu"} == {"w1", "w2"}
     assert {w for _, q, w in lines if q == "gpu"} == {"w3"}
+    assert max_overlap(read_ledger(timing)) <= 4  # the study's throttle held on the workers
     assert {"w1": 0, "w2": 0, "w3": 0} == workers.stop()  # SIGTERM: a clean stop
 
 
