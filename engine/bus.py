@@ -74,6 +74,10 @@ class Bus:
         # The one event in flight with an acknowledgement: (id, future, sent, epoch).
         self._fence: tuple[str, asyncio.Future[Any] | None, float, int] | None = None
         self._resend = False
+        # On a replicated stream a fence proves nothing about the events before it (a new
+        # leader may lack them): each event is then acknowledged on its own, pipelined.
+        self.ack_each = False
+        self._acks: dict[str, tuple[asyncio.Future[Any] | None, float, int]] = {}
         # Why the last event publication failed (it is then re-sent); named in the error
         # if wait_persisted gives up.
         self._last_publish_error = ""
@@ -122,6 +126,13 @@ class Bus:
             return
         payload = ENCODER.encode(message)
         self._pending[message.event_id] = (subject, payload)
+        if self.ack_each:
+            self._check_acks(ack_timeout=3.0)
+            if self._resend:
+                await self._resend_pending()
+            else:
+                await self._send_acked(message.event_id, subject, payload)
+            return
         self._check_fence(ack_timeout=3.0)
         if self._resend:
             await self._resend_pending()
@@ -153,6 +164,30 @@ class Bus:
                 if key == msg_id:
                     break
 
+    def _check_acks(self, ack_timeout: float) -> None:
+        """``ack_each``: forget the events acknowledged; ask for a re-send if one failed."""
+        now, epoch = time.monotonic(), self._epoch()
+        for msg_id in list(self._pending):
+            if msg_id not in self._acks:
+                continue  # not sent yet
+            fut, sent, at = self._acks[msg_id]
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                del self._pending[msg_id]
+                self._acks.pop(msg_id, None)
+            elif (fut is None or at != epoch or (fut.done() and (fut.cancelled() or fut.exception()))
+                  or (not fut.done() and now - sent > ack_timeout)):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                self._resend = True
+
+    async def _send_acked(self, msg_id: str, subject: str, payload: bytes) -> None:
+        try:
+            fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        except (NatsError, JetStreamError) as exc:
+            fut = None  # _check_acks asks for a re-send
+            self._last_publish_error = str(exc)
+        self._acks[msg_id] = (fut, time.monotonic(), self._epoch())
+
     def _epoch(self) -> int:
         return int(self._nc.stats.get("reconnects", 0))
 
@@ -171,11 +206,16 @@ class Bus:
         self._fence = (msg_id, fut, time.monotonic(), self._epoch())
 
     async def _resend_pending(self) -> None:
-        """Publish every event not proven stored again, in order, the last as a fence."""
+        """Publish every event not proven stored again, in order, the last as a fence
+        (``ack_each``: each with its own acknowledgement)."""
         if not self._nc.is_connected:
             return  # nats-py is reconnecting: try again later
         self._resend = False
         items = list(self._pending.items())
+        if self.ack_each:
+            for msg_id, (subject, payload) in items:
+                await self._send_acked(msg_id, subject, payload)
+            return
         for msg_id, (subject, payload) in items[:-1]:
             await self._send_plain(msg_id, subject, payload)
         if items:
@@ -189,7 +229,10 @@ class Bus:
             await self._redeliver_once(ack_timeout)
 
     async def _redeliver_once(self, ack_timeout: float) -> None:
-        self._check_fence(ack_timeout)
+        if self.ack_each:
+            self._check_acks(ack_timeout)
+        else:
+            self._check_fence(ack_timeout)
         if self._resend:
             await self._resend_pending()
 
@@ -206,8 +249,28 @@ class Bus:
             BusError: it is still not acknowledged after ``timeout`` seconds.
         """
         mark = event_id or next(reversed(self._pending), "")
+        # ack_each: the events up to ``mark``, each proven by its own acknowledgement.
+        through: list[str] = []
+        for key in self._pending if self.ack_each and mark in self._pending else ():
+            through.append(key)
+            if key == mark:
+                break
+
+        def unproven() -> bool:
+            if self.ack_each:
+                return any(key in self._pending for key in through)
+            return mark in self._pending
+
         with anyio.move_on_after(timeout):
-            while mark in self._pending:
+            while self.ack_each and unproven():
+                await self._redeliver_once(ack_timeout=1.0)
+                waiting = [a[0] for a in self._acks.values() if a[0] is not None and not a[0].done()]
+                if waiting:
+                    with anyio.move_on_after(0.25):
+                        await _settled(waiting[-1])
+                else:
+                    await anyio.sleep(0.01)
+            while not self.ack_each and mark in self._pending:
                 await self._redeliver_once(ack_timeout=1.0)
                 fence = self._fence
                 if mark not in self._pending:
@@ -221,7 +284,7 @@ class Bus:
                     await self._send_fence(mark, *self._pending[mark])
                 else:
                     await anyio.sleep(0.01)
-        if mark in self._pending:
+        if unproven():
             cause = self._last_publish_error
             raise BusError(f"event {mark} and earlier ones not acknowledged by JetStream "
                            f"within {timeout:g} s" + (f" (last error: {cause})" if cause else ""),
@@ -257,6 +320,7 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             num_replicas=replicas,
         )
+        self.ack_each = self.ack_each or replicas > 1
         try:
             await self._js.add_stream(cfg)
         except (NatsError, JetStreamError) as exc:

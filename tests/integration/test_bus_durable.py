@@ -137,3 +137,47 @@ async def test_waiting_for_ones_own_events_is_not_held_up_by_a_busy_neighbour(
                         break
         assert "ours" in stored
         assert len(seen) == len(set(seen)), "no event was sent twice"
+
+
+async def test_with_ack_each_every_event_is_acknowledged_on_its_own(nats_server: str) -> None:
+    # On a replicated stream (ensure_stream with replicas > 1) a fence proves nothing of
+    # the events before it; each event is then acknowledged, pipelined.
+    async with open_bus(nats_server) as bus:
+        assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        bus.ack_each = True
+        acked = 0
+        real = bus._send_acked
+
+        async def counting(*args: object) -> None:
+            nonlocal acked
+            acked += 1
+            await real(*args)  # type: ignore[arg-type]
+
+        bus._send_acked = counting  # type: ignore[method-assign]
+        names = await _publish(bus, 300)
+        await bus.wait_persisted(timeout=20)
+        assert names == await _stored_steps(bus)
+        assert 300 == acked and not bus._pending
+
+
+async def test_with_ack_each_an_event_whose_ack_never_came_is_published_again(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_bus(nats_server) as bus:
+        assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        bus.ack_each = True
+        with_ack = bus._js.publish_async
+        names = await _publish(bus, 50)
+
+        async def refused(*args: object, **kw: object) -> None:
+            raise ConnectionClosedError
+
+        monkeypatch.setattr(bus._js, "publish_async", refused)  # the leader is gone
+        names += [f"lost{i}" for i in range(50)]
+        for name in names[50:]:
+            event = msgspec.structs.replace(_event(0), event_id=new_event_id(), step=name)
+            await bus.publish_event(subjects.step_event(STUDY, name, "finished"), event)
+        assert bus._pending, "those are not proven stored"
+        monkeypatch.setattr(bus._js, "publish_async", with_ack)  # a new leader answers
+        await bus.wait_persisted(timeout=20)
+        assert names == await _stored_steps(bus), "every event stored once, in order"

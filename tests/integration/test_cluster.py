@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import nats
 import pytest
 
@@ -71,5 +72,38 @@ async def test_a_study_survives_a_server_of_the_cluster_going_down(
         finals = [(e["step"], e["state"]) for e in events
                   if e["type"] == "step_state_changed" and e.get("final")]
         assert sorted(finals) == [("after", "FINISHED"), ("w", "FINISHED")]
+    finally:
+        engine.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("TROUPE_LEADER_TEST"), reason=(
+    "issue 15 item 5 is open: with per-event acknowledgements on a replicated stream a "
+    "study still lost events in 1 of 6 runs here (fence only: 2 of 3); set "
+    "TROUPE_LEADER_TEST=1 to run it"))
+async def test_no_event_is_lost_when_the_stream_leader_goes_down(
+        cluster: tuple[str, Path], tmp_path: Path) -> None:
+    urls, where = cluster
+    engine = Engine(tmp_path / "state", "--nats-url", urls, "--drain-timeout", "5").start()
+    try:
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        steps = "".join(
+            f"  - {{name: s{i}, description: d, run: {{cmd: 'touch {marks}/{i}; sleep 0.2'}}}}\n"
+            for i in range(40))
+        spec = tmp_path / "many.yaml"
+        spec.write_text("description: {name: many, description: m}\nstudy:\n" + steps)
+        result = engine.ctl("submit", str(spec), "-o", str(tmp_path / "s"), "-t", "4")
+        assert 0 == result.returncode, result.stderr
+        study_id = result.stdout.strip()
+        while len(list(marks.iterdir())) < 10:  # mid-study
+            await anyio.sleep(0.02)
+        _, leader, _ = await _stream(urls)
+        os.kill(int((where / leader / "pid").read_text()), signal.SIGKILL)
+        assert 0 == engine.ctl("watch", study_id, timeout=180).returncode
+        out = engine.ctl("events", study_id)
+        assert 0 == out.returncode, out.stderr
+        finals = [e["step"] for e in map(json.loads, out.stdout.splitlines())
+                  if e["type"] == "step_state_changed" and e.get("final")]
+        assert sorted(finals) == sorted(f"s{i}" for i in range(40)), "one final event each"
     finally:
         engine.stop()
