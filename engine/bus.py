@@ -334,18 +334,29 @@ class Bus:
         self.durable = True
         return True
 
-    async def replay_raw(self, subject: str, *, timeout: float = 2.0) -> list[bytes]:
-        """Every stored message on ``subject`` (a wildcard is fine), in order, undecoded."""
+    async def replay_raw(self, subject: str, *, timeout: float = 2.0,
+                         stream: str = "TROUPE_EVENTS") -> list[bytes]:
+        """Every stored message on ``subject`` (a wildcard is fine), in order, undecoded.
+
+        How many there are is asked first (the stream's count per subject), and that many
+        are read: a consumer's own count of what is left can be wrong just after the
+        stream changed leader (seen on a cluster: a replay stopped after 7 of 40).
+        """
         out: list[bytes] = []
+        try:
+            info = await self._js.stream_info(stream, subjects_filter=subject)
+            expected: int | None = sum((info.state.subjects or {}).values())
+        except (NatsError, JetStreamError):
+            expected = None  # (not that stream): read until nothing is left
         sub = await self._js.subscribe(subject, ordered_consumer=True)
         try:
-            while True:
+            while expected is None or len(out) < expected:
                 try:
                     msg = await sub.next_msg(timeout=timeout)
                 except nats.errors.TimeoutError:
                     break
                 out.append(msg.data)
-                if msg.metadata.num_pending == 0:
+                if expected is None and msg.metadata.num_pending == 0:
                     break
         finally:
             with anyio.CancelScope(shield=True):

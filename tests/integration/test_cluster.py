@@ -76,10 +76,6 @@ async def test_a_study_survives_a_server_of_the_cluster_going_down(
         engine.stop()
 
 
-@pytest.mark.skipif(not os.environ.get("TROUPE_LEADER_TEST"), reason=(
-    "issue 15 item 5 is open: with per-event acknowledgements on a replicated stream a "
-    "study still lost events in 1 of 6 runs here (fence only: 2 of 3); set "
-    "TROUPE_LEADER_TEST=1 to run it"))
 async def test_no_event_is_lost_when_the_stream_leader_goes_down(
         cluster: tuple[str, Path], tmp_path: Path) -> None:
     urls, where = cluster
