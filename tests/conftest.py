@@ -100,3 +100,15 @@ def engine(tmp_path: Path) -> Iterator[Any]:
         yield eng
     finally:
         eng.stop()
+
+
+def slurm_up() -> bool:
+    """Whether a Slurm answers here (``sinfo``): the tests that need one skip otherwise."""
+    import shutil
+
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

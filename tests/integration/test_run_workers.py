@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import alive, enginectl
+from tests.conftest import alive, enginectl, slurm_up
 
 SPEC = """
 description: {{name: merlinish, description: two worker kinds}}
@@ -73,20 +73,8 @@ def test_run_workers_starts_what_the_spec_names_and_stop_workers_stops_them(
                 os.kill(pid, 9)
 
 
-def _slurm_up() -> bool:
-    import shutil
-    import subprocess
-
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.mark.slurm
-@pytest.mark.skipif(not _slurm_up(), reason="no Slurm running")
+@pytest.mark.skipif(not slurm_up(), reason="no Slurm running")
 def test_batch_workers_run_inside_slurm_jobs_that_end_when_they_stop(
         engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import subprocess

@@ -5,7 +5,6 @@ resubmitted, checked in sacct), and a cancel seen by sacct."""
 
 from __future__ import annotations
 
-import shutil
 import time as _time
 import subprocess
 from pathlib import Path
@@ -13,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from engine.status import read_status
-from tests.conftest import PEER_SPECS, enginectl, needs_peer_specs, wait_for_path
+from tests.conftest import PEER_SPECS, enginectl, needs_peer_specs, slurm_up, wait_for_path
 from tests.engine_proc import Engine
 
 
-def _slurm_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _slurm_up(), reason="no Slurm running")]
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_up(), reason="no Slurm running")]
 
 
 def sacct_jobs(study_id: str) -> list[dict[str, str]]:
