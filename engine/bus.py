@@ -183,6 +183,7 @@ class Bus:
     async def _send_acked(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
             fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+            fut.add_done_callback(_retrieved)  # (one replaced by a re-send is never read)
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_acks asks for a re-send
             self._last_publish_error = str(exc)
@@ -200,6 +201,7 @@ class Bus:
     async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
             fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+            fut.add_done_callback(_retrieved)
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_fence asks for a re-send
             self._last_publish_error = str(exc)
@@ -473,6 +475,12 @@ def _transient(exc: Exception) -> bool:
             isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
         return False
     return isinstance(exc, (OSError, TimeoutError, NatsError))
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a publication's outcome as read (its failure is handled by a re-send)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _settled(fut: asyncio.Future[Any]) -> None:

@@ -179,6 +179,11 @@ class EngineService:
             async for request, reply in requests:
                 try:
                     answer = await self._answer(request)
+                except (StoreError, BusError) as exc:
+                    # The store is busy (a cluster electing a leader): no answer, so that
+                    # the client asks again (status and events do) or says so.
+                    self._log.warning("request_not_answered", verb=verb, error=str(exc))
+                    continue
                 except Exception as exc:  # noqa: BLE001 - one bad request must not stop the engine
                     self._log.exception("request_failed", verb=verb)
                     answer = ControlReply(event_id=new_event_id(), ok=False,
