@@ -34,6 +34,7 @@ from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError, ConfigError, printable
 from engine.samplestatus import query_samples
+from engine.statedir import engine_alive
 from engine.status import read_status
 from engine.messages import (
     AnyBusMessage,
@@ -122,29 +123,13 @@ def resolve_connection(opts: dict[str, Any]) -> tuple[str, Credentials]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable client config: {exc}") from exc
     pid = cfg.get("pid")
-    if isinstance(pid, int) and cfg.get("host") == socket.gethostname() and not _engine_alive(pid):
+    if isinstance(pid, int) and cfg.get("host") == socket.gethostname() and not engine_alive(pid):
         if opts.get("client_file"):
             raise ConfigError(f"the 'enginectl run' of this study is over (last seen pid {pid})")
         raise ConfigError(f"no engine is running (last seen pid {pid}; start one with "
                           "'enginectl serve')")
     return cfg["url"], Credentials(user=cfg.get("user"), password=cfg.get("password"),
                                    tls_ca=cfg.get("tls_ca"))
-
-
-def _engine_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live engine (a process of ours running ``serve``)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc: alive, whatever it runs
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return b"serve" in argv or b"run" in argv
 
 
 def credential_options(func: Callable[..., Any], *, suffix: str = "") -> Callable[..., Any]:

@@ -60,15 +60,16 @@ async def answer_db(store: Store, req: DbRequest, *,
 
 async def _select(store: Store, req: DbRequest) -> list[Any]:
     """The entries the request names (one for a ref, else the filtered list)."""
-    study_id = ""
-    if req.study:
-        study_id = resolve_study(req.study, await store.list_studies()).study_id
+    everyone = await store.list_studies() if req.kind == "study" or req.study or (
+        req.kind == "step" and req.ref) else []
+    study_id = resolve_study(req.study, everyone).study_id if req.study else ""
     match req.kind:
         case "study":
-            studies = await store.list_studies(state=req.state.upper())
             if req.ref:
-                return [resolve_study(req.ref, await store.list_studies())]
-            return [s for s in studies if req.since is None or s.created >= req.since]
+                return [resolve_study(req.ref, everyone)]
+            state = req.state.upper()
+            return [s for s in everyone if (not state or s.state == state)
+                    and (req.since is None or s.created >= req.since)]
         case "run":
             runs = await store.list_runs(study_id=study_id, worker=req.worker)
             if req.ref:
@@ -83,7 +84,7 @@ async def _select(store: Store, req: DbRequest) -> list[Any]:
                 study_ref, _, step = req.ref.rpartition(":")
                 if not study_ref or not step:
                     raise ConfigError(f"a step is named STUDY:STEP, not {req.ref!r}")
-                study_id = resolve_study(study_ref, await store.list_studies()).study_id
+                study_id = resolve_study(study_ref, everyone).study_id
                 entry = await store.get_step(study_id, step)
                 if entry is None:
                     raise ConfigError(f"unknown step {step} of study {study_id}")

@@ -51,7 +51,7 @@ from engine.merlin import SamplesError
 from engine.natsserver import open_embedded_server
 from engine.progress import StudyProgress
 from engine.runapi import CLIENT_FILE, serve_run_api, write_client_file
-from engine.statedir import write_private
+from engine.statedir import engine_alive, write_private
 from engine.status import read_status
 from engine.store import StepEntry
 from engine.spec.graph import StudyGraph
@@ -223,7 +223,7 @@ def load_run(study_dir: str) -> tuple[StudyGraph, StudyOptions, str, dict[str, S
         pid = json.loads(client.read_text()).get("pid")
     except (OSError, ValueError):
         pid = None
-    if isinstance(pid, int) and _alive(pid):
+    if isinstance(pid, int) and engine_alive(pid, ("run",)):
         raise ConfigError(f"{study_dir}: its 'enginectl run' is still running (pid {pid})")
     states: dict[str, set[str]] = {}
     try:
@@ -252,20 +252,6 @@ async def _ended_by_events(bus: Bus, graph: StudyGraph, study_id: str) -> dict[s
     return {n: StepEntry(study_id=study_id, step=n, state=st.value, final=True)
             for n, st in last.items() if n in names and st in (StepState.FINISHED,
                                                               StepState.CACHED)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie, or the pid reused by another program, is not the run
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"run" in f.read().split(b"\0")
-    except OSError:
-        return True
 
 
 async def _cancel_on_signals(runtime: StudyRuntime) -> None:

@@ -166,3 +166,21 @@ def _untrusted(path: Path) -> str | None:
     if stat.S_IMODE(st.st_mode) != 0o600:
         return f"mode {stat.S_IMODE(st.st_mode):04o}, not 0600"
     return None
+
+
+def engine_alive(pid: int, verbs: tuple[str, ...] = ("serve", "run")) -> bool:
+    """Whether ``pid`` is a live ``enginectl`` process running one of ``verbs`` (a pid
+    that ended, or was reused by another program, is not; without /proc, any live pid
+    is)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return any(verb.encode() in argv for verb in verbs)
