@@ -587,6 +587,11 @@ async def open_bus(
     finally:
         with anyio.CancelScope(shield=True):
             try:
+                if not nc.is_connected:  # the server is gone: nothing to drain to
+                    raise ConnectionResetError
                 await nc.drain()
-            except NatsError:
-                await nc.close()
+            except (NatsError, OSError):
+                try:
+                    await nc.close()
+                except OSError:  # its socket was already reset
+                    pass

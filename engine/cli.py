@@ -60,6 +60,8 @@ def _friendly_errors(func: F) -> F:
         except EngineError as exc:
             _fail(str(exc))
         except OSError as exc:
+            if os.environ.get("TROUPE_DEBUG"):
+                traceback.print_exc()
             _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
             raise
@@ -77,10 +79,11 @@ def _friendly_errors(func: F) -> F:
 
 
 def _load(spec: str, out: str | None, pgen: str | None, pargs: Sequence[str],  # type: ignore[no-untyped-def]
-          strict: bool = False):
+          strict: bool = False, executor: str | None = None):
     from engine.spec import load_study
 
-    graph = load_study(spec, out_dir=out, now=dt.datetime.now(), cwd=os.getcwd(), pgen=pgen, pargs=pargs)
+    graph = load_study(spec, out_dir=out, now=dt.datetime.now(), cwd=os.getcwd(), pgen=pgen,
+                       pargs=pargs, executor=executor)
     for warning in graph.warnings:
         if strict and "unresolved token" in warning:
             _fail(f"{spec}: {printable(warning)} (--strict)")
@@ -175,7 +178,8 @@ def main(verbose: int) -> None:
 def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int | None,
         attempts: int | None, nats_url: str | None, run_local: bool, reuse: str | None,
         no_cache: bool, kill_grace: float | None, samplesfile: str | None, strict: bool,
-        per_sample_status: bool, pgen: str | None, pargs: tuple[str, ...], **conn: Any) -> None:
+        per_sample_status: bool, pgen: str | None, pargs: tuple[str, ...],
+        executor: str | None, **conn: Any) -> None:
     """Run the study in SPEC to completion; exit 0 finished, 2 failure, 3 cancelled."""
     from engine.client import read_credentials
     from engine.hosting import StudyOptions
@@ -183,7 +187,7 @@ def run(spec: str, out: str | None, dry: bool, throttle: int | None, rlimit: int
 
     if any(conn.values()) and not nats_url:
         _fail("--user/--password-file/--token-file/--creds/--tls-ca need --nats-url")
-    graph = _load(spec, out, pgen, pargs, strict)
+    graph = _load(spec, out, pgen, pargs, strict, executor)
     study = StudyOptions(throttle=throttle, rlimit=rlimit, attempts=attempts,
                          kill_grace=kill_grace, dry_run=dry, run_local=run_local,
                          reuse=reuse or "", use_cache=not no_cache,

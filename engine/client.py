@@ -151,7 +151,7 @@ def credential_options(func: Callable[..., Any], *, suffix: str = "") -> Callabl
 
 
 def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add how a study runs (``run`` and ``submit``): --dry, -t, -r, -a."""
+    """Add how a study runs (``run`` and ``submit``): --dry, -t, -r, -a, --executor."""
     for opt in reversed([
         click.option("--dry", is_flag=True,
                      help="Write every script and mark steps DRYRUN; run nothing."),
@@ -162,6 +162,10 @@ def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Restarts of a timed-out step (default 1; 0 = unlimited)."),
         click.option("-a", "--attempts", type=click.IntRange(min=1), default=None,
                      help="Runs of a step that fails (default 1: no retry)."),
+        click.option("--executor", type=click.Choice(["local", "workers"]), default=None,
+                     help="Who runs the local steps: this engine ('local'), or 'enginectl "
+                          "worker' processes taking them from queues ('workers'); "
+                          "default: the spec's troupe.executor, else local."),
     ]):
         func = opt(func)
     return func
@@ -297,6 +301,7 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
         use_cache=not kwargs["no_cache"], request_id=os.urandom(12).hex(),
         samples_file=os.path.abspath(kwargs["samplesfile"]) if kwargs["samplesfile"] else "",
         per_sample_status=kwargs["per_sample_status"], strict=kwargs["strict"],
+        executor=kwargs["executor"] or "",
     )
 
     async def body(bus: Bus) -> int:

@@ -34,8 +34,7 @@ from engine import subjects
 from engine.actors.study import StudyRuntime
 from engine.authz import NatsUser, job_user, new_secrets, role_users
 from engine.bus import Bus, Credentials, open_bus
-from engine.errors import printable
-from engine.errors import ConfigError
+from engine.errors import BusError, ConfigError, printable
 from engine.hosting import Start, StudyOptions, build_runtime, check_study, make_study_id
 from engine.layout import acquire_dependencies, prepare_study_dir
 from engine.log import study_log_file
@@ -45,7 +44,9 @@ from engine.messages import (
     FAILURE_STATES,
     StepState,
     StepStateChanged,
+    StopWorkers,
     StudyState,
+    new_event_id,
 )
 from engine.merlin import SamplesError
 from engine.natsserver import open_embedded_server
@@ -186,6 +187,8 @@ async def run_study(graph: StudyGraph, opts: RunOptions, *,
                     began = True  # from here on the study ran: its directory stays
                     state = await runtime.run()
                     tg.cancel_scope.cancel()
+                if client_user is not None and graph.troupe.get("executor") == "workers":
+                    await _stop_own_workers(bus)
                 if view is not None:
                     _draw(runtime, view)  # the last counts (the bar stops with the stack)
                 if not opts.study.dry_run:
@@ -252,6 +255,16 @@ async def _ended_by_events(bus: Bus, graph: StudyGraph, study_id: str) -> dict[s
     return {n: StepEntry(study_id=study_id, step=n, state=st.value, final=True)
             for n, st in last.items() if n in names and st in (StepState.FINISHED,
                                                               StepState.CACHED)}
+
+
+async def _stop_own_workers(bus: Bus) -> None:
+    """The workers on this run's own server serve this study alone: it ended, so they
+    stop (their server goes away with the run)."""
+    try:
+        await bus.publish(subjects.WORKERS_STOP, StopWorkers(event_id=new_event_id()))
+        await bus.flush()
+    except BusError:
+        pass
 
 
 async def _cancel_on_signals(runtime: StudyRuntime) -> None:

@@ -22,14 +22,17 @@ import os
 import re
 import shlex
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, printable
+
 
 __all__ = ["WorkerPlan", "plan_workers"]
 
 _DEFAULT_QUEUE = "default"  # adapters.workers.DEFAULT_QUEUE
-_CONCURRENCY = re.compile(r"(?:--concurrency[ =]|-c ?)(\d+)")
+_CONCURRENCY = re.compile(r"(?:--concurrency[ =]|-c ?)(\d{1,6})\b")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 class WorkerPlan:
@@ -76,6 +79,7 @@ def plan_workers(spec: str) -> list[WorkerPlan]:
     top: Any = parse_spec(spec, text)
     graph = load_study(spec, text=text, out_dir=os.devnull, now=dt.datetime.now(),
                        cwd=os.getcwd())
+    sub = _substitution(spec, text)
     queues_of: dict[str, set[str]] = {}
     for inst in graph.steps:
         queues_of.setdefault(inst.step, set()).add(inst.task_queue or _DEFAULT_QUEUE)
@@ -86,9 +90,14 @@ def plan_workers(spec: str) -> list[WorkerPlan]:
     if not workers:
         return [WorkerPlan("default_worker", every, None, batch=batch)]
     plans = []
-    for name, cfg in workers.items():
+    for raw, cfg in workers.items():
+        name = sub(str(raw))
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{spec}: merlin.resources.workers.{printable(name)}: a worker "
+                              "name is 1 to 64 letters, digits, '.', '_' or '-', not starting "
+                              "with '.' or '-'")
         cfg = cfg if isinstance(cfg, dict) else {}
-        steps = cfg.get("steps") or ["all"]
+        steps = [sub(str(s)) for s in cfg.get("steps") or ["all"]]
         if "all" in steps:
             queues = every
         else:
@@ -97,9 +106,28 @@ def plan_workers(spec: str) -> list[WorkerPlan]:
                 raise ConfigError(f"{spec}: merlin.resources.workers.{name}.steps: no step "
                                   f"named {', '.join(map(repr, unknown))}")
             queues = sorted({q for s in steps for q in queues_of[s]})
-        found = _CONCURRENCY.search(str(cfg.get("args") or ""))
+        found = _CONCURRENCY.search(sub(str(cfg.get("args") or "")))
         nodes = cfg.get("nodes")
         plans.append(WorkerPlan(str(name), queues, int(found.group(1)) if found else None,
                                 nodes=nodes if isinstance(nodes, int) and nodes > 0 else 1,
                                 batch=batch))
     return plans
+
+
+def _substitution(spec: str, text: str) -> Callable[[str], str]:
+    """``$(NAME)`` of the spec's variables and labels replaced (Merlin resolves them in
+    ``merlin.resources.workers`` too: ``$(WORKER_NAME): {args: ...}``)."""
+    from engine.spec.loader import load_spec
+    from engine.spec.samples import resolve_merlin_variables
+
+    parsed = load_spec(spec, text=text)
+    if parsed.merlin:
+        parsed = resolve_merlin_variables(parsed)
+    known = {**parsed.env.variables, **parsed.env.labels}
+
+    def sub(value: str) -> str:
+        for name, resolved in known.items():
+            value = value.replace(f"$({name})", str(resolved))
+        return value
+
+    return sub

@@ -80,7 +80,7 @@ _REMEMBERED_SUBMITS = 4096  # request ids whose answer is kept for a retried sub
 
 _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen", "pargs",
                 "out_dir", "reuse", "use_cache", "samples_file", "per_sample_status",
-                "strict")  # fmt: skip
+                "strict", "executor")  # fmt: skip
 
 
 class _Submission:
@@ -302,7 +302,7 @@ class EngineService:
             # In a worker thread: a big spec takes seconds to expand, and the engine
             # answers everyone else meanwhile.
             graph = self._load(req.spec_path, req.spec_text, req.out_dir or None, req.cwd,
-                               req.pgen or None, req.pargs, dt.datetime.now())
+                               req.pgen or None, req.pargs, dt.datetime.now(), req.executor)
             check_study(graph, StudyOptions.from_stored(opts))
             for warning in graph.warnings if req.strict else ():
                 if "unresolved token" in warning:
@@ -382,9 +382,10 @@ class EngineService:
     # ------------------------------------------------------------------ hosting
 
     def _load(self, spec_path: str, text: str, out_dir: str | None, cwd: str,
-              pgen: str | None, pargs: tuple[str, ...], now: dt.datetime) -> StudyGraph:
+              pgen: str | None, pargs: tuple[str, ...], now: dt.datetime,
+              executor: str = "") -> StudyGraph:
         return load_study(spec_path, text=text, out_dir=out_dir, now=now, cwd=cwd, pgen=pgen,
-                          pargs=pargs)
+                          pargs=pargs, executor=executor or None)
 
     async def _launch(self, entry: StudyEntry, *, graph: StudyGraph | None = None,
                       start: Start) -> bool:
@@ -396,7 +397,8 @@ class EngineService:
                 graph = await anyio.to_thread.run_sync(
                     self._load, entry.spec_path, entry.spec_text, entry.study_dir, entry.cwd,
                     str(entry.options.get("pgen") or "") or None,
-                    tuple(entry.options.get("pargs") or ()), dt.datetime.now())
+                    tuple(entry.options.get("pargs") or ()), dt.datetime.now(),
+                    str(entry.options.get("executor") or ""))
             job_user = job_password = None
             if self._job_credentials is not None:
                 job_user, job_password = self._job_credentials(entry.study_id)

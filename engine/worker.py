@@ -103,6 +103,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
                         await room.wait()
             tg.cancel_scope.cancel()
     log.info("worker_stopped")
+    print(f"troupe worker {name} stopped", flush=True)
 
 
 async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import anyio
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
@@ -143,6 +144,7 @@ class TaskQueue:
         """Up to ``most`` tasks from the queues, in the order they are named (waits up to
         ``timeout`` seconds for the first one)."""
         out: list[Delivery] = []
+        down = 0
         for sub in self._subs:
             if len(out) >= most:
                 break
@@ -151,6 +153,9 @@ class TaskQueue:
             except (NatsTimeoutError, TimeoutError):
                 continue
             except (NatsError, JetStreamError):
-                continue  # the connection is down: nats-py reconnects; ask again later
+                down += 1  # the connection is down: nats-py reconnects; ask again later
+                continue
             out += [Delivery(m) for m in msgs]
+        if down and down == len(self._subs):  # no spinning while it reconnects
+            await anyio.sleep(timeout)
         return out

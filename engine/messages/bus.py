@@ -130,6 +130,7 @@ class SubmitRequest(BusMessage, tag="submit_request"):
             gets the first one's answer, never a second study.
         samples_file, per_sample_status, strict: ``run``'s ``--samplesfile`` (an absolute
             path), ``--per-sample-status`` and ``--strict``.
+        executor: ``--executor`` (replaces the spec's ``troupe.executor``), or "".
     """
 
     spec_text: str
@@ -149,6 +150,7 @@ class SubmitRequest(BusMessage, tag="submit_request"):
     samples_file: str = ""
     per_sample_status: bool = False
     strict: bool = False
+    executor: str = ""
 
 
 class SubmitReply(BusMessage, tag="submit_reply"):

@@ -61,7 +61,7 @@ _INT_FIELDS = {k.replace(" ", "_") for k in INT_RESOURCE_KEYS}
 def load_study(
     spec_path: str | os.PathLike[str], *, out_dir: str | None = None, now: datetime.datetime,
     cwd: str | None = None, pgen: str | None = None, pargs: Sequence[str] = (),
-    text: str | None = None,
+    text: str | None = None, executor: str | None = None,
 ) -> StudyGraph:  # fmt: skip
     """Load, validate and expand a spec into the graph the runtime executes.
 
@@ -73,6 +73,7 @@ def load_study(
             defaults to the process's working directory.
         pgen: A ``--pgen`` Python file whose generator replaces ``global.parameters``.
         pargs: ``--pargs KEY:VALUE`` items for the generator.
+        executor: ``--executor``: replaces the spec's ``troupe.executor``.
 
     Returns:
         The expanded study.
@@ -85,7 +86,7 @@ def load_study(
     if pargs and not pgen:
         raise ConfigError("--pargs needs --pgen: there is no parameter generator to pass them to")
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    spec = load_spec(spec_path, cwd=cwd, text=text)
+    spec = load_spec(spec_path, cwd=cwd, text=text, executor=executor)
     if spec.merlin:
         spec = resolve_merlin_variables(spec)
     spec_file = os.path.normpath(os.path.join(cwd, os.fspath(spec_path)))
@@ -175,11 +176,12 @@ class _Node:
             if value is not None:
                 self.resources[key] = env.apply(value) if isinstance(value, str) else value
         run = step.run
+        queue = run.task_queue or run.queue  # task_queue: $(VERIFY_QUEUE), as Merlin resolves
         ext = {"group": run.group, "restart_limit": run.restart_limit, "retry": run.retry,
                "when": run.when, "race": run.race, "inputs": run.inputs,
                "group_by": run.group_by,
                "max_retries": run.max_retries, "retry_delay": run.retry_delay,
-               "shell": run.shell, "task_queue": run.task_queue or run.queue,
+               "shell": run.shell, "task_queue": env.apply(queue) if queue else None,
                "batch_type": (run.batch or {}).get("type")}  # fmt: skip
         self.extensions = {k: v for k, v in ext.items() if v is not None}
         self.group_by: tuple[str, ...] = tuple(run.group_by or ())

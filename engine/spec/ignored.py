@@ -46,13 +46,13 @@ def ignored_keys(top: dict[str, Any], fail: Callable[[str, str], NoReturn]) -> l
             fail(f"merlin.resources.{key}", "unknown key (Merlin's are workers, task_server "
                  "and overlap)")
     if resources:
-        out.append(f"merlin.resources ({', '.join(resources)}) is ignored: Troupe starts no "
-                   "Celery workers; every step runs on the study's adapter")
+        out.append(f"merlin.resources ({', '.join(resources)}) is ignored here: Troupe starts "
+                   "no Celery workers ('enginectl run-workers SPEC' starts the workers it names)")
     queued = [s["name"] for s in top.get("study") or [] if "task_queue" in s.get("run", {})]
     if queued and (top.get("troupe") or {}).get("executor") != "workers":
         names = ", ".join(queued[:5]) + (f" and {len(queued) - 5} more" if len(queued) > 5 else "")
         out.append(f"run.task_queue is ignored (steps {names}): its steps run here unless "
-                   "troupe.executor is workers")
+                   "--executor workers (or troupe.executor: workers)")
     batch = top.get("batch") or {}
     for key in batch:
         if key not in _BATCH:

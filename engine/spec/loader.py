@@ -52,7 +52,8 @@ def funnel_target(dep: str) -> str:
 
 
 def load_spec(
-    spec_path: str | os.PathLike[str], *, cwd: str | None = None, text: str | None = None
+    spec_path: str | os.PathLike[str], *, cwd: str | None = None, text: str | None = None,
+    executor: str | None = None,
 ) -> Spec:
     """Load and validate a spec file, without expanding it.
 
@@ -60,6 +61,8 @@ def load_spec(
         spec_path: Path of the YAML spec; error messages quote it as given.
         cwd: Directory a relative ``spec_path`` is opened from (default: the process's).
         text: The spec's text, if it was read elsewhere (a client's submission).
+        executor: ``--executor``: replaces the spec's ``troupe.executor`` (a Merlin spec
+            runs unmodified on workers, as ``merlin run`` sends its tasks to Celery).
 
     Returns:
         The validated spec.
@@ -69,13 +72,25 @@ def load_spec(
     """
     file = os.fspath(spec_path)
     if text is not None:  # submitted text: the file need not be readable here
-        return validate_spec(file, parse_spec(file, text))
+        return validate_spec(file, _with_executor(parse_spec(file, text), executor))
     try:
         with open(os.path.join(cwd or "", file), encoding="utf-8") as fh:
             text = fh.read(max_spec_bytes() + 1)  # never read more than the limit allows
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(file, "", f"cannot read spec: {exc}") from exc
-    return validate_spec(file, parse_spec(file, text))
+    return validate_spec(file, _with_executor(parse_spec(file, text), executor))
+
+
+def _with_executor(top: Any, executor: str | None) -> Any:
+    """``top`` with ``troupe.executor`` set to ``executor`` (validated as the spec's own)."""
+    if not executor or not isinstance(top, dict):
+        return top
+    troupe = top.get("troupe")
+    if troupe is None:
+        troupe = {}
+    if not isinstance(troupe, dict):  # validation names the field
+        return top
+    return {**top, "troupe": {**troupe, "executor": executor}}
 
 
 def parse_spec(file: str, text: str) -> Any:
