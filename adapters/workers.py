@@ -165,6 +165,10 @@ class WorkersAdapter(Adapter):
                         codes.append(code)
                         break
                     seen = self._seen.get(handle.job_id)
+                    if seen is None and _claimed(exit_file):
+                        # Claimed by a worker whose first "it runs" never came (it died at
+                        # once): the loss clock starts now.
+                        seen = self._seen[handle.job_id] = self._clock()
                     if seen is not None and self._clock() - seen > self._lost_after:
                         return JobResult(outcome=JobOutcome.NODE_FAIL, detail=(
                             f"its worker fell silent (no heartbeat for {self._lost_after:g} s)"))
@@ -204,6 +208,14 @@ def _read_exit(path: str) -> int | None:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _claimed(exit_file: str) -> bool:
+    """A worker's wrapper claimed the attempt (its pid file holds a pid)."""
+    try:
+        return Path(exit_file[: -len(".exit")] + ".pid").read_text().strip().isdigit()
+    except OSError:
+        return False
 
 
 def _claimed_by_engine(exit_file: str) -> bool:
