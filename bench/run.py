@@ -345,31 +345,32 @@ def mb(b) -> str:
     return "—" if b is None else f"{b / 2**20:.0f}"
 
 
-def render(report: dict) -> str:
-    cols, lines = report["columns"], []
+def render(report: dict, ref: str = "floor") -> str:
+    """The tables; ratios and the W2 overhead per edge are relative to column ``ref``."""
+    cols, lines, the = report["columns"], [], "the floor" if ref == "floor" else ref
     lines.append(f"Median wall seconds over {report['runs']} runs after a warm-up "
-                 "(ratio to the floor in parentheses).\n")
+                 f"(ratio to {the} in parentheses).\n")
     lines.append("| workload | " + " | ".join(cols) + " |")
     lines.append("| --- | " + " | ".join("---:" for _ in cols) + " |")
     for wk, per in report["results"].items():
-        floor = per.get("floor", {}).get("median")
+        floor = per.get(ref, {}).get("median")
         cells = []
         for c in cols:
             r = per.get(c, {})
             if r.get("median") is None:
                 cells.append(r.get("note") or r.get("error") or "—")
-            elif floor and c != "floor":
+            elif floor and c != ref:
                 cells.append(f"{r['median']:.2f} ({r['median'] / floor:.1f}x)")
             else:
                 cells.append(f"{r['median']:.2f}")
         lines.append(f"| {wk} | " + " | ".join(cells) + " |")
     lines.append("\nPer column and workload: all runs, peak RSS of the process tree "
                  "(sampled every 0.2 s) and of its largest process (exact, wait4), MB.\n")
-    lines.append("| workload | column | median (s) | runs (s) | ratio to floor | tree RSS | "
+    lines.append(f"| workload | column | median (s) | runs (s) | ratio to {ref} | tree RSS | "
                  "largest process RSS | per edge (W2) |")
     lines.append("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for wk, per in report["results"].items():
-        floor = per.get("floor", {}).get("median")
+        floor = per.get(ref, {}).get("median")
         for c in cols:
             r = per.get(c, {})
             if r.get("median") is None:
@@ -381,8 +382,8 @@ def render(report: dict) -> str:
             if wk.startswith("W2"):
                 n = int(wk.split("-")[1])
                 edge = f"{r['median'] / n * 1000:.1f} ms"
-                if floor and c != "floor":
-                    edge += f" ({(r['median'] - floor) / n * 1000:.1f} ms over floor)"
+                if floor and c != ref:
+                    edge += f" ({(r['median'] - floor) / n * 1000:.1f} ms over {ref})"
             lines.append(
                 f"| {wk} | {c} | {r['median']:.2f} | {', '.join('%.2f' % x for x in r['runs'])} "
                 f"| {ratio} | {mb(r.get('tree_rss'))} | {mb(r.get('max_rss'))} | {edge} |")

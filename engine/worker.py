@@ -119,6 +119,14 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
         await delivery.ack()
         return
     pid_file = task.exit_file[: -len(".exit")] + ".pid"
+    if os.path.lexists(pid_file):  # claimed already: a redelivery, or cancelled queued
+        # Not announced as running here: the engine's loss clock for the attempt must
+        # not be reset by a worker that does not run it.
+        if _claimed_by_engine(pid_file):
+            await _report(bus, task, _CLAIM_FAILED)
+        log.info("task_ended", key=task.key, exit_code=_CLAIM_FAILED, detail="claimed before")
+        await delivery.ack()
+        return
     argv = wrapper_argv(task.script, task.exit_file, pid_file, task.stem, merlin=task.merlin)
     try:
         env = {**os.environ, **task.env, "TROUPE_WORKER": name}

@@ -12,10 +12,12 @@ nats-py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import anyio
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
@@ -55,17 +57,30 @@ async def ensure_task_stream(bus: Bus, *, replicas: int | None = None) -> None:
             raise BusError(f"cannot create stream {TASKS_STREAM}: {exc}", bus.url) from exc
 
 
-async def publish_task(bus: Bus, queue: str, payload: bytes, *, key: str) -> None:
+async def publish_task(bus: Bus, queue: str, payload: bytes, *, key: str,
+                       patience: float = 60.0) -> None:
     """Put one task on ``queue`` (acknowledged by the server; ``key`` deduplicates).
+
+    A stream without a leader for a moment (a server of the cluster died, an election
+    runs) is asked again, with a growing pause, for up to ``patience`` seconds: the
+    message id makes a repeated publish harmless.
 
     Raises:
         BusError: the server did not store it.
     """
-    try:
-        await bus.jetstream.publish(subjects.tasks(queue), payload, timeout=5.0,
-                                    headers={"Nats-Msg-Id": key})
-    except (NatsError, JetStreamError) as exc:
-        raise BusError(f"cannot queue the task {key} on {queue!r}: {exc}", bus.url) from exc
+    deadline = time.monotonic() + patience
+    pause = 0.1
+    while True:
+        try:
+            await bus.jetstream.publish(subjects.tasks(queue), payload, timeout=5.0,
+                                        headers={"Nats-Msg-Id": key})
+            return
+        except (NatsError, JetStreamError) as exc:
+            if isinstance(exc, MaxPayloadError) or time.monotonic() + pause > deadline:
+                raise BusError(f"cannot queue the task {key} on {queue!r}: {exc}",
+                               bus.url) from exc
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 class Delivery:

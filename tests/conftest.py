@@ -102,6 +102,20 @@ def engine(tmp_path: Path) -> Iterator[Any]:
         eng.stop()
 
 
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A 3-node nats-server cluster (tests/cluster/cluster-up.sh): its URLs, comma-separated,
+    and its directory (``<dir>/nN/pid``: each node's pid)."""
+    where = tmp_path / "cluster"
+    subprocess.run(["sh", str(REPO / "tests/cluster/cluster-up.sh"), str(where)], check=True,
+                   timeout=60)
+    try:
+        yield (where / "urls").read_text().strip(), where
+    finally:
+        subprocess.run(["sh", str(REPO / "tests/cluster/cluster-down.sh"), str(where)],
+                       timeout=60, check=False)
+
+
 def slurm_up() -> bool:
     """Whether a Slurm answers here (``sinfo``): the tests that need one skip otherwise."""
     import shutil

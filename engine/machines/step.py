@@ -201,7 +201,10 @@ def _enter(
 
 
 def _request(rec: StepRecord) -> tuple[StepRecord, list[Command]]:
-    return replace(rec, queued=True), [RequestSlot(step=rec.name, scopes=rec.policy.scopes)]
+    # A step that ran before (a retry, restart or resubmission) held a slot a moment ago:
+    # its next attempt goes first (a lost task is re-run within the loss timeout).
+    return replace(rec, queued=True), [RequestSlot(step=rec.name, scopes=rec.policy.scopes,
+                                                   again=rec.attempt > 0)]
 
 
 def _ready(rec: StepRecord, now: float) -> tuple[StepRecord, list[Command]]:

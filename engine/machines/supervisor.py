@@ -1,6 +1,6 @@
 """The pure state machine of a study's supervisor: the study-level decisions.
 
-The supervisor hands out throttle slots in request order (FIFO), takes them back when a
+The supervisor hands out throttle slots in request order (FIFO; a next attempt first), takes them back when a
 step leaves PENDING/RUNNING, and counts terminal steps as it sees them on the bus; when
 every step is terminal it declares the study FINISHED, FAILURE or CANCELLED (Maestro's
 rule: any step in a failure state makes the study a FAILURE). It also decides what
@@ -72,6 +72,8 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     Waiting requests are kept in one FIFO queue per distinct scope set (``queues``), each
     entry tagged with its arrival number, so granting looks at a few queue heads instead of
     scanning every waiting step; across queues the oldest request that fits goes first.
+    A step's next attempt (a retry, a restart, a resubmission) is numbered below every
+    first attempt (arrival number minus ``_AGAIN``): it goes first.
 
     ``steps`` are the study's instances in status order (a cancel goes to each);
     ``cancels`` counts the cancel requests and stops (the first cancels every step, a
@@ -98,6 +100,9 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     cancels: int = 0
     races: RaceBook = RaceBook()
     parked: dict[str, tuple[str, ...]] = {}  # step -> scopes: asks for a slot once its race ends
+
+
+_AGAIN = 1 << 40  # subtracted from a next attempt's arrival number
 
 
 def new_supervisor(steps: tuple[str, ...], *, limits: dict[str, int],
@@ -171,16 +176,21 @@ def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
     return replace(st, queues=queues, running=running), grants
 
 
-def _request(st: SupervisorState, step: str,
-             scopes: tuple[str, ...]) -> tuple[SupervisorState, list[Command]]:
-    """Grant ``step`` a slot at once if nothing waits and there is room, else queue it."""
+def _request(st: SupervisorState, step: str, scopes: tuple[str, ...], *,
+             again: bool = False) -> tuple[SupervisorState, list[Command]]:
+    """Grant ``step`` a slot at once if nothing waits and there is room, else queue it
+    (``again``: before every first attempt, after the earlier next attempts)."""
     # A step asks at most once per WAITING period (the step machine's invariant), so a
     # duplicate check here would only cost a scan of the queue.
     if not st.queues and not st.paused and _has_room(st, scopes):
         return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
     q = st.queues.get(scopes, ())
-    queues = {**st.queues, scopes: (*q, (st.seq, step))}
-    return _fill(replace(st, queues=queues, seq=st.seq + 1))
+    if again:  # numbered below every first attempt; they stay in their order
+        ahead = sum(1 for number, _ in q if number < 0)
+        q = (*q[:ahead], (st.seq - _AGAIN, step), *q[ahead:])
+    else:
+        q = (*q, (st.seq, step))
+    return _fill(replace(st, queues={**st.queues, scopes: q}, seq=st.seq + 1))
 
 
 def _unpark(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
@@ -218,12 +228,12 @@ def decide(
     """
     del now
     match event:
-        case SlotRequested(step=step, scopes=scopes):
+        case SlotRequested(step=step, scopes=scopes, again=again):
             if st.ended:
                 raise InvalidTransition("supervisor", "ended", event)
             if waits_for_race(st.races, step):
                 return replace(st, parked={**st.parked, step: scopes}), []
-            return _request(st, step, scopes)
+            return _request(st, step, scopes, again=again)
         case SlotReleased(scopes=scopes):
             if any(st.running.get(s, 0) <= 0 for s in scopes):
                 raise InvalidTransition("supervisor", f"running={st.running}", event)

@@ -32,7 +32,8 @@ __all__ = ["ROUTES"]
 
 
 def _slot_requested(cmd: RequestSlot, cause: str) -> tuple[Target, Event]:
-    return SUPERVISOR, SlotRequested(event_id=cause, step=cmd.step, scopes=cmd.scopes)
+    return SUPERVISOR, SlotRequested(event_id=cause, step=cmd.step, scopes=cmd.scopes,
+                                   again=cmd.again)
 
 
 def _slot_released(cmd: ReleaseSlot, cause: str) -> tuple[Target, Event]:

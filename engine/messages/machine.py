@@ -74,10 +74,12 @@ class AttemptLost(Event, tag="attempt_lost"):
 
 
 class SlotRequested(Event, tag="slot_requested"):
-    """Supervisor input: ``step`` wants a slot in each of ``scopes``."""
+    """Supervisor input: ``step`` wants a slot in each of ``scopes`` (``again``: for its
+    next attempt, after a retry, restart or resubmission)."""
 
     step: str
     scopes: tuple[str, ...] = ("global",)
+    again: bool = False
 
 
 class SlotReleased(Event, tag="slot_released"):
@@ -170,10 +172,12 @@ class PublishState(Command, tag="publish_state"):
 
 
 class RequestSlot(Command, tag="request_slot"):
-    """Ask the supervisor for a slot in each of ``scopes``."""
+    """Ask the supervisor for a slot in each of ``scopes`` (``again``: the step ran
+    before; its next attempt goes before the first attempts still waiting)."""
 
     step: str
     scopes: tuple[str, ...] = ("global",)
+    again: bool = False
 
 
 class WithdrawSlotRequest(Command, tag="withdraw_slot_request"):

@@ -7,28 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import nats
 import pytest
 
-from tests.conftest import REPO, wait_for_path
+from tests.conftest import wait_for_path
 from tests.engine_proc import Engine
-
-UP, DOWN = REPO / "tests/cluster/cluster-up.sh", REPO / "tests/cluster/cluster-down.sh"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    where = tmp_path / "cluster"
-    subprocess.run(["sh", str(UP), str(where)], check=True, timeout=60)
-    try:
-        yield (where / "urls").read_text().strip(), where
-    finally:
-        subprocess.run(["sh", str(DOWN), str(where)], timeout=60)
 
 
 async def _stream(url: str) -> tuple[int, str, list[str]]:

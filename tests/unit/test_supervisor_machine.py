@@ -63,6 +63,18 @@ def test_throttle_grants_up_to_the_limit_then_queues_in_request_order() -> None:
     assert 2 == st.running["global"]
 
 
+def test_a_next_attempt_goes_before_the_first_attempts_and_after_earlier_next_ones() -> None:
+    st, _ = run(state(6, global_=1), req("a"), req("b"), req("c"))
+    st, _ = run(st, SlotRequested(step="x", scopes=G, again=True),
+                SlotRequested(step="y", scopes=G, again=True), req("d"))
+    assert ["x", "y", "b", "c", "d"] == [name for _, name in st.queues[G]]
+    granted = []
+    for step in "axybc":
+        st, cmds = run(st, rel(step))
+        granted += [c.step for c in cmds]
+    assert ["x", "y", "b", "c", "d"] == granted
+
+
 def test_zero_limit_means_unlimited() -> None:
     _, cmds = run(state(100, global_=0), *(req(str(i)) for i in range(100)))
     assert 100 == len(cmds)
