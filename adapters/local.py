@@ -146,6 +146,11 @@ class LocalAdapter(Adapter):
         self.write_script(step)
         self._prepared[step.name] = _script_key(step)
 
+    def ensure_script(self, step: StepInstance) -> None:
+        """Write the step's scripts, unless ``prepare`` already wrote these."""
+        if self._prepared.pop(step.name, None) != _script_key(step):
+            self.write_script(step)
+
     def write_script(self, step: StepInstance) -> Path:
         """Write ``<safe name>.sh`` (and ``.restart.sh`` if the step has one)."""
         ws = step.workspace

@@ -3,11 +3,11 @@ worker process (``enginectl worker``, ``engine.worker``) takes, runs and reports
 
 ``submit`` writes the step's script into its workspace (on the file system the workers
 share), and queues a ``Task`` naming it, with the attempt's key as the message id. The
-worker runs the script under the local adapter's claiming wrapper (so one attempt never
-runs twice: the wrapper claims ``.troupe.<attempt>.pid`` exclusively), then publishes the
-exit status to the study's report subject, which the engine hands to ``report``; the exit
-file the wrapper writes is read too, should that message be lost. ``cancel`` claims an
-attempt still waiting in its queue (its wrapper then never runs the script) and asks the
+worker claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively, so one attempt
+never runs twice), runs the script, writes its exit status to ``.troupe.<attempt>.exit``
+and publishes it to the study's report subject, which the engine hands to ``report``;
+the exit file is read too, should that message be lost. ``cancel`` claims an attempt
+still waiting in its queue (the worker that takes it then never runs it) and asks the
 workers to stop one that runs (``WorkerCancel``).
 """
 
@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from adapters.base import Adapter, JobHandle, JobOutcome, JobRequest, JobResult, SubmitError
+from adapters.base import (
+    Adapter,
+    JobHandle,
+    JobOutcome,
+    JobRequest,
+    JobResult,
+    SubmitError,
+)
 from adapters.local import output_stem, script_path
 from engine.messages import ENCODER, BusMessage, Task, WorkerCancel, new_event_id
 from engine.subjects import WORKER_CANCEL
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_QUEUE", "WorkersAdapter"]
 
 DEFAULT_QUEUE = "default"
-CANCELLED = "cancelled\n"  # what a claim made by the engine holds (the wrapper exits 199)
+CANCELLED = "cancelled\n"  # what a claim made by the engine holds (no worker runs it)
 
 
 class WorkersAdapter(Adapter):
@@ -94,7 +101,7 @@ class WorkersAdapter(Adapter):
         """
         step, attempt = request.step, request.attempt
         try:
-            self._local.write_script(step)
+            self._local.ensure_script(step)
         except OSError as exc:
             raise SubmitError(f"{type(exc).__name__}: {exc}", step.name) from exc
         script = script_path(step, restart=request.restart and bool(step.restart))
@@ -112,7 +119,7 @@ class WorkersAdapter(Adapter):
         self._exit_files[(request.actor, attempt)] = exit_file
         try:
             await self._queue_task(task.queue, ENCODER.encode(task), request.key)
-        except Exception as exc:  # noqa: BLE001 - the bus's error, whatever its type
+        except Exception as exc:
             self._waiting.pop(exit_file, None)
             raise SubmitError(str(exc), step.name, retryable=True) from exc
         delay = min(10.0, self._lost_after)
@@ -211,9 +218,9 @@ def _read_exit(path: str) -> int | None:
 
 
 def _claimed(exit_file: str) -> bool:
-    """A worker's wrapper claimed the attempt (its pid file holds a pid)."""
+    """A worker claimed the attempt (its pid file exists, and is not the engine's)."""
     try:
-        return Path(exit_file[: -len(".exit")] + ".pid").read_text().strip().isdigit()
+        return Path(exit_file[: -len(".exit")] + ".pid").read_text() != CANCELLED
     except OSError:
         return False
 

@@ -1,51 +1,56 @@
 """``enginectl worker``: take step tasks from JetStream queues and run them.
 
 A worker pulls from its queues (``engine.workqueue``: one durable consumer per queue,
-shared by every worker of the queue), at most ``concurrency`` tasks at a time. It runs
-each task's script under the claiming wrapper (``adapters.local.wrapper_argv``) in the
-task's workspace, in a session of its own, with the task's environment; while it runs,
-the worker tells JetStream every ``heartbeat`` seconds that it is still on it (so the
-task is not delivered to another worker), and when it ended publishes the exit status
-(``JobReported``) to the study's report subject, then acknowledges the task. A task whose
-claim fails (exit 199) was taken by another worker, or cancelled by the engine: the
-claimant (or the engine) reports it, this worker only acknowledges it. ``WorkerCancel``
-stops a running task (SIGTERM to its group and the processes it marked, SIGKILL after
-the grace). SIGTERM stops taking tasks and waits for the running ones to end; a second
-SIGTERM (or SIGINT) kills them, and they are reported as killed.
+shared by every worker of the queue), at most ``concurrency`` tasks at a time. For each
+task it first claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively: an
+attempt runs once, even if the task is delivered twice, and never after the engine
+cancelled it while queued), then starts the task's script in its workspace, in a session
+of its own, with its output in Maestro's (or Merlin's) files (``engine.taskproc``:
+``posix_spawn``, a pidfd to wait). A guard process kills what the worker started if the
+worker dies: a task never outlives its worker, so an attempt the engine finds lost
+cannot still be running when it is run again. While a task runs,
+the worker tells JetStream every ``heartbeat`` seconds that it is still on it (so it is
+not delivered to another worker); when it ended, the worker writes its exit status to
+``.troupe.<attempt>.exit``, publishes it (``JobReported``) to the study's report
+subject, then acknowledges the task. ``WorkerCancel`` stops a running task (SIGTERM to
+its group and the processes it marked, SIGKILL after the grace). SIGTERM stops taking
+tasks and waits for the running ones to end; a second SIGTERM (or SIGINT) kills them,
+and they are reported as killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import msgspec
 import structlog
 
 from adapters.descendants import JOB_KEY_VAR, kill_marked
-from adapters.local import wrapper_argv
 from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError
 from engine.messages import (
     BUS_DECODER,
     JobReported,
-    Task,
     StopWorkers,
+    Task,
     TasksAlive,
     WorkerAlive,
     WorkerCancel,
     new_event_id,
 )
+from engine.taskproc import MARK_VAR, Guard, start_task, wait_task
 from engine.workqueue import Delivery, TaskQueue, ensure_task_stream
 
 __all__ = ["run_worker"]
 
-_CLAIM_FAILED = 199  # the wrapper's exit when another holds the attempt
+_CLAIM_FAILED = 199  # reported for an attempt the engine claimed (cancelled while queued)
 
 
 class _Running:
@@ -71,8 +76,9 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
     running: dict[str, _Running] = {}
     room = anyio.Condition()
     stopping = anyio.Event()
+    guard = Guard()  # the tasks die with this worker
     async with open_bus(url, credentials, name=f"troupe-worker {name}",
-                        max_reconnect_attempts=-1) as bus:
+                        max_reconnect_attempts=-1) as bus, _closing(guard):
         await ensure_task_stream(bus)
         tasks = TaskQueue(bus, queues, concurrency=concurrency, ack_wait=heartbeat * 6)
         await tasks.open()
@@ -94,7 +100,8 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
                             await room.wait()
                     continue
                 for delivery in await tasks.take(free, timeout=0.5):
-                    tg.start_soon(_run_task, bus, delivery, running, room, heartbeat, log, name)
+                    tg.start_soon(_run_task, bus, guard, delivery, running, room,
+                                  heartbeat, log, name)
             await tasks.close()
             await _announce(bus, msgspec.structs.replace(me, stopping=True), running)
             while running:  # finish what runs (a second signal kills it)
@@ -106,7 +113,8 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
     print(f"troupe worker {name} stopped", flush=True)
 
 
-async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
+async def _run_task(bus: Bus, guard: Guard, delivery: Delivery,
+                    running: dict[str, _Running],
                     room: anyio.Condition, heartbeat: float, log: structlog.BoundLogger,
                     name: str) -> None:
     try:
@@ -119,7 +127,9 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
         await delivery.ack()
         return
     pid_file = task.exit_file[: -len(".exit")] + ".pid"
-    if os.path.lexists(pid_file):  # claimed already: a redelivery, or cancelled queued
+    try:  # the claim: one worker runs the attempt, once, and never after its cancel
+        fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # a redelivery, or cancelled while queued
         # Not announced as running here: the engine's loss clock for the attempt must
         # not be reset by a worker that does not run it.
         if _claimed_by_engine(pid_file):
@@ -127,19 +137,22 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
         log.info("task_ended", key=task.key, exit_code=_CLAIM_FAILED, detail="claimed before")
         await delivery.ack()
         return
-    argv = wrapper_argv(task.script, task.exit_file, pid_file, task.stem, merlin=task.merlin)
-    try:
-        env = {**os.environ, **task.env, "TROUPE_WORKER": name}
-        proc = await anyio.open_process(argv, cwd=task.workspace, env=env,
-                                        start_new_session=True, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError as exc:  # the workspace is gone: the step fails
-        log.warning("task_not_started", key=task.key, error=str(exc))
-        await _report(bus, task, 127)
-        await delivery.ack()
+        await _not_started(bus, task, delivery, log, str(exc))
         return
-    running[task.key] = _Running(task, proc.pid)
-    log.info("task_started", key=task.key, pid=proc.pid)
+    try:
+        os.write(fd, f"worker {name} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        pid = start_task(task.script, cwd=task.workspace, stem=task.stem, append=task.merlin,
+                         env={**os.environ, **task.env, "TROUPE_WORKER": name,
+                              MARK_VAR: guard.mark})
+    except OSError as exc:  # no such script, not executable...
+        await _not_started(bus, task, delivery, log, str(exc))
+        return
+    running[task.key] = _Running(task, pid)
+    log.info("task_started", key=task.key, pid=pid)
     try:  # it runs: the engine starts counting its heartbeats
         await bus.publish(task.report_subject, TasksAlive(event_id=new_event_id(), worker="",
                                                           keys=(task.key,)))
@@ -153,16 +166,24 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
                     await delivery.working()
 
             beats.start_soon(keep_alive)
-            code = await proc.wait()
+            code = await wait_task(pid)
             beats.cancel_scope.cancel()
     finally:
         running.pop(task.key, None)
         async with room:
             room.notify_all()
-    if code != _CLAIM_FAILED or _claimed_by_engine(pid_file):
-        await _report(bus, task, code)
+    _write_exit(task.exit_file, code)
+    await _report(bus, task, code)
     log.info("task_ended", key=task.key, exit_code=code)
     await delivery.ack()
+
+
+@contextlib.asynccontextmanager
+async def _closing(guard: Guard) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        guard.close()
 
 
 async def _announce(bus: Bus, me: WorkerAlive, running: dict[str, _Running]) -> None:
@@ -191,6 +212,26 @@ async def _say_alive(bus: Bus, me: WorkerAlive, running: dict[str, _Running],
             except BusError:
                 pass  # disconnected: nats-py reconnects; the next beat goes out
         await anyio.sleep(heartbeat)
+
+
+async def _not_started(bus: Bus, task: Task, delivery: Delivery, log: structlog.BoundLogger,
+                       error: str) -> None:
+    log.warning("task_not_started", key=task.key, error=error)
+    _write_exit(task.exit_file, 127)
+    await _report(bus, task, 127)
+    await delivery.ack()
+
+
+def _write_exit(path: str, code: int) -> None:
+    """The attempt's exit status, for the engine should the report be lost."""
+    try:  # one small write: a reader sees all of it or nothing (then reads again)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{code}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the workspace is gone: the report still tells
 
 
 async def _report(bus: Bus, task: Task, code: int) -> None:

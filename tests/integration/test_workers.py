@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.status import read_status
-from tests.conftest import ENGINECTL, enginectl, wait_for_path
+from tests.conftest import ENGINECTL, alive, enginectl, wait_for_path
 from tests.ledger import ledger_cmd, max_overlap, read_ledger
 from tests.workerpool import Workers
 
@@ -170,10 +170,14 @@ def test_a_task_whose_worker_died_is_run_again_as_a_new_attempt(
                             text=True)
     try:
         wait_for_path(tmp_path / "attempt1.pid")
-        # The host dies: the worker and the task's processes (its own session) at once.
+        # SIGKILL to the worker alone: its task (in a session of its own) dies with it,
+        # so the attempt the engine finds lost is not still running when it runs again.
         pid = int((tmp_path / "attempt1.pid").read_text())
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
         workers.procs["w1"].kill()
+        deadline = time.monotonic() + 10
+        while alive(pid):
+            assert time.monotonic() < deadline, "the task outlived its worker"
+            time.sleep(0.02)
         workers.start("w2", "cpu")
         _, err = proc.communicate(timeout=90)
     finally:
