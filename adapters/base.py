@@ -166,6 +166,11 @@ class Adapter(abc.ABC):
             SubmitError: the job could not be started.
         """
 
+    async def started(self, handle: JobHandle) -> None:
+        """Return once the job runs (or ended, or was cancelled): until then the step is
+        PENDING and its walltime does not count. The default: a submitted job runs."""
+        del handle
+
     @abc.abstractmethod
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the job to end and say how it ended.

@@ -57,6 +57,9 @@ class RoutedAdapter(Adapter):
     async def submit(self, request: JobRequest) -> JobHandle:
         return await self._for(request.step).submit(request)
 
+    async def started(self, handle: JobHandle) -> None:
+        await self._owner(handle).started(handle)
+
     async def wait(self, handle: JobHandle) -> JobResult:
         return await self._owner(handle).wait(handle)
 

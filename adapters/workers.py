@@ -83,6 +83,7 @@ class WorkersAdapter(Adapter):
         self._lost_after = lost_after
         self._clock = clock
         self._seen: dict[str, float] = {}  # attempt key -> when a worker last said it runs
+        self._running: dict[str, anyio.Event] = {}  # attempt key -> set once a worker runs it
         self._served: dict[str, float] = {}  # queue -> when a worker serving it was heard
         self._unserved: set[str] = set()  # queues already warned about
         self._log = structlog.get_logger("troupe.workers")
@@ -149,6 +150,32 @@ class WorkersAdapter(Adapter):
         now = self._clock()
         for key in keys:
             self._seen[key] = now
+            running = self._running.get(key)
+            if running is not None:
+                running.set()
+
+    async def started(self, handle: JobHandle) -> None:
+        """Return once a worker said it runs the task (or claimed it, or it ended, or the
+        engine claimed it to cancel it): until then it waits in its queue, PENDING."""
+        exit_file = self._exit_files.get((handle.step, handle.attempt))
+        if exit_file is None:
+            return
+        running = self._running.setdefault(handle.job_id, anyio.Event())
+        ended = self._waiting[exit_file][0]
+        try:
+            while not (running.is_set() or ended.is_set() or handle.job_id in self._seen):
+                with anyio.move_on_after(self._poll):
+                    async with anyio.create_task_group() as tg:
+                        async def either(event: anyio.Event) -> None:
+                            await event.wait()
+                            tg.cancel_scope.cancel()
+
+                        tg.start_soon(either, running)
+                        tg.start_soon(either, ended)
+                if Path(exit_file[: -len(".exit")] + ".pid").exists():
+                    return  # claimed (by a worker whose first word was lost, or to cancel)
+        finally:
+            self._running.pop(handle.job_id, None)
 
     def report(self, exit_file: str, exit_code: int) -> bool:
         waiting = self._waiting.get(exit_file)

@@ -169,6 +169,7 @@ class JobShell:
             return
         key = (name, attempt)
         self._handles[key] = handle
+        await self.adapter.started(handle)  # a worker's task: once a worker runs it
         yield JobStarted(event_id=new_event_id(), job_id=handle.job_id, time=self._clock())
         self._prepare_children(name)
         if key not in self._cancel_pending:

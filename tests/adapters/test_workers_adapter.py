@@ -123,3 +123,25 @@ async def test_cancelling_a_queued_attempt_claims_it_so_no_worker_runs_it(
     result = await adapter.wait(handle)
     assert JobOutcome.CANCELLED == result.outcome
     assert "cancelled\n" == Path(queued[0].exit_file[: -len(".exit")] + ".pid").read_text()
+
+
+async def test_a_queued_task_is_started_only_once_a_worker_says_it_runs_it(
+        adapter: WorkersAdapter, tmp_path: Path) -> None:
+    handle = await adapter.submit(request(make_step(tmp_path, "s", "true")))
+    with anyio.move_on_after(0.2) as waited:
+        await adapter.started(handle)
+    assert waited.cancelled_caught  # still in its queue: PENDING, no walltime yet
+    adapter.alive(["study-1/s/1"])
+    with anyio.fail_after(5):
+        await adapter.started(handle)
+
+
+async def test_a_task_cancelled_in_its_queue_or_ended_ends_the_wait_for_its_start(
+        adapter: WorkersAdapter, queued: list[Task], tmp_path: Path) -> None:
+    first = await adapter.submit(request(make_step(tmp_path, "a", "true")))
+    second = await adapter.submit(request(make_step(tmp_path, "b", "true")))
+    await adapter.cancel(first)
+    adapter.report(queued[1].exit_file, 0)
+    with anyio.fail_after(5):
+        await adapter.started(first)
+        await adapter.started(second)

@@ -208,3 +208,36 @@ def test_a_queue_no_worker_serves_is_a_warning(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+QUEUED = """
+description: {{name: queued, description: a task waits for its worker}}
+troupe: {{executor: workers, worker_timeout: 2}}
+study:
+  - name: q
+    description: walltime 1 s, longer than it waits in its queue
+    run: {{cmd: 'echo "$TROUPE_WORKER" > {ledger}', queue: late, walltime: "00:00:01"}}
+"""
+
+
+def test_a_task_in_its_queue_is_pending_and_its_walltime_starts_on_a_worker(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(QUEUED.format(ledger=tmp_path / "ledger"))
+    err_file, study = tmp_path / "err", tmp_path / "study"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([*ENGINECTL, "run", str(spec), "-o", str(study),
+                                 "--nats-url", nats_server], stderr=err)
+    try:
+        deadline = time.monotonic() + 30  # the warning comes 2 s after the task was queued
+        while "no live worker serves queue 'late'" not in err_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err_file.read_text()
+            time.sleep(0.05)
+        assert ["PENDING"] == [r["State"] for r in read_status(study / "status.csv")]
+        workers.start("w1", "late")
+        assert 0 == proc.wait(timeout=60), err_file.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ["FINISHED"] == [r["State"] for r in read_status(study / "status.csv")]
+    assert "w1\n" == (tmp_path / "ledger").read_text()
