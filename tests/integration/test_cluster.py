@@ -11,7 +11,6 @@ from pathlib import Path
 
 import anyio
 import nats
-import pytest
 
 from tests.conftest import wait_for_path
 from tests.engine_proc import Engine
@@ -62,9 +61,6 @@ async def test_a_study_survives_a_server_of_the_cluster_going_down(
         engine.stop()
 
 
-@pytest.mark.skipif(not os.environ.get("TROUPE_LEADER_TEST"), reason=(
-    "issue 15 item 5 is not closed: 12 of 12 runs passed on a quiet machine, but one run "
-    "under CI's load still missed terminal events; TROUPE_LEADER_TEST=1 runs it"))
 async def test_no_event_is_lost_when_the_stream_leader_goes_down(
         cluster: tuple[str, Path], tmp_path: Path) -> None:
     urls, where = cluster
