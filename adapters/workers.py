@@ -4,9 +4,10 @@ worker process (``enginectl worker``, ``engine.worker``) takes, runs and reports
 ``submit`` writes the step's script into its workspace (on the file system the workers
 share), and queues a ``Task`` naming it, with the attempt's key as the message id. The
 worker claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively, so one attempt
-never runs twice), runs the script, writes its exit status to ``.troupe.<attempt>.exit``
-and publishes it to the study's report subject, which the engine hands to ``report``;
-the exit file is read too, should that message be lost. ``cancel`` claims an attempt
+never runs twice), runs the script, publishes its exit status to the study's report
+subject, which the engine hands to ``report``, and appends it to the claim (``exit N``),
+which the engine reads should that message be lost. (``Task.exit_file``, the path
+``.troupe.<attempt>.exit``, names the attempt in reports; no such file is written.) ``cancel`` claims an attempt
 still waiting in its queue (the worker that takes it then never runs it) and asks the
 workers to stop one that runs (``WorkerCancel``).
 """
@@ -237,17 +238,25 @@ class WorkersAdapter(Adapter):
         self.report(exit_file, 199)  # it never runs: its wait ends now
 
 
-def _read_exit(path: str) -> int | None:
+def _read_exit(exit_file: str) -> int | None:
+    """The exit status the worker appended to the attempt's claim (``exit N``)."""
     try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
+        text = Path(exit_file[: -len(".exit")] + ".pid").read_text()
+    except OSError:
         return None
+    for line in text.splitlines():
+        if line.startswith("exit "):
+            try:
+                return int(line[5:])
+            except ValueError:
+                return None
+    return None
 
 
 def _claimed(exit_file: str) -> bool:
     """A worker claimed the attempt (its pid file exists, and is not the engine's)."""
     try:
-        return Path(exit_file[: -len(".exit")] + ".pid").read_text() != CANCELLED
+        return Path(exit_file[: -len(".exit")] + ".pid").read_text() not in ("", CANCELLED)
     except OSError:
         return False
 

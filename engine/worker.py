@@ -10,9 +10,9 @@ of its own, with its output in Maestro's (or Merlin's) files (``engine.taskproc`
 worker dies: a task never outlives its worker, so an attempt the engine finds lost
 cannot still be running when it is run again. While a task runs,
 the worker tells JetStream every ``heartbeat`` seconds that it is still on it (so it is
-not delivered to another worker); when it ended, the worker writes its exit status to
-``.troupe.<attempt>.exit``, publishes it (``JobReported``) to the study's report
-subject, then acknowledges the task. ``WorkerCancel`` stops a running task (SIGTERM to
+not delivered to another worker); when it ended, the worker publishes its exit status
+(``JobReported``) to the study's report subject, appends it to the claim (``exit N``,
+should that message be lost), then acknowledges the task. ``WorkerCancel`` stops a running task (SIGTERM to
 its group and the processes it marked, SIGKILL after the grace). SIGTERM stops taking
 tasks and waits for the running ones to end; a second SIGTERM (or SIGINT) kills them,
 and they are reported as killed.
@@ -172,8 +172,9 @@ async def _run_task(bus: Bus, guard: Guard, delivery: Delivery,
         running.pop(task.key, None)
         async with room:
             room.notify_all()
-    _write_exit(task.exit_file, code)
-    await _report(bus, task, code)
+    await _report(bus, task, code)  # first: the engine waits for it
+    await anyio.sleep(0)  # (the connection's flusher sends it now)
+    _write_exit(pid_file, code)
     log.info("task_ended", key=task.key, exit_code=code)
     await delivery.ack()
 
@@ -217,17 +218,18 @@ async def _say_alive(bus: Bus, me: WorkerAlive, running: dict[str, _Running],
 async def _not_started(bus: Bus, task: Task, delivery: Delivery, log: structlog.BoundLogger,
                        error: str) -> None:
     log.warning("task_not_started", key=task.key, error=error)
-    _write_exit(task.exit_file, 127)
+    _write_exit(task.exit_file[: -len(".exit")] + ".pid", 127)
     await _report(bus, task, 127)
     await delivery.ack()
 
 
-def _write_exit(path: str, code: int) -> None:
-    """The attempt's exit status, for the engine should the report be lost."""
-    try:  # one small write: a reader sees all of it or nothing (then reads again)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, f"{code}\n".encode())
+def _write_exit(claim: str, code: int) -> None:
+    """The attempt's exit status, appended to its claim (``exit N``), for the engine
+    should the report be lost (an append: no new file on the critical path)."""
+    try:
+        fd = os.open(claim, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:  # one small write: a reader sees all of it or nothing (then reads again)
+            os.write(fd, f"exit {code}\n".encode())
         finally:
             os.close(fd)
     except OSError:

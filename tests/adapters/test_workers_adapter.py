@@ -64,10 +64,11 @@ async def test_the_report_ends_the_wait_and_the_task_names_the_queue(
     assert not adapter.report(task.exit_file, 0)  # a late second report is ignored
 
 
-async def test_the_exit_file_ends_the_wait_when_the_report_is_lost(
+async def test_the_status_in_the_claim_ends_the_wait_when_the_report_is_lost(
         adapter: WorkersAdapter, queued: list[Task], tmp_path: Path) -> None:
     handle = await adapter.submit(request(make_step(tmp_path, "s", "true")))
-    Path(queued[0].exit_file).write_text("0\n")
+    claim = queued[0].exit_file[: -len(".exit")] + ".pid"
+    Path(claim).write_text("worker w1 4242\nexit 0\n")  # what the worker appends
     with anyio.fail_after(10):
         result = await adapter.wait(handle)
     assert JobOutcome.COMPLETED == result.outcome
