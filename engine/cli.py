@@ -119,6 +119,12 @@ def _credential_opts(func: F) -> F:
     return credential_options(func, suffix=" (with --nats-url)")  # type: ignore[no-any-return]
 
 
+def _connection_opts(func: F) -> F:
+    from engine.client import connection_options
+
+    return connection_options(func)  # type: ignore[no-any-return]
+
+
 class _Enginectl(click.Group):
     """The command group, with one exit-code convention for click's own errors too: a
     usage error (an unknown option, a missing argument, a directory as SPEC) is one
@@ -437,6 +443,47 @@ def run_workers(spec: str, echo: bool, state_dir: str | None, study_dir: str | N
                                     stdout=out, stderr=out, start_new_session=True)
         click.echo(f"started worker {plan.name} (pid {proc.pid}): queues "
                    f"{', '.join(plan.queues)}; log {log}")
+
+
+@main.command()
+@click.option("--server", "server_only", is_flag=True,
+              help="Only check the NATS server answers (a worker's health), not the engine.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds to wait for the answer.")
+@_connection_opts
+@_friendly_errors
+def ping(server_only: bool, timeout: float, **conn: Any) -> None:
+    """Check the engine answers requests (exit 0) or not (exit 1): a container's health
+    check. The request is a status request that selects no study."""
+    from engine import subjects
+    from engine.bus import open_bus
+    from engine.client import resolve_connection
+    from engine.errors import BusError
+    from engine.messages import StatusReply, StatusRequest, new_event_id
+
+    url, creds = resolve_connection(conn)
+
+    async def body() -> str:
+        started = anyio.current_time()
+        with anyio.fail_after(timeout + 3.0):  # connecting included
+            async with open_bus(url, creds, connect_timeout=min(timeout, 2.0),
+                                name="enginectl ping", max_reconnect_attempts=0) as bus:
+                if server_only:
+                    await bus.flush(timeout=timeout)
+                    what = "the NATS server answers"
+                else:
+                    # A state no study is in: the engine answers, listing no study.
+                    reply = await bus.request(subjects.api("status"), StatusRequest(
+                        event_id=new_event_id(), state="PING"), timeout=timeout)
+                    if not isinstance(reply, StatusReply) or not reply.ok:
+                        raise BusError(f"the engine answered with an error: {reply!r}")
+                    what = "the engine answers"
+        return f"{what} ({url}, {(anyio.current_time() - started) * 1000:.0f} ms)"
+
+    try:
+        click.echo(anyio.run(body))
+    except TimeoutError:
+        _fail(f"no answer from {url} within {timeout:g} s")
 
 
 def _register_client_commands() -> None:
