@@ -153,7 +153,7 @@ study:
       queue: cpu
       cmd: |
         echo "$TROUPE_ATTEMPT $WORKER_ID" >> {ledger}
-        if [ "$TROUPE_ATTEMPT" = 1 ]; then echo $$ > {tmp}/attempt1.pid; sleep 300; fi
+        if [ "$TROUPE_ATTEMPT" = 1 ]; then echo $$ > {tmp}/a1; mv {tmp}/a1 {tmp}/attempt1.pid; sleep 300; fi
         echo done > done.txt
 """
 
