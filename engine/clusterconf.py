@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ DEFAULT_NODES = ("n1@127.0.0.1:4222:6222:8222,n2@127.0.0.1:4223:6223:8223,"
 """Three nodes on one host's loopback ports (containers on the host's network)."""
 
 CLUSTER_NAME = "troupe"
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 ROUTE_USER = "route"
 
 
@@ -75,6 +77,8 @@ def parse_nodes(text: str) -> list[Node]:
         parts = rest.rsplit(":", 3)
         if not sep or len(parts) != 4 or not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"node {entry!r}: expected NAME@HOST:CLIENT:ROUTE:MONITOR")
+        if not _HOST.fullmatch(parts[0]):
+            raise ValueError(f"node {entry!r}: the host must be a name or an address")
         try:
             ports = [int(p) for p in parts[1:]]
         except ValueError:

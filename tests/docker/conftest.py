@@ -97,8 +97,10 @@ def image(docker_env: dict[str, str]) -> str:
     built_base = time.monotonic()
     build = run(["sh", DOCKER / "build.sh", IMAGE], env=docker_env, timeout=900)
     assert 0 == build.returncode, f"docker/build.sh failed:\n{build.stdout[-3000:]}\n{build.stderr}"
+    size = run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE], env=docker_env)
     print(f"\nimages: base {built_base - started:.0f} s, troupe "
-          f"{time.monotonic() - built_base:.0f} s", file=sys.stderr)
+          f"{time.monotonic() - built_base:.0f} s, {int(size.stdout) / 1e6:.0f} MB",
+          file=sys.stderr)
     return IMAGE
 
 

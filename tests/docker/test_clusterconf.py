@@ -28,7 +28,8 @@ def test_nodes_are_parsed_and_bad_ones_refused() -> None:
     assert ["nats://127.0.0.1:4222", "nats://nats-2.example:4223"] == [n.url for n in nodes]
     for bad, why in [("n1@h:1:2", "expected NAME@HOST"), ("n1@h:1:2:x", "must be numbers"),
                      ("n1@h:1:2:70000", "out of range"), ("n1@h:1:2:3,n1@h:4:5:6", "same name"),
-                     ("", "no node"), ("n 1@h:1:2:3", "expected NAME@HOST")]:
+                     ("", "no node"), ("n 1@h:1:2:3", "expected NAME@HOST"),
+                     ('n1@h"\nx:1:2:3', "name or an address"), ("n1@../h:1:2:3", "an address")]:
         with pytest.raises(ValueError, match=why):
             parse_nodes(bad)
 

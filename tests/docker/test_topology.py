@@ -170,6 +170,28 @@ def test_a_study_from_the_host_finishes_with_steps_on_both_workers(topology: Top
     assert "FINISHED" in listed.stdout
 
 
+def test_scaled_cpu_workers_share_the_cpu_queue(topology: Topology) -> None:
+    scaled = run([*topology.compose, "up", "-d", "--no-recreate", "--scale", "worker-cpu=2"],
+                 env=topology.env, timeout=300)
+    assert 0 == scaled.returncode, scaled.stdout + scaled.stderr
+    ids = run([*topology.compose, "ps", "-q", "worker-cpu"], env=topology.env).stdout.split()
+    assert 2 == len(ids), ids
+
+    def ready() -> bool:
+        logs = [run(["docker", "logs", i], env=topology.env).stdout for i in ids]
+        return all("ready: queues cpu" in text for text in logs)
+
+    wait_until("both cpu workers ready", ready, timeout=120, interval=0.5)
+    spec, study = topology.studies / "scaled.yaml", topology.studies / "scaled"
+    _spec(spec, {"cpu": 12}, 1.0)
+    done = topology.ctl("submit", str(spec), "-o", str(study), "--wait", timeout=300)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    ran = _ran_on(study)
+    assert 12 == len(ran), ran
+    assert 2 == len(set(ran.values())), f"4 tasks at once need both workers: {ran}"
+    assert all(w.startswith("cpu-") for w in ran.values()), ran
+
+
 def _engine_node(topo: Topology) -> str:
     """The node the engine is connected to (its monitoring endpoint lists connections)."""
     for node, port in topo.monitors.items():
