@@ -133,7 +133,10 @@ def dclint() -> str:
     if exe.exists():
         return str(exe)
     if shutil.which("npm") is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "npm"], timeout=600)
+        apt = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "npm"]
+        if run(apt, timeout=600).returncode != 0:
+            run(["apt-get", "update", "-qq"], timeout=600)
+            run(apt, timeout=600)
     npm = shutil.which("npm")
     if npm is None:
         unavailable("dclint comes from npm, which is not installed")
