@@ -5,7 +5,8 @@
 workspace and parameters; the embedded NATS store goes under ``meta/nats``) and ``logs/``. It never deletes or overwrites a user's files: an existing,
 non-empty study directory is an error. ``acquire_dependencies`` clones git dependencies
 (``git clone`` + checkout of tag/branch/hash into ``<path>/<name>``) and checks that path
-dependencies exist, as Maestro does before launching.
+dependencies exist, as Maestro does before launching. ``read_study_graph`` reads the
+expanded graph back from ``meta/study.json`` (``enginectl restart DIR``, ``enginectl graph DIR``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import yaml
 from engine.errors import ConfigError
 from engine.spec.graph import StudyGraph
 
-__all__ = ["acquire_dependencies", "prepare_study_dir"]
+__all__ = ["STUDY_FILE", "acquire_dependencies", "prepare_study_dir", "read_study_graph"]
+
+STUDY_FILE = ("meta", "study.json")
+"""Where a study directory keeps its expanded graph, relative to the directory."""
 
 
 def prepare_study_dir(
@@ -49,10 +53,28 @@ def prepare_study_dir(
         if pgen:
             shutil.copy2(pgen, root / Path(pgen).name)
         (root / "batch.info").write_text(yaml.safe_dump(dict(graph.batch), sort_keys=False))
-        (root / "meta" / "study.json").write_bytes(msgspec.json.format(msgspec.json.encode(graph)))
+        root.joinpath(*STUDY_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(graph)))
     except OSError as exc:
         raise ConfigError(f"cannot create study directory {root}: {exc.strerror or exc}") from exc
     return root
+
+
+def read_study_graph(study_dir: str | os.PathLike[str]) -> StudyGraph:
+    """The graph a study directory was created with (``meta/study.json``, written by
+    ``prepare_study_dir`` under both ``run`` and ``serve``).
+
+    Raises:
+        ConfigError: the directory holds no readable ``meta/study.json`` (it is not a study
+            directory, or the file is damaged); the message names the directory.
+    """
+    try:
+        return msgspec.json.decode(Path(study_dir).joinpath(*STUDY_FILE).read_bytes(),
+                                   type=StudyGraph)
+    except OSError as exc:
+        raise ConfigError(f"{study_dir}: not a study directory (no readable "
+                          f"{'/'.join(STUDY_FILE)}: {exc.strerror or exc})") from exc
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{study_dir}: {'/'.join(STUDY_FILE)} is damaged ({exc})") from exc
 
 
 async def acquire_dependencies(graph: StudyGraph) -> None:

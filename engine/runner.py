@@ -36,7 +36,7 @@ from engine.authz import NatsUser, job_user, new_secrets, role_users
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError, ConfigError, printable
 from engine.hosting import Start, StudyOptions, build_runtime, check_study, make_study_id
-from engine.layout import acquire_dependencies, prepare_study_dir
+from engine.layout import acquire_dependencies, prepare_study_dir, read_study_graph
 from engine.log import study_log_file
 from engine.diagnose import FailedStep
 from engine.messages import (
@@ -216,9 +216,9 @@ def load_run(study_dir: str) -> tuple[StudyGraph, StudyOptions, str, dict[str, S
     """
     root = Path(study_dir)
     try:
-        graph = msgspec.json.decode((root / "meta" / "study.json").read_bytes(), type=StudyGraph)
+        graph = read_study_graph(root)
         how = msgspec.json.decode(root.joinpath(*RUN_FILE).read_bytes(), type=_RunFile)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (ConfigError, OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{study_dir}: not a study of 'enginectl run' that can be "
                           f"restarted ({exc})") from exc
     client = root.joinpath(*CLIENT_FILE)
