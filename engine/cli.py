@@ -1,7 +1,8 @@
 """``enginectl``: the command-line client.
 
 ``run`` runs one study to completion in this process (exit 0 finished, 2 failure,
-3 cancelled); ``validate`` prints the expanded steps. Bad input (a spec error, a bad
+3 cancelled); ``validate`` prints the expanded steps; ``graph`` draws them
+(``engine.graphcli``). Bad input (a spec error, a bad
 option or argument, an unreachable server) is one ``error:`` line on stderr and exit
 code 1, never a traceback, for every command; set ``TROUPE_DEBUG=1`` to see the
 traceback of an internal error.
@@ -279,6 +280,9 @@ def validate(spec: str, out: str | None, pgen: str | None, pargs: tuple[str, ...
                 lines.append(f"    group_by:  {', '.join(inst.group_by)} (this instance: {values})")
             if cached is not None:
                 lines.append(f"    cached:    {'yes' if inst.name in cached else 'no'}")
+    if explain:
+        lines.append(f"picture: enginectl graph {printable(spec)} --format svg -o FILE "
+                     "(or --format dot|png|mermaid, --instances)")
     click.echo("\n".join(lines))
 
 
@@ -488,8 +492,9 @@ def ping(server_only: bool, timeout: float, **conn: Any) -> None:
 
 def _register_client_commands() -> None:
     from engine.client import client_commands
+    from engine.graphcli import graph
 
-    for command in client_commands():
+    for command in [*client_commands(), graph]:
         subcommands = command.commands.values() if isinstance(command, click.Group) else ()
         for cmd in (command, *subcommands):
             if cmd.callback is not None:
