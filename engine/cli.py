@@ -349,17 +349,32 @@ def _deps_text(inst: Any, by_name: dict[str, Any]) -> str:
 @click.option("--max-running", type=click.IntRange(min=0), default=0, show_default=True,
               help="At most this many jobs of all studies run at once (0: no limit); "
                    "changed live with 'enginectl throttle --engine N'.")
+@click.option("--dashboard", "dashboard_port", type=click.IntRange(min=0, max=65535),
+              default=None, metavar="PORT",
+              help="Also serve the live dashboard on this port (0: any free port); its "
+                   "address, with its token, is printed and kept in <state dir>/dashboard.json.")
+@click.option("--dashboard-bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="The dashboard's listening address.")
 @_friendly_errors
 def serve(state_dir: str | None, nats_url: str | None, drain_timeout: float, max_running: int,
-          **conn: Any) -> None:
+          dashboard_port: int | None, dashboard_bind: str, **conn: Any) -> None:
     """Run the engine until SIGTERM: studies are submitted to it over NATS."""
     from engine.client import default_state_dir, read_credentials
     from engine.daemon import serve_forever
 
     credentials = read_credentials(conn) if nats_url else Credentials()
+    sock = None
+    if dashboard_port is not None:
+        if nats_url:
+            _fail("--dashboard needs the embedded server's monitor user; with --nats-url, "
+                  "run 'enginectl dashboard --nats-url URL --user USER' beside the engine")
+        from engine.dashboard.server import bind_socket
+
+        sock = bind_socket(dashboard_bind, dashboard_port)  # a busy port fails here, first
     anyio.run(lambda: serve_forever(Path(state_dir) if state_dir else default_state_dir(),
                                     nats_url=nats_url, credentials=credentials,
-                                    drain_timeout=drain_timeout, max_running=max_running))
+                                    drain_timeout=drain_timeout, max_running=max_running,
+                                    dashboard=sock))
 
 
 @main.command()

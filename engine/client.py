@@ -54,7 +54,7 @@ from engine.messages import (
     new_event_id,
 )
 
-__all__ = ["PASSWORD_ENV", "TOKEN_ENV", "client_commands", "credential_options",
+__all__ = ["PASSWORD_ENV", "TOKEN_ENV", "ask", "client_commands", "credential_options",
            "default_state_dir", "read_password", "read_secret", "resolve_connection"]
 
 _TIMEOUT = 4.0
@@ -202,7 +202,7 @@ async def _with_bus(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]])
             await stack.__aexit__(None, None, None)
 
 
-async def _ask(bus: Bus, verb: str, msg: BusMessage, *,
+async def ask(bus: Bus, verb: str, msg: BusMessage, *,
                timeout: float = _TIMEOUT, retry_silence: bool = False) -> AnyBusMessage:
     """Send an API request; while nobody serves it (an engine reconnecting to its NATS
     server after an outage), ask again for up to ``timeout`` seconds. With
@@ -307,7 +307,7 @@ def submit(spec: str, out: str | None, wait: bool, dry: bool, **kwargs: Any) -> 
     async def body(bus: Bus) -> int:
         # The request id makes a retried submit safe: a busy engine (a big spec expands
         # for seconds) is asked again, and answers with the one study it made.
-        reply = await _ask(bus, "submit", req, timeout=_SUBMIT_TIMEOUT, retry_silence=True)
+        reply = await ask(bus, "submit", req, timeout=_SUBMIT_TIMEOUT, retry_silence=True)
         if not isinstance(reply, SubmitReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "submission refused"))
         for w in reply.warnings:
@@ -347,7 +347,7 @@ def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs:
         return
 
     async def body(bus: Bus) -> int:
-        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
+        reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(),
                                                         study_id=study_ref(study_id or "")))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "status failed")
@@ -420,7 +420,7 @@ def list_(state: str | None, name: str, as_json: bool, **kwargs: Any) -> None:
     opts = _conn_opts(kwargs)
 
     async def body(bus: Bus) -> int:
-        reply = await _ask(bus, "status", StatusRequest(event_id=new_event_id(),
+        reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(),
                                                         state=(state or "").upper(), name=name))
         assert isinstance(reply, StatusReply)
         if as_json:
@@ -444,7 +444,7 @@ def watch(study_id: str, **kwargs: Any) -> None:
 
 def _control(verb: str, make: Callable[[], BusMessage]) -> Callable[[Bus], Awaitable[int]]:
     async def body(bus: Bus) -> int:
-        reply = await _ask(bus, verb, make())
+        reply = await ask(bus, verb, make())
         assert isinstance(reply, ControlReply)
         if not reply.ok:
             raise ConfigError(reply.detail or f"{verb} refused")
@@ -536,7 +536,7 @@ def events(study_id: str, **kwargs: Any) -> None:
     opts = for_study(_conn_opts(kwargs), study_id)
 
     async def body(bus: Bus) -> int:
-        reply = await _ask(bus, "events", EventsRequest(event_id=new_event_id(),
+        reply = await ask(bus, "events", EventsRequest(event_id=new_event_id(),
                                                         study_id=study_ref(study_id)))
         if not isinstance(reply, EventsReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "events failed")
@@ -549,7 +549,9 @@ def events(study_id: str, **kwargs: Any) -> None:
 
 def client_commands() -> list[click.Command]:
     """Every client command, for ``engine.cli``."""
+    from engine.dashcli import dashboard
     from engine.dbcli import db
 
-    return [submit, status, list_, watch, cancel, restart, throttle, events, db, stop_workers]
+    return [submit, status, list_, watch, cancel, restart, throttle, events, db, stop_workers,
+            dashboard]
 

@@ -22,6 +22,7 @@ import socket
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -61,9 +62,11 @@ async def serve_forever(
     credentials: Credentials | None = None,
     drain_timeout: float = 30.0,
     max_running: int = 0,
+    dashboard: socket.socket | None = None,
 ) -> None:
     """Run the engine until SIGTERM/SIGINT, then stop gracefully (``max_running``: the
-    engine-wide limit of jobs running at once, 0 for none).
+    engine-wide limit of jobs running at once, 0 for none; ``dashboard``: a listening
+    socket to serve the live dashboard on, as the monitor user, ``engine.dashboard``).
 
     Raises:
         BusError: the server cannot be started or reached, or has no JetStream.
@@ -110,6 +113,7 @@ async def serve_forever(
         service = EngineService(bus, store, drain_timeout=drain_timeout, max_running=max_running,
                                 worker=_engine_id(state_dir),
                                 job_credentials=job_credentials)
+        dashboard_stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             async def on_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -137,7 +141,26 @@ async def serve_forever(
                     "url": url, "user": "worker", "password": secrets_["worker"], **me})
                 write_private(client_cfg, {"url": url, "user": "client",
                                            "password": secrets_["client"], **me})
+                if dashboard is not None:
+                    tg.start_soon(partial(
+                        _dashboard, dashboard, url,
+                        Credentials(user="monitor", password=secrets_["monitor"]),
+                        state_dir=state_dir, stop=dashboard_stop))
             else:
                 write_private(client_cfg, {"url": url, **me})
             await service.stopped.wait()
+            dashboard_stop.set()
             tg.cancel_scope.cancel()
+
+
+async def _dashboard(sock: socket.socket, url: str, credentials: Credentials, *,
+                     state_dir: Path, stop: anyio.Event) -> None:
+    """``serve --dashboard``: the dashboard beside the engine. Its failure (the monitor's
+    connection refused, say) is logged and ends the dashboard only, never the engine."""
+    from engine.dashboard.server import run_dashboard
+
+    try:
+        await run_dashboard(sock, url, credentials, state_dir=state_dir, stop=stop)
+    except (BusError, OSError) as exc:
+        structlog.get_logger("troupe.serve").error("dashboard_failed", error=str(exc))
+        print(f"error: the dashboard stopped: {exc}", file=sys.stderr, flush=True)

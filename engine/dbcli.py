@@ -54,12 +54,12 @@ def _cell(key: str, value: Any) -> str:
 
 
 def _ask_db(kwargs: dict[str, Any], req: DbRequest, show: Any) -> None:
-    from engine.client import _ask, _conn_opts, _run
+    from engine.client import ask, _conn_opts, _run
 
     opts = _conn_opts(kwargs)
 
     async def body(bus: Any) -> int:
-        reply = await _ask(bus, "db", req)
+        reply = await ask(bus, "db", req)
         if not isinstance(reply, DbReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "db request failed")
         show(reply)

@@ -1,0 +1,71 @@
+// The timeline: a Gantt of the study's latest attempts, one row per slot (the first slot
+// free when the attempt was handed over, as a local process slot or a worker's is). The
+// grey part of a bar is the wait between hand-over and start; the coloured part, the run.
+import { el, fmtDuration, getJSON, svg } from "./app.js";
+
+const ROW = 16, LEFT = 70, TOP = 24, MIN_WIDTH = 900;
+
+export async function drawTimeline(page) {
+  let data;
+  try {
+    data = await getJSON("/api/timeline", { study: page.id, limit: 2000 });
+  } catch (err) {
+    page.timeline.replaceChildren(el("p", { class: "error" }, err.message));
+    return;
+  }
+  const bars = data.bars;
+  if (!bars.length) {
+    page.timeline.replaceChildren(el("p", { class: "muted" }, "No attempt has started yet."));
+    return;
+  }
+  const now = Date.now() / 1000;
+  const begin = (b) => (b.submit ?? b.start);
+  const t0 = Math.min(...bars.map(begin));
+  const t1 = Math.max(...bars.map((b) => b.end ?? now));
+  const span = Math.max(t1 - t0, 0.001);
+  const width = Math.max(MIN_WIDTH, page.timeline.clientWidth - 30);
+  const scale = (width - LEFT - 10) / span;
+  const height = TOP + data.rows * ROW + 10;
+  const root = svg("svg", { id: "gantt", width, height });
+  const axis = svg("g", { class: "axis" });
+  const ticks = 8;
+  for (let i = 0; i <= ticks; i++) {
+    const x = LEFT + (i / ticks) * (width - LEFT - 10);
+    axis.append(svg("line", { x1: x, y1: TOP - 4, x2: x, y2: height }));
+    const label = svg("text", { x, y: TOP - 8, "text-anchor": "middle" });
+    label.textContent = `+${fmtDuration((i / ticks) * span)}`;
+    axis.append(label);
+  }
+  for (let r = 0; r < data.rows; r++) {
+    const label = svg("text", { x: 4, y: TOP + r * ROW + ROW - 4 });
+    label.textContent = `slot ${r + 1}`;
+    axis.append(label);
+  }
+  root.append(axis);
+  const layer = svg("g", { class: "bars" });
+  for (const b of bars) {
+    const y = TOP + b.row * ROW + 2, h = ROW - 4;
+    const x0 = LEFT + (begin(b) - t0) * scale;
+    const xs = b.start !== null ? LEFT + (b.start - t0) * scale : null;
+    const xe = LEFT + ((b.end ?? now) - t0) * scale;
+    const g = svg("g", { "data-step": b.step, "data-state": b.state });
+    const title = svg("title");
+    const ran = b.start !== null ? fmtDuration((b.end ?? now) - b.start) : "not started";
+    title.textContent = `${b.step} #${b.attempt} ${b.state} (job ${b.job_id || "--"}): ` +
+      `waited ${fmtDuration((b.start ?? b.end ?? now) - begin(b))}, ran ${ran}`;
+    g.append(title);
+    const waitEnd = xs ?? xe;
+    if (waitEnd - x0 > 0.5) {
+      g.append(svg("rect", { class: "bar-wait", x: x0, y, width: waitEnd - x0, height: h }));
+    }
+    if (xs !== null) {
+      g.append(svg("rect", { class: `state-${b.state}`, x: xs, y, width: Math.max(xe - xs, 1), height: h }));
+    }
+    layer.append(g);
+  }
+  root.append(layer);
+  const note = el("p", { class: "muted" },
+    `${bars.length} attempts (the latest ${data.limit} at most) on ${data.rows} slots, ` +
+    `${fmtDuration(span)} from the first hand-over. Grey: waiting; colour: running, by final state.`);
+  page.timeline.replaceChildren(note, root);
+}
