@@ -77,6 +77,9 @@ class _Api:
     async def index(self, request: Request) -> Response:
         return FileResponse(f"{static_dir()}/index.html", media_type="text/html")
 
+    async def favicon(self, request: Request) -> Response:
+        return Response(status_code=204)
+
     async def session(self, request: Request) -> Response:
         sid = request.scope["state"].get("session", "")
         fresh = sid not in self.gate.sessions
@@ -234,6 +237,7 @@ def build_app(monitor: Monitor, hub: Hub, controls: Controls, *, token: str) -> 
     api = _Api(monitor, hub, controls, gate)
     for path, endpoint, methods in [
         ("/", api.index, ["GET"]),
+        ("/favicon.ico", api.favicon, ["GET"]),
         ("/api/session", api.session, ["GET"]),
         ("/api/studies", api.studies, ["GET"]),
         ("/api/study", api.study, ["GET"]),
