@@ -38,11 +38,12 @@ _ORDER = [s.value for s in StepState]
 
 
 class Attempt(msgspec.Struct, kw_only=True):
-    """One attempt of an instance: when it was handed over, ran and ended (seconds since
-    the epoch; None while unknown)."""
+    """One attempt of an instance: when it was ready (WAITING for a slot), handed over
+    (PENDING), ran and ended (seconds since the epoch; None while unknown)."""
 
     attempt: int
     job_id: str = ""
+    ready: float | None = None
     submit: float | None = None
     start: float | None = None
     end: float | None = None
@@ -61,6 +62,7 @@ class InstanceView(msgspec.Struct, kw_only=True):
     job_id: str = ""
     exit_code: int | None = None
     reason: str = ""
+    ready: float | None = None  # when it last became WAITING
     attempts: list[Attempt] = msgspec.field(default_factory=list)
 
     def record(self, number: int) -> Attempt:
@@ -207,10 +209,14 @@ class StudyView:
     @staticmethod
     def _history(inst: InstanceView, event: StepStateChanged) -> None:
         state = str(event.state)
+        if state == "WAITING":
+            inst.ready = event.time  # for the attempt that follows
+            return
         if not event.attempt:
             return  # e.g. FAILED by a dependency: no attempt ran
         if state == "PENDING":
-            inst.record(event.attempt).submit = event.time
+            att = inst.record(event.attempt)
+            att.submit, att.ready = event.time, att.ready or inst.ready
         elif state == "RUNNING":
             att = inst.record(event.attempt)
             att.start, att.job_id = event.time, event.job_id or att.job_id
@@ -264,7 +270,8 @@ class StudyView:
                 if begin is None:
                     continue
                 out.append({"step": inst.name, "node": inst.node, "attempt": att.attempt,
-                            "job_id": att.job_id, "submit": att.submit, "start": att.start,
+                            "job_id": att.job_id, "ready": att.ready, "submit": att.submit,
+                            "start": att.start,
                             "end": att.end, "state": att.state or inst.state})
         out.sort(key=lambda b: b["submit"] if b["submit"] is not None else b["start"])
         return out[-limit:] if limit else out

@@ -80,6 +80,7 @@ def test_attempts_are_kept_per_attempt_with_their_times_and_job_ids() -> None:
                event("w_I.0", "FINISHED", "RUNNING", attempt=2, t=6.0, exit_code=0)]:
         view.apply(ev)
     data = view.instance("w_I.0")
+    assert [None, 3.5] == [a["ready"] for a in data["attempts"]]  # WAITING: ready for a slot
     assert [(1, "10", 1.0, 2.0, 3.0, "FAILED", 1), (2, "11", 4.0, 5.0, 6.0, "FINISHED", 0)] == [
         (a["attempt"], a["job_id"], a["submit"], a["start"], a["end"], a["state"],
          a["exit_code"]) for a in data["attempts"]]

@@ -3,7 +3,8 @@
 // grey part of a bar is the wait between hand-over and start; the coloured part, the run.
 import { el, fmtDuration, getJSON, svg } from "./app.js";
 
-const ROW = 16, LEFT = 70, TOP = 24, MIN_WIDTH = 900;
+const ROW = 16, LEFT = 70, PROFILE = 44, MIN_WIDTH = 900;
+const TOP = 24 + PROFILE + 8;
 
 export async function drawTimeline(page) {
   let data;
@@ -20,7 +21,7 @@ export async function drawTimeline(page) {
   }
   const now = Date.now() / 1000;
   const begin = (b) => (b.submit ?? b.start);
-  const t0 = Math.min(...bars.map(begin));
+  const t0 = Math.min(...bars.map((b) => Math.min(b.ready ?? Infinity, begin(b))));
   const t1 = Math.max(...bars.map((b) => b.end ?? now));
   const span = Math.max(t1 - t0, 0.001);
   const width = Math.max(MIN_WIDTH, page.timeline.clientWidth - 30);
@@ -31,8 +32,8 @@ export async function drawTimeline(page) {
   const ticks = 8;
   for (let i = 0; i <= ticks; i++) {
     const x = LEFT + (i / ticks) * (width - LEFT - 10);
-    axis.append(svg("line", { x1: x, y1: TOP - 4, x2: x, y2: height }));
-    const label = svg("text", { x, y: TOP - 8, "text-anchor": "middle" });
+    axis.append(svg("line", { x1: x, y1: 20, x2: x, y2: height }));
+    const label = svg("text", { x, y: 14, "text-anchor": "middle" });
     label.textContent = `+${fmtDuration((i / ticks) * span)}`;
     axis.append(label);
   }
@@ -42,6 +43,7 @@ export async function drawTimeline(page) {
     axis.append(label);
   }
   root.append(axis);
+  root.append(waitingProfile(bars, t0, scale, now));
   const layer = svg("g", { class: "bars" });
   for (const b of bars) {
     const y = TOP + b.row * ROW + 2, h = ROW - 4;
@@ -54,6 +56,10 @@ export async function drawTimeline(page) {
     title.textContent = `${b.step} #${b.attempt} ${b.state} (job ${b.job_id || "--"}): ` +
       `waited ${fmtDuration((b.start ?? b.end ?? now) - begin(b))}, ran ${ran}`;
     g.append(title);
+    if (b.ready !== null && b.ready < begin(b)) {  // ready, waiting for a slot
+      const xr = LEFT + (b.ready - t0) * scale;
+      g.append(svg("rect", { class: "bar-ready", x: xr, y, width: Math.max(x0 - xr, 0.5), height: 2 }));
+    }
     const waitEnd = xs ?? xe;
     if (waitEnd - x0 > 0.5) {
       g.append(svg("rect", { class: "bar-wait", x: x0, y, width: waitEnd - x0, height: h }));
@@ -66,6 +72,36 @@ export async function drawTimeline(page) {
   root.append(layer);
   const note = el("p", { class: "muted" },
     `${bars.length} attempts (the latest ${data.limit} at most) on ${data.rows} slots, ` +
-    `${fmtDuration(span)} from the first hand-over. Grey: waiting; colour: running, by final state.`);
+    `${fmtDuration(span)} from the first hand-over. Top: steps ready and waiting for a slot. ` +
+    "Thin line: ready, waiting; grey: handed over, not yet running; colour: running, by final state.");
   page.timeline.replaceChildren(note, root);
+}
+
+// How many steps were ready but not yet running, over time: where the study waited.
+function waitingProfile(bars, t0, scale, now) {
+  const changes = [];
+  for (const b of bars) {
+    const from = b.ready ?? b.submit ?? b.start, to = b.start ?? b.end ?? now;
+    if (from !== null && to > from) changes.push([from, 1], [to, -1]);
+  }
+  changes.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let level = 0, peak = 1;
+  for (const [, d] of changes) { level += d; peak = Math.max(peak, level); }
+  const g = svg("g", { class: "profile" });
+  const base = 24 + PROFILE;
+  let d = `M${LEFT},${base}`;
+  level = 0;
+  for (const [t, step] of changes) {
+    const x = LEFT + (t - t0) * scale;
+    d += ` L${x},${base - (level / peak) * PROFILE}`;
+    level += step;
+    d += ` L${x},${base - (level / peak) * PROFILE}`;
+  }
+  const last = changes.length ? changes[changes.length - 1][0] : t0;
+  d += ` L${LEFT + (last - t0) * scale},${base} Z`;
+  g.append(svg("path", { d, class: "waiting-area" }));
+  const label = svg("text", { x: 4, y: 24 + 12 });
+  label.textContent = `waiting (max ${peak})`;
+  g.append(label);
+  return g;
 }
