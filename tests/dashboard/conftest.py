@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -68,16 +69,17 @@ def served(tmp_path: Path) -> Iterator[tuple[Any, Dashboard]]:
         eng.stop()
 
 
-@pytest.fixture
-def standalone(engine: Any) -> Iterator[tuple[Any, Dashboard]]:
-    """An ``enginectl dashboard --port 0`` process beside the ``engine`` fixture's serve."""
+@contextmanager
+def open_dashboard(engine: Any) -> Iterator[Dashboard]:
+    """An ``enginectl dashboard --port 0`` process beside ``engine``, stopped at the end."""
+    (engine.state / "dashboard.json").unlink(missing_ok=True)
     log = engine.state.parent / "dashboard.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([*ENGINECTL, "dashboard", "--state-dir", str(engine.state),
                                  "--port", "0"], stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL, env={**os.environ, "TROUPE_DEBUG": "1"})
     try:
-        yield engine, wait_dashboard(engine.state, proc)
+        yield wait_dashboard(engine.state, proc)
     finally:
         proc.terminate()
         try:
@@ -85,6 +87,13 @@ def standalone(engine: Any) -> Iterator[tuple[Any, Dashboard]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def standalone(engine: Any) -> Iterator[tuple[Any, Dashboard]]:
+    """An ``enginectl dashboard --port 0`` process beside the ``engine`` fixture's serve."""
+    with open_dashboard(engine) as dash:
+        yield engine, dash
 
 
 def _apt(*args: str) -> int:
