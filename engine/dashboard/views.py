@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from engine.dagformat import dominant_state
 from engine.messages import SamplesChanged, StepState, StepStateChanged
 
 if TYPE_CHECKING:
     from engine.dag import StepDag
     from engine.messages.bus import StepSummary
 
-__all__ = ["Attempt", "Changes", "InstanceView", "StudyView", "node_state", "slot_rows"]
+__all__ = ["Attempt", "Changes", "InstanceView", "StudyView", "slot_rows"]
 
 TERMINAL = frozenset({"FINISHED", "FAILED", "CANCELLED", "TIMEDOUT", "HWFAILURE", "UNKNOWN",
                       "DRYRUN", "SKIPPED", "CACHED"})
 """States an instance ends in (a failed attempt that runs again leaves FAILED later)."""
 _BAD = ("FAILED", "TIMEDOUT", "HWFAILURE", "UNKNOWN")
-_ACTIVE = ("RUNNING", "PENDING", "WAITING")
 _ORDER = [s.value for s in StepState]
 
 
@@ -84,24 +84,6 @@ class Changes(msgspec.Struct, frozen=True, kw_only=True):
     instances: tuple[str, ...] = ()
     times: tuple[float, ...] = ()
     study: bool = False
-
-
-def node_state(counts: dict[str, int]) -> str:
-    """One state for a node's colour: its instances' common state; else RUNNING while any
-    is active; else FAILED if any failed; else the most frequent state."""
-    present = [s for s, n in counts.items() if n]
-    if len(present) == 1:
-        return present[0]
-    if not present:
-        return "INITIALIZED"
-    if any(counts.get(s) for s in _ACTIVE):
-        return "RUNNING"
-    if all(s in TERMINAL for s in present):
-        for bad in (*_BAD, "CANCELLED"):
-            if counts.get(bad):
-                return bad
-        return "FINISHED" if counts.get("FINISHED") else max(present, key=counts.__getitem__)
-    return "RUNNING" if any(s in TERMINAL for s in present) else max(present, key=counts.__getitem__)
 
 
 class StudyView:
@@ -247,9 +229,11 @@ class StudyView:
         return {s: total[s] for s in _ORDER if total.get(s)}
 
     def node(self, name: str) -> dict[str, Any]:
-        """A node's data for the page: its counts, colour state and sample counts."""
+        """A node's data for the page: its counts, its colour (its instances' dominant
+        state, as ``enginectl graph`` colours a step) and its sample counts."""
         counts = self.counts[name]
-        return {"name": name, "state": node_state(counts), "counts": dict(counts),
+        return {"name": name, "state": dominant_state(counts) or "INITIALIZED",
+                "counts": dict(counts),
                 "total": sum(counts.values()), "samples": dict(self.samples.get(name, {}))}
 
     def instance(self, name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from engine.dashboard.views import node_state
+from engine.dagformat import dominant_state
 from engine.layout import read_study_graph
 from engine.status import read_status
 from tests.dashboard.conftest import Dashboard, open_dashboard
@@ -111,14 +111,14 @@ def node_states(driver: Any) -> dict[str, str]:
 
 def expected_states(study_dir: Path) -> dict[str, str]:
     """Each step's colour as status.csv says: its instances' states, folded by the rule
-    the page uses (``node_state``)."""
+    the page uses (``engine.dagformat.dominant_state``, as ``enginectl graph``)."""
     graph = read_study_graph(study_dir)
     counts: dict[str, dict[str, int]] = {}
     for row in read_status(str(study_dir / "status.csv")):
         step = graph.by_name[row["Step Name"]].step
         counts.setdefault(step, {}).setdefault(row["State"], 0)
         counts[step][row["State"]] += 1
-    return {step: node_state(c) for step, c in counts.items()}
+    return {step: dominant_state(c) for step, c in counts.items()}
 
 
 def text(driver: Any, css: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.dag import StepDag
-from engine.dashboard.views import StudyView, node_state, slot_rows
+from engine.dashboard.views import StudyView, slot_rows
 from engine.messages import SamplesChanged, StepStateChanged
 from engine.messages.bus import StepSummary
 from engine.spec.graph import StepInstance, StudyGraph
@@ -50,13 +50,13 @@ def test_events_move_counts_and_report_the_changed_step_once() -> None:
     assert () == view.take_changes().nodes  # taken: nothing left
 
 
-def test_a_step_is_running_while_any_instance_is_active() -> None:
-    assert "RUNNING" == node_state({"FINISHED": 2, "WAITING": 1})
-    assert "FINISHED" == node_state({"FINISHED": 3})
-    assert "FAILED" == node_state({"FINISHED": 2, "FAILED": 1})
-    assert "CANCELLED" == node_state({"FINISHED": 2, "CANCELLED": 1})
-    assert "RUNNING" == node_state({"FINISHED": 1, "INITIALIZED": 1})
-    assert "INITIALIZED" == node_state({})
+def test_a_step_takes_its_instances_dominant_state_as_enginectl_graph_does() -> None:
+    view = study(3)
+    view.apply(event("w_I.0", "RUNNING", "INITIALIZED"))
+    assert "RUNNING" == view.node("w")["state"]
+    view.apply(event("w_I.1", "FAILED", "INITIALIZED", attempt=0))
+    assert "FAILED" == view.node("w")["state"]  # a failure first, even while one runs
+    assert "INITIALIZED" == view.node("f")["state"]
 
 
 def test_a_buffered_event_the_status_reply_already_holds_is_not_applied_twice() -> None:
