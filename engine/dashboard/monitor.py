@@ -10,6 +10,7 @@ hands the pages what changed (``engine.dashboard.hub``).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +22,7 @@ from engine.client import ask
 from engine.dag import DagNode, StepDag
 from engine.errors import BusError, ConfigError
 from engine.layout import read_study_graph
+from engine.status import read_status
 from engine.messages import (
     BUS_DECODER,
     EventsReply,
@@ -151,6 +153,9 @@ class Monitor:
         return self.views[study_id]
 
     async def _load(self, study_id: str) -> None:
+        known = self.studies.get(study_id)
+        if known is not None and known["state"] != "RUNNING" and await self._load_ended(known):
+            return
         self._loading[study_id] = []
         try:
             reply = await self.ask_status(study_id)
@@ -176,9 +181,43 @@ class Monitor:
         summary["counts"] = view.totals()
         self.studies[study_id] = summary
         self._dirty.add(study_id)
-        self._log.info("dashboard_study_loaded", study_id=study_id, steps=len(view.instances))
+        self._loaded_view(view)
+
+    def _loaded_view(self, view: StudyView) -> None:
+        self._log.info("dashboard_study_loaded", study_id=view.study_id,
+                       steps=len(view.instances))
         if len(view.instances) <= _HISTORY_LIMIT and self._tg is not None:
-            self._tg.start_soon(self._replay_history, study_id, view)
+            self._tg.start_soon(self._replay_history, view.study_id, view)
+
+    async def _load_ended(self, summary: dict[str, Any]) -> bool:
+        """An ended study, drawn first from its final ``status.csv`` (the engine's status
+        of an ended study reads every step from the store: a second for 10,000); the
+        status reply follows in the background with attempts, exit codes and reasons.
+        False if the directory cannot be read here."""
+        study_id = summary["study_id"]
+        read = await anyio.to_thread.run_sync(_read_ended, summary["study_dir"])
+        if read is None:
+            return False
+        graph, states = read
+        view = StudyView(study_id, StepDag.from_graph(graph))
+        view.load_states(states)
+        view.state = summary["state"]
+        self.graphs[study_id] = graph
+        self.views[study_id] = view
+        self._dirty.add(study_id)
+        if self._tg is not None:
+            self._tg.start_soon(self._complete, view)
+        self._loaded_view(view)
+        return True
+
+    async def _complete(self, view: StudyView) -> None:
+        try:
+            reply = await self.ask_status(view.study_id)
+        except (BusError, ConfigError) as exc:
+            self._log.info("dashboard_status_unavailable", study_id=view.study_id,
+                           error=str(exc))
+            return
+        view.load(reply.steps)
 
     async def _replay_history(self, study_id: str, view: StudyView) -> None:
         """Earlier attempts (retries, restarts) from the study's stored events, for the
@@ -256,6 +295,17 @@ class Monitor:
             await self.view(study_id)
         except (BusError, ConfigError) as exc:
             self._log.warning("dashboard_load_failed", study_id=study_id, error=str(exc))
+
+
+def _read_ended(study_dir: str) -> tuple[StudyGraph, list[tuple[str, str]]] | None:
+    graph = _read_graph(study_dir)
+    if graph is None:
+        return None
+    try:
+        rows = read_status(os.path.join(study_dir, "status.csv"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return graph, [(r.get("Step Name", ""), r.get("State", "")) for r in rows]
 
 
 def _read_graph(study_dir: str) -> StudyGraph | None:

@@ -130,6 +130,15 @@ class StudyView:
                     att.exit_code, att.reason = s.exit_code, s.reason
         self.loaded = True
 
+    def load_states(self, states: Iterable[tuple[str, str]]) -> None:
+        """Take ``(instance, state)`` pairs (an ended study's ``status.csv``: a first
+        picture, before a status reply adds attempts, exit codes and reasons)."""
+        for name, state in states:
+            inst = self.instances.get(name)
+            if inst is not None:
+                self._move(inst, state)
+        self.loaded = True
+
     def apply(self, event: StepStateChanged, *, buffered: bool = False) -> bool:
         """Apply one step event; False if it was not applied (unknown instance, or a
         ``buffered`` event that the status reply already held)."""
