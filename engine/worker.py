@@ -10,9 +10,11 @@ of its own, with its output in Maestro's (or Merlin's) files (``engine.taskproc`
 worker dies: a task never outlives its worker, so an attempt the engine finds lost
 cannot still be running when it is run again. While a task runs,
 the worker tells JetStream every ``heartbeat`` seconds that it is still on it (so it is
-not delivered to another worker); when it ended, the worker publishes its exit status
-(``JobReported``) to the study's report subject, appends it to the claim (``exit N``,
-should that message be lost), then acknowledges the task. ``WorkerCancel`` stops a running task (SIGTERM to
+not delivered to another worker); when it ended, the worker appends its exit status to
+the claim (``exit N``: the engine reads it should the message be lost, or the worker die
+now), publishes it (``JobReported``) to the study's report subject, then acknowledges
+the task. Only a worker killed between its task's exit and that append loses the
+outcome: the engine then runs the attempt again, as it does any lost one. ``WorkerCancel`` stops a running task (SIGTERM to
 its group and the processes it marked, SIGKILL after the grace). SIGTERM stops taking
 tasks and waits for the running ones to end; a second SIGTERM (or SIGINT) kills them,
 and they are reported as killed.
@@ -172,9 +174,10 @@ async def _run_task(bus: Bus, guard: Guard, delivery: Delivery,
         running.pop(task.key, None)
         async with room:
             room.notify_all()
-    await _report(bus, task, code)  # first: the engine waits for it
-    await anyio.sleep(0)  # (the connection's flusher sends it now)
+    # The claim first: a worker killed between the two leaves the outcome where the
+    # engine reads it before it calls the attempt lost (one append, no new file).
     _write_exit(pid_file, code)
+    await _report(bus, task, code)
     log.info("task_ended", key=task.key, exit_code=code)
     await delivery.ack()
 
