@@ -45,7 +45,7 @@ from run import (CPUS, ENGINECTL, PAGE, PY, REPO, TreeSampler, check_outputs, mb
 from workloads import WORKLOADS, Workload
 
 NATS_SERVER = str(Path(PY).parent / "nats-server")
-COLUMNS = ["run-t2", "workers-2x1", "run-t2-ext"]
+COLUMNS = ["run-t2", "workers-2x1", "run-t2-ext", "workers-2x1-t0"]
 BASE, SUBJECT, N_WORKERS = "run-t2", "workers-2x1", 2
 MAX_RATIO, MAX_EDGE_MS, MAX_WORKER_MB = 1.25, 5.0, 60
 
@@ -179,6 +179,7 @@ def run_once(col: str, w: Workload, run_dir: Path, url: str, timeout: float) -> 
     out.mkdir(parents=True)
     spec.write_text(w.spec(out))
     extra = {"workers-2x1": ["--executor", "workers", "--nats-url", url],
+             "workers-2x1-t0": ["--executor", "workers", "--nats-url", url, "-t", "0"],
              "run-t2-ext": ["--nats-url", url]}.get(col, [])
     res = timed([ENGINECTL, "run", str(spec), "-o", str(study), "-t", "2", *extra],
                 timeout=timeout, log=log)
