@@ -16,7 +16,12 @@ from typing import Any
 import anyio
 import click
 
-from engine.client import connection_options, default_state_dir, read_credentials, resolve_connection
+from engine.client import (
+    connection_options,
+    default_state_dir,
+    read_credentials,
+    resolve_connection,
+)
 
 __all__ = ["dashboard"]
 

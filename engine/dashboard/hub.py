@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from engine.dashboard.monitor import Monitor
     from engine.dashboard.views import StudyView
 
-__all__ = ["Hub", "INSTANCE_CAP", "snapshot"]
+__all__ = ["INSTANCE_CAP", "Hub", "snapshot"]
 
 INSTANCE_CAP = 2_000
 """Changed instances sent in one message at most (the rest: ``instances_more``)."""

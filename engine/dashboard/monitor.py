@@ -20,9 +20,9 @@ import structlog
 from engine import subjects
 from engine.client import ask
 from engine.dag import DagNode, StepDag
+from engine.dashboard.views import StudyView
 from engine.errors import BusError, ConfigError
 from engine.layout import read_study_graph
-from engine.status import read_status
 from engine.messages import (
     BUS_DECODER,
     EventsReply,
@@ -35,7 +35,7 @@ from engine.messages import (
     StudyStarted,
     new_event_id,
 )
-from engine.dashboard.views import StudyView
+from engine.status import read_status
 
 if TYPE_CHECKING:
     from engine.bus import Bus

@@ -225,7 +225,7 @@ def test_latency_from_an_event_to_the_page(standalone: Any, browser: Any,
               for i in range(1, 1000)]
     spec = ("description: {name: chain1000, description: latency}\n"
             "batch: {type: local, shell: /bin/sh}\nstudy:\n" + "".join(steps))
-    study, out = submit(engine, tmp_path, spec, "chain")
+    study, _ = submit(engine, tmp_path, spec, "chain")
     browser.get(dash.url)
     open_study(browser, dash, study)
     browser.execute_script("window.__troupeLatency.length = 0")
