@@ -5,6 +5,11 @@
 #
 #   bash bench/setup_peers.sh            # all peers
 #   bash bench/setup_peers.sh parsl dask # some
+#   bash bench/setup_peers.sh merlin     # Merlin 1.13.0 for bench/merlin_peer.py (not in "all")
+#
+# Merlin pins celery<5.7: with the celery 5.7.0 that `pip install merlin==1.13.0` pulls in,
+# a chain never gets past its first step (issue 18). The test oracle's .venv-merlin is left
+# as it is; this venv is the benchmark's own.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 py="${PYTHON:-python3}"
@@ -14,6 +19,7 @@ declare -A pkgs=(
   [parsl]="parsl"
   [snakemake]="snakemake"
   [dask]="dask distributed"
+  [merlin]="merlin==1.13.0 celery<5.7"
 )
 peers=("$@")
 [ ${#peers[@]} -eq 0 ] && peers=(parsl snakemake dask)
