@@ -291,6 +291,8 @@ def verdicts(report: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="measured rounds (after one warm-up)")
+    ap.add_argument("--runs-for", action="append", default=[], metavar="KEY=N",
+                    help="measured rounds for one workload (e.g. W1-1000=1), repeatable")
     ap.add_argument("--workloads", default=DEFAULT_WORKLOADS)
     ap.add_argument("--timeout", type=float, default=600, help="per run, seconds")
     ap.add_argument("--workdir", default=None,
@@ -300,6 +302,8 @@ def main() -> int:
                     help="writes PREFIX.md and PREFIX.json (default bench/results/merlin-peer)")
     args = ap.parse_args()
     wls = [WORKLOADS[k] for k in args.workloads.split(",") if k]
+    runs = {w.key: args.runs for w in wls} | {k: int(n) for k, n in
+                                              (x.split("=") for x in args.runs_for)}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop every daemon
     bindir = find_merlin()
     subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "engine"), str(REPO / "adapters")],
@@ -311,7 +315,8 @@ def main() -> int:
     report: dict = {
         "command": " ".join([py, "bench/merlin_peer.py", *sys.argv[1:]]),
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "load_before": uptime(), "runs": args.runs, "columns": COLUMNS, "results": {},
+        "load_before": uptime(),
+        "runs": f"{args.runs} ({', '.join(args.runs_for)})" if args.runs_for else args.runs, "columns": COLUMNS, "results": {},
         "merlin_venv": str(bindir.parent), "workers": {},
     }
     redis = nats = celery = None
@@ -335,7 +340,7 @@ def main() -> int:
             first.mkdir(parents=True)
             (first / "spec.yaml").write_text(w.spec(first / "out") + MERLIN_BLOCK)
             celery = CeleryWorker(first / "spec.yaml", env, first / "celery.log")
-            for rnd in range(args.runs + 1):
+            for rnd in range(runs[w.key] + 1):
                 for c in COLUMNS:
                     r, run_dir = per[c], work / w.key / f"{c}-{rnd}"
                     if r["error"]:
