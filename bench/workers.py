@@ -167,7 +167,9 @@ def check_status(w: Workload, study: Path) -> str | None:
     """None if status.csv lists every step FINISHED, else what is wrong."""
     try:
         with open(study / "status.csv", newline="") as f:
-            states = {row["Step Name"]: row["State"] for row in csv.DictReader(f)}
+            # A parameterized step's instance is "w_I.7" in status.csv, "w_7" in the workload.
+            states = {row["Step Name"].replace("_I.", "_"): row["State"]
+                      for row in csv.DictReader(f)}
     except (OSError, KeyError) as exc:
         return f"status.csv unreadable: {exc}"
     bad = [f"{n}={states.get(n, 'absent')}" for n, _ in w.steps() if states.get(n) != "FINISHED"]
