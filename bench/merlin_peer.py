@@ -166,6 +166,21 @@ def redis_cli(port: int, *args: str) -> str:
 
 # --------------------------------------------------------------------------- merlin
 
+def _session(sid: int) -> list[list[str]]:
+    """The /proc/PID/stat fields (after the command name) of every process in session sid."""
+    procs = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if entry.isdigit() and int(fields[3]) == sid:
+            procs.append([entry, *fields])
+    return procs
+
+
 class SessionSampler(TreeSampler):
     """TreeSampler of every process in session ``root`` (the Celery worker is reparented to
     init once ``merlin run-workers`` exits, so its tree cannot be followed from a pid)."""
@@ -173,18 +188,20 @@ class SessionSampler(TreeSampler):
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for entry in os.listdir("/proc"):
+            for proc in _session(self.root):
                 try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        stat = f.read()
-                    if int(stat[stat.rindex(")") + 2:].split()[3]) != self.root:
-                        continue
-                    with open(f"/proc/{entry}/statm") as f:
+                    with open(f"/proc/{proc[0]}/statm") as f:
                         total += int(f.read().split()[1]) * PAGE
-                except (OSError, ValueError):
+                except OSError:
                     continue
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the session's processes and the children they reaped
+        (the steps' shells): utime + stime + cutime + cstime."""
+        ticks = sum(sum(int(x) for x in proc[12:16]) for proc in _session(self.root))
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class CeleryWorker:
@@ -237,6 +254,7 @@ def run_merlin(w: Workload, run_dir: Path, env: dict, port: int, worker: CeleryW
     spec.write_text(w.spec(out) + MERLIN_BLOCK)
     want = len(w.steps())
     worker.peak()
+    cpu0 = worker.sampler.cpu()
     with open(log, "w") as logf:
         t0 = time.perf_counter()
         proc = subprocess.Popen(["merlin", "run", str(spec)], cwd=run_dir, env=env,
@@ -260,7 +278,8 @@ def run_merlin(w: Workload, run_dir: Path, env: dict, port: int, worker: CeleryW
             time.sleep(0.005)
         wall = time.perf_counter() - t0
     res = {"wall": wall, "rc": rc, "queued": queued, "tree_rss": worker.peak(),
-           "max_rss": ru.ru_maxrss * 1024 if ru else None}
+           "max_rss": ru.ru_maxrss * 1024 if ru else None,
+           "run_cpu": ru.ru_utime + ru.ru_stime if ru else None}
     res["error"] = (f"exit {rc} (log {log})" if rc != 0 else check_outputs(w, out))
     # The next run starts on an empty queue: wait until nothing is queued or unacknowledged.
     t = time.perf_counter()
@@ -271,6 +290,7 @@ def run_merlin(w: Workload, run_dir: Path, env: dict, port: int, worker: CeleryW
     else:
         res["error"] = res["error"] or "the queue did not drain in 120 s"
     res["drain"] = time.perf_counter() - t
+    res["worker_cpu"] = worker.sampler.cpu() - cpu0  # after the drain: the whole run's
     return res
 
 
@@ -352,16 +372,18 @@ def main() -> int:
                     else:
                         res = run_column(c, w, run_dir, {}, args.timeout)
                     tag = "warm-up" if rnd == 0 else f"run {rnd}"
-                    more = (f" (merlin run exited at {res['queued']:.2f} s, drained "
-                            f"{res['drain']:.2f} s later)" if c == "merlin" and res["queued"]
-                            else "")
+                    more = (f" (merlin run exited at {res['queued']:.2f} s, CPU "
+                            f"{res['run_cpu']:.1f} s; worker CPU {res['worker_cpu']:.1f} s; "
+                            f"drained {res['drain']:.2f} s later)"
+                            if c == "merlin" and res["queued"] else "")
                     print(f"{w.key:8} {c:12} {tag:8} {res['wall']:7.2f} s{more}  "
                           f"{res['error'] or 'ok'}", flush=True)
                     if res["error"]:
                         r["error"] = f"error: {res['error']}"
                     elif rnd:
                         r["runs"].append(res["wall"])
-                        r["extra"].append({k: res.get(k) for k in ("queued", "drain")})
+                        r["extra"].append({k: res.get(k) for k in
+                                           ("queued", "drain", "run_cpu", "worker_cpu")})
                         r["tree_rss"] = max(r["tree_rss"], res["tree_rss"] or 0)
                         r["max_rss"] = max(r["max_rss"], res["max_rss"] or 0)
             celery.stop()
