@@ -49,13 +49,16 @@ async def _slurm(*args: str) -> str:
     return proc.stdout.decode()
 
 
-async def _sacct_row(job_id: str) -> list[str]:
-    """sacct's final State|ExitCode|Comment row of a job (waits for it: ~0.1 s after the end)."""
+async def _sacct_row(job_id: str, *, comment: bool = False) -> list[str]:
+    """sacct's final State|ExitCode|Comment row of a job (waits for it: ~0.1 s after the
+    end; with ``comment``, also for the comment, which slurmdbd may store a moment after
+    the state when the controller is busy)."""
     with anyio.fail_after(30):
         while True:
             out = await _slurm("sacct", "-X", "-P", "-n", "-j", job_id, "-o", "State,ExitCode,Comment")
             row = out.strip().split("|", 2) if out.strip() else []
-            if row and row[0].split()[0] not in ("PENDING", "RUNNING", "COMPLETING"):
+            if row and row[0].split()[0] not in ("PENDING", "RUNNING", "COMPLETING") and (
+                    not comment or row[2].strip()):
                 return row
             await anyio.sleep(0.2)
 
@@ -91,7 +94,7 @@ async def test_jobs_on_real_slurm(tmp_path: Path) -> None:
         s = make_step(root, "hello world", "$(LAUNCHER) echo hello from $SLURM_JOB_ID\n",
                       description="Say\nhello", procs=1)  # fmt: skip
         handle, result = await _run(a, s)
-        row = await _sacct_row(handle.job_id)
+        row = await _sacct_row(handle.job_id, comment=True)
         out = (Path(s.workspace) / "hello_world.out").read_text()
         checks["trivial"] = (result.outcome, result.exit_code, row[0],
                              key_from_comment(row[2]), out)
