@@ -2,6 +2,7 @@
 
     bash bench/setup_peers.sh merlin        # once (the script runs it itself if needed)
     .venv/bin/python bench/merlin_peer.py [--runs 3] [--workloads W1-1000,W2-100,W4-200]
+    .venv/bin/python bench/merlin_peer.py --runs 3 --runs-for W1-1000=1   # ~80 s a Merlin W1
 
 Target: Troupe with 2 workers faster than Merlin with its Celery worker on every workload,
 both measured here, in the same run, alternating. Columns:
@@ -56,8 +57,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (BENCH, CPUS, PAGE, PY, REPO, RESULTS, TreeSampler, check_outputs, mb, render,
-                 run_column, uptime, versions)
+from run import (
+    BENCH,
+    CPUS,
+    PAGE,
+    PY,
+    REPO,
+    RESULTS,
+    TreeSampler,
+    check_outputs,
+    mb,
+    render,
+    run_column,
+    uptime,
+    versions,
+)
 from workers import Daemon, Worker, cpu_model, run_once, start_nats
 from workloads import WORKLOADS, Workload
 
@@ -79,7 +93,7 @@ MERLIN_BLOCK = """merlin:
 
 def _meta(py: Path, pkg: str) -> str:
     r = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({pkg!r}))"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     return r.stdout.strip()
 
 
@@ -208,7 +222,7 @@ class CeleryWorker:
     """``merlin run-workers SPEC`` in a session of its own; ready when Celery says so."""
 
     def __init__(self, spec: Path, env: dict, log: Path):
-        self.log, self.logf = log, open(log, "w")
+        self.log, self.logf = log, open(log, "w")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(["merlin", "run-workers", str(spec)], cwd=spec.parent,
                                      env=env, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -344,8 +358,8 @@ def main() -> int:
     try:
         redis, port = start_redis(work)
         env = merlin_env(work, port, bindir)
-        vers["redis-server"] = subprocess.run([ensure_redis(), "--version"], capture_output=True,
-                                              text=True).stdout.split()[2].removeprefix("v=")
+        vers["redis-server"] = subprocess.run([ensure_redis(), "--version"], check=False,
+                                              capture_output=True, text=True).stdout.split()[2].removeprefix("v=")
         report["versions"] = vers
         nats, url = start_nats(work)
         workers = [Worker(f"w{i + 1}", url, work) for i in range(2)]
@@ -415,8 +429,8 @@ def main() -> int:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + f"\n- target (Troupe on 2 workers faster than Merlin): {verdicts(report)}\n"
         "- RSS: for merlin, tree = the Celery worker's session (main + 2 pool processes), "
-        "largest = `merlin run`; for workers-2x1, the `enginectl run` tree (the engine and "
-        "its server link; the two workers: "
+        "largest = `merlin run`; for workers-2x1, the `enginectl run` process tree (the two "
+        "workers, over the whole benchmark: "
         + ", ".join(f"{n} {mb(max(x['tree_rss'] or 0, x['hwm'] or 0))} MB"
                     for n, x in report["workers"].items()) + ")\n\n"
         + render(report, ref="floor"))
