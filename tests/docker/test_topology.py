@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from tests.conftest import ENGINECTL
 from tests.docker.conftest import DOCKER, UID, VERSION, free_ports, run, wait_until
 
 PROJECT = "troupetest"
-SERVICES = ("engine", "n1", "n2", "n3", "worker-cpu", "worker-gpu")
+SERVICES = ("dashboard", "engine", "n1", "n2", "n3", "worker-cpu", "worker-gpu")
 
 
 @dataclass
@@ -64,14 +66,14 @@ def topology(image: str, compose: list[str], docker_env: dict[str, str],
     studies.mkdir()
     secrets.mkdir(mode=0o700)
     os.chown(studies, UID, UID)
-    ports = free_ports(9)
+    ports = free_ports(10)
     names = ("n1", "n2", "n3")
     nodes = ",".join(f"{n}@127.0.0.1:{ports[3 * i]}:{ports[3 * i + 1]}:{ports[3 * i + 2]}"
                      for i, n in enumerate(names))
     urls = ",".join(f"nats://127.0.0.1:{ports[3 * i]}" for i in range(3))
     env = {**docker_env, "TROUPE_TAG": VERSION, "TROUPE_NATS_NODES": nodes,
            "TROUPE_NATS_URLS": urls, "TROUPE_STUDIES": str(studies),
-           "TROUPE_STUDIES_DIR": str(studies)}
+           "TROUPE_STUDIES_DIR": str(studies), "TROUPE_DASHBOARD_PORT": str(ports[9])}
     cmd = [*compose, "-p", PROJECT, "-f", str(DOCKER / "compose.yaml")]
     topo = Topology(cmd, env, urls, {n: ports[3 * i + 2] for i, n in enumerate(names)},
                     studies, secrets)
@@ -117,6 +119,8 @@ def test_each_container_holds_only_its_own_credentials(topology: Topology) -> No
     empty = {"client": [], "engine": [], "monitor": [], "nats": [], "worker": []}
     assert {**empty, "engine": ["password"]} == listing("engine")
     assert {**empty, "worker": ["password", "worker.json"]} == listing("worker-cpu")
+    assert {**empty, "monitor": ["monitor.json", "password"]} == {
+        k: sorted(v) for k, v in listing("dashboard").items()}
     assert {**empty, "nats": nats_files} == {k: sorted(v) for k, v in listing("n2").items()}
     for role in ("client", "engine", "monitor", "nats", "worker"):
         volume = topology.volume(f"{role}-credentials")
@@ -190,6 +194,29 @@ def test_scaled_cpu_workers_share_the_cpu_queue(topology: Topology) -> None:
     assert 12 == len(ran), ran
     assert 2 == len(set(ran.values())), f"4 tasks at once need both workers: {ran}"
     assert all(w.startswith("cpu-") for w in ran.values()), ran
+
+
+def test_the_dashboard_shows_the_studies_with_its_token_only(topology: Topology) -> None:
+    port = topology.env["TROUPE_DASHBOARD_PORT"]
+    found: list[str] = []
+
+    def token() -> bool:
+        logs = run(["docker", "logs", topology.container("dashboard")], env=topology.env)
+        found[:] = re.findall(r"troupe dashboard: (http://\S+\?token=(\w+))", logs.stderr)
+        return bool(found)
+
+    wait_until("the dashboard's address in its log", token, timeout=60, interval=0.5)
+    url, secret = found[0]
+    assert url.startswith(f"http://127.0.0.1:{port}/"), url
+    studies = f"http://127.0.0.1:{port}/api/studies"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(studies, timeout=10)
+    assert 401 == refused.value.code
+    request = urllib.request.Request(studies, headers={"Cookie": f"troupe_token={secret}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        listed = json.load(resp)
+    names = {s["name"] for s in listed["studies"]}
+    assert "both" in names, listed
 
 
 def _engine_node(topo: Topology) -> str:
