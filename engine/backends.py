@@ -61,9 +61,9 @@ class Backends:
             if e.final or e.interrupted or not e.intent_attempt:
                 continue
             if e.state not in ("PENDING", "RUNNING") and not (
-                e.state == "WAITING" and e.intent_attempt > e.attempt
+                e.state in ("WAITING", "INITIALIZED") and e.intent_attempt > e.attempt
             ):
-                continue  # (a WAITING entry names the attempt it is about to make)
+                continue  # (a WAITING entry, or a chain's child, names its next attempt)
             inst = graph.by_name.get(name)
             if inst is None:
                 continue

@@ -106,7 +106,7 @@ class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_record(cls, rec: StepRecord, *, study_id: str, worker: str = "",
                     final: bool = False, soft: bool = False, interrupted: bool = False,
-                    reason: str | None = None) -> StepEntry:
+                    reason: str | None = None, ahead: bool = False) -> StepEntry:
         """The entry that stores ``rec`` (the way back is ``StepRecord.restore``).
 
         Args:
@@ -117,8 +117,10 @@ class StepEntry(msgspec.Struct, frozen=True, kw_only=True):
             soft: A Merlin soft fail.
             interrupted: A graceful stop interrupted its attempt (it runs again).
             reason: Replaces the record's reason.
+            ahead: Name the step's next attempt as the intent already (a chain's child,
+                stored while its parent runs: its submission then waits for no write).
         """
-        intent = next_attempt(rec)
+        intent = rec.attempt + 1 if ahead else next_attempt(rec)
         return cls(
             study_id=study_id, step=rec.name, state=rec.state.value, attempt=rec.attempt,
             job_id=rec.job_id, exit_code=rec.exit_code, submit_time=rec.submit_time,

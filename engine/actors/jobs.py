@@ -64,6 +64,9 @@ class JobShell:
         persister: Where intents are stored before each submission (None: nothing
             resumes this study).
         clock: Seconds since the epoch.
+        intent_ahead: Stores the intent of a child's next attempt while the child is
+            prepared ahead (a chain's next step), so that its submission waits for no
+            write; None: nothing resumes this study.
         warn: Says a warning about a step (``(step, message)``).
         strict: An unresolved token fails the step's submission instead.
         engine_slots: An engine-wide limit (``serve --max-running``): a job holds one of
@@ -74,6 +77,7 @@ class JobShell:
         self, adapter: Adapter, graph: StudyGraph, *, study_id: str,
         records: Mapping[str, StepRecord], resolve: Callable[[str], StepInstance],
         persister: Persister | None = None, clock: Callable[[], float] = time.time,
+        intent_ahead: Callable[[str], None] | None = None,
         warn: Callable[[str, str], None] = lambda step, message: None, strict: bool = False,
         engine_slots: anyio.CapacityLimiter | None = None,
     ) -> None:  # fmt: skip
@@ -83,6 +87,7 @@ class JobShell:
         self._records = records
         self._resolve = resolve
         self._persister = persister
+        self._intent_ahead = intent_ahead
         self._clock = clock
         self._warn = warn
         self._strict = strict
@@ -213,6 +218,8 @@ class JobShell:
             rec, inst = self._records[child], self.graph.by_name[child]
             if (rec.state == StepState.INITIALIZED and rec.remaining == 1 and not inst.when
                     and not inst.sampled):
+                if self._intent_ahead is not None:
+                    self._intent_ahead(child)  # its submission then waits for no write
                 try:
                     self.adapter.prepare(self._resolve(child))
                 except OSError:

@@ -106,10 +106,10 @@ class Persister:
         self.failed: list[WriteFailure] = []
 
     def put_record(self, rec: StepRecord, *, study_id: str, worker: str = "",
-                   final: bool = False, soft: bool = False) -> None:
+                   final: bool = False, soft: bool = False, ahead: bool = False) -> None:
         """Schedule the entry of a step's record (``StepEntry.from_record``) to be stored."""
         self.put(StepEntry.from_record(rec, study_id=study_id, worker=worker, final=final,
-                                       soft=soft))
+                                       soft=soft, ahead=ahead))
 
     def put(self, entry: StepEntry) -> None:
         """Schedule ``entry`` to be stored (replacing any older pending one)."""

@@ -174,7 +174,8 @@ class StudyRuntime:
         self._samples = self._sample_shell(samples)
         self._jobs = JobShell(adapter, graph, study_id=study_id, records=self.records,
                               resolve=self._resolve, persister=self.persister, clock=clock,
-                              warn=self._warn, strict=strict, engine_slots=engine_slots)
+                              warn=self._warn, strict=strict, engine_slots=engine_slots,
+                              intent_ahead=None if self.persister is None else self._intent_ahead)
         self._status = None if status_path is None else StatusWriter(
             status_path, StatusTable(self._order, graph.by_name, samples=self._samples,
                                      per_sample=per_sample_status), self.records,
@@ -395,6 +396,13 @@ class StudyRuntime:
             case _:
                 raise AssertionError(f"unhandled command {cmd!r}")
         return None
+
+    def _intent_ahead(self, name: str) -> None:
+        """Store the intent of ``name``'s next attempt now (a chain's child, prepared
+        while its parent runs); its state stays as it is (``StepEntry.from_record``)."""
+        assert self.persister is not None
+        self.persister.put_record(self.records[name], study_id=self.study_id,
+                                  worker=self.worker, ahead=True)
 
     def _resolve(self, name: str) -> StepInstance:
         """The instance a record runs now: ``$(race.<group>)`` of decided races resolved,

@@ -4,11 +4,13 @@
 rebuilds them from the store (engine restart, ``restart``); for each step instance:
   * a final entry is kept as it is (with ``rerun_failed``, only FINISHED, DRYRUN, CACHED
     and soft fails are kept; everything else runs again, keeping its attempt count);
-  * an entry with an attempt in flight (PENDING or RUNNING, or WAITING with the intent
-    of its next attempt stored) is looked up through the adapter: still running →
+  * an entry with an attempt in flight (PENDING or RUNNING, or WAITING or INITIALIZED
+    with the intent of its next attempt stored: a chain's child names it while its
+    parent runs) is looked up through the adapter: still running →
     re-adopted (RUNNING, holding its slots); ended while the engine was away → its
     recorded exit is fed in as if it had just happened; gone without a trace → that
-    attempt is recorded as lost (not for WAITING: it had most likely not started) and
+    attempt is recorded as lost (not for WAITING or INITIALIZED: it had most likely not
+    started; the lookup fenced it off, so its number is used up) and
     the step runs again as a new attempt;
   * anything else starts over from INITIALIZED (its dependencies are re-checked).
 
@@ -130,7 +132,8 @@ def recover_records(
             if e.soft:
                 out.soft.add(inst.name)
             continue
-        waiting = state == StepState.WAITING and e.intent_attempt > e.attempt
+        waiting = (state in (StepState.WAITING, StepState.INITIALIZED)
+                   and e.intent_attempt > e.attempt)
         in_flight = state in (StepState.PENDING, StepState.RUNNING) or waiting
         if in_flight and e.intent_attempt and not e.final:
             # An attempt stopped by a graceful shutdown runs again, whatever it wrote.
