@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from engine.dashboard.auth import SESSION_COOKIE, TokenGate
 from engine.dashboard.files import OutsideStudy, attempt_hosts, output_files, tail
 from engine.dashboard.hub import snapshot
-from engine.dashboard.views import slot_rows
+from engine.dashboard.views import worker_rows
 from engine.errors import BusError, ConfigError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from engine.dashboard.hub import Hub
     from engine.dashboard.monitor import Monitor
     from engine.dashboard.views import StudyView
+    from engine.spec.graph import StudyGraph
 
 __all__ = ["build_app", "static_dir"]
 
@@ -44,6 +45,17 @@ BAR_LIMIT = 5_000  # timeline bars per request at most
 def static_dir() -> str:
     """Where the page's HTML, JavaScript and CSS are (package data)."""
     return str(resources.files("engine.dashboard") / "static")
+
+
+def _who_ran(graph: StudyGraph, bars: list[dict[str, Any]]) -> list[str]:
+    """Who ran each bar's attempt, from its claim (``worker NAME``; "" if not a worker)."""
+    who = []
+    for bar in bars:
+        inst = graph.by_name.get(bar["step"])
+        host = "" if inst is None else attempt_hosts(
+            graph.study_dir, inst.workspace, [bar["attempt"]]).get(bar["attempt"], "")
+        who.append(host if host.startswith("worker ") else "")
+    return who
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -160,9 +172,13 @@ class _Api:
             return view
         limit = _int(request, "limit", 2_000, BAR_LIMIT) or BAR_LIMIT
         bars = view.bars(limit=limit)
-        rows = slot_rows(bars)
-        return JSONResponse({"bars": bars, "rows": rows, "limit": limit,
-                             "study": self.monitor.summary(view.study_id)})
+        graph = self.monitor.graphs.get(view.study_id)
+        who = [""] * len(bars)
+        if graph is not None:  # who ran each attempt: its claim, on workers
+            who = await anyio.to_thread.run_sync(_who_ran, graph, bars)
+        labels = worker_rows(bars, who)
+        return JSONResponse({"bars": bars, "rows": len(labels), "labels": labels,
+                             "limit": limit, "study": self.monitor.summary(view.study_id)})
 
     async def stream(self, request: Request) -> Response:
         study = request.query_params.get("study", "")

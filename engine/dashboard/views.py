@@ -270,14 +270,46 @@ class StudyView:
         return out[-limit:] if limit else out
 
 
-def slot_rows(bars: list[dict[str, Any]]) -> int:
-    """Give each bar (sorted by hand-over time, as ``StudyView.bars`` sorts them) a ``row``: the first slot free when it was handed
-    over, as a local process slot or a worker's is; returns the number of rows."""
+_WORKER_SLACK = 0.05
+
+
+def worker_rows(bars: list[dict[str, Any]], who: list[str]) -> list[str]:
+    """Give each bar a ``row`` by who ran it (``who[i]`` for ``bars[i]``: ``worker NAME``,
+    or "" when unknown, as for a local process or a Slurm job): a worker's attempts in
+    rows of its own (packed within it: one per task it ran at once), the rest in shared
+    slots (``slot_rows``). Returns the rows' labels, workers first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bar, name in zip(bars, who, strict=True):
+        groups.setdefault(name.removeprefix("worker ") if name.startswith("worker ") else "",
+                          []).append(bar)
+    labels: list[str] = []
+    for name in sorted(groups, key=lambda g: (g == "", g)):
+        # A worker's task occupies it from its start (it may wait queued before that).
+        n = slot_rows(groups[name], on_start=bool(name))
+        for bar in groups[name]:
+            bar["row"] += len(labels)
+        if name:
+            labels += [name] if n == 1 else [f"{name} #{i + 1}" for i in range(n)]
+        else:
+            labels += [f"slot {i + 1}" for i in range(n)]
+    return labels
+
+
+def slot_rows(bars: list[dict[str, Any]], *, on_start: bool = False) -> int:
+    """Give each bar (sorted by hand-over time, as ``StudyView.bars`` sorts them) a
+    ``row``: the first slot free when it was handed over (with ``on_start``, when it
+    started, and a slot is free again 50 ms before the engine saw its last task end: a
+    worker's report and its next task's start reach the engine by different paths), as a
+    local process slot is; returns the number of rows."""
     ends: list[float] = []
+    slack = _WORKER_SLACK if on_start else 0.0
+    if on_start:
+        bars.sort(key=lambda b: b["start"] if b["start"] is not None else b["submit"])
     for bar in bars:
-        begin = bar["submit"] if bar["submit"] is not None else bar["start"]
+        first = ("start", "submit") if on_start else ("submit", "start")
+        begin = bar[first[0]] if bar[first[0]] is not None else bar[first[1]]
         for row, end in enumerate(ends):
-            if end <= begin:
+            if end <= begin + slack:
                 break
         else:
             row = len(ends)

@@ -215,3 +215,41 @@ def test_the_wheel_carries_the_page(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for page in STATIC.iterdir():
         assert f"engine/dashboard/static/{page.name}" in names
+
+
+WORKERS_SPEC = """\
+description: {name: onworkers, description: steps on two workers}
+troupe: {executor: workers}
+study:
+""" + "".join(f"  - name: s{i}\n    description: one task\n    run: {{cmd: 'sleep 0.3'}}\n"
+              for i in range(6))
+
+
+def test_the_timeline_gives_each_worker_rows_of_its_own(served: Any, tmp_path: Path) -> None:
+    from tests.workerpool import Workers
+
+    engine, dash = served
+    pool = Workers("", tmp_path / "workers")
+    try:
+        for name in ("alpha", "beta"):
+            pool.start(name, "default", where=("--state-dir", str(engine.state)))
+        spec = tmp_path / "w.yaml"
+        spec.write_text(WORKERS_SPEC)
+        done = engine.ctl("submit", str(spec), "-o", str(tmp_path / "w"), "--wait")
+        assert 0 == done.returncode, done.stderr
+    finally:
+        pool.stop()
+    client = authed(dash)
+    study = next(s["study_id"] for s in client.get("/api/studies").json()["studies"]
+                 if s["name"] == "onworkers")
+    data = client.get("/api/timeline", params={"study": study}).json()
+    assert ["alpha", "beta"] == data["labels"], data["labels"]  # concurrency 1: one row each
+    ran = {}
+    for bar in data["bars"]:
+        ran.setdefault(data["labels"][bar["row"]], []).append(bar["step"])
+    assert 6 == sum(map(len, ran.values())) and set(ran) == {"alpha", "beta"}, ran
+    # Each bar's row is the worker its claim names.
+    for label, steps in ran.items():
+        for step in steps:
+            claim = (tmp_path / "w" / step / ".troupe.1.pid").read_text().split()
+            assert ["worker", label] == claim[:2], (step, claim)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.dag import StepDag
-from engine.dashboard.views import StudyView, slot_rows
+from engine.dashboard.views import StudyView, slot_rows, worker_rows
 from engine.messages import SamplesChanged, StepStateChanged
 from engine.messages.bus import StepSummary
 from engine.spec.graph import StepInstance, StudyGraph
@@ -124,6 +124,19 @@ def test_bars_fill_the_first_free_slot() -> None:
             {"submit": 2.0, "start": 2.5, "end": 4.0}, {"submit": 3.5, "start": 3.5, "end": None}]
     assert 2 == slot_rows(bars)
     assert [0, 1, 0, 1] == [b["row"] for b in bars]
+
+
+def test_bars_of_workers_get_rows_of_their_own() -> None:
+    """On workers, one row per worker (and per task it ran at once), named; the rest
+    (local processes, scheduler jobs) in shared slots after them."""
+    def bar(begin: float, end: float) -> dict[str, float]:
+        return {"submit": begin, "start": begin, "end": end}
+
+    bars = [bar(0, 2), bar(0, 1), bar(0.5, 3), bar(1, 2), bar(2, 4), bar(2.5, 3)]
+    who = ["worker gpu-1", "worker cpu-2", "worker cpu-2", "", "worker gpu-1", ""]
+    labels = worker_rows(bars, who)
+    assert ["cpu-2 #1", "cpu-2 #2", "gpu-1", "slot 1"] == labels
+    assert [2, 0, 1, 3, 2, 3] == [b["row"] for b in bars]
 
 
 @pytest.mark.parametrize("limit", [1, 2])

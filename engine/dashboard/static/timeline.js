@@ -1,9 +1,11 @@
-// The timeline: a Gantt of the study's latest attempts, one row per slot (the first slot
-// free when the attempt was handed over, as a local process slot or a worker's is). The
+// The timeline: a Gantt of the study's latest attempts: on workers, one row per worker (and
+// per task it ran at once); otherwise one row per slot (the first slot free when the
+// attempt was handed over, as a local process slot is). The
 // grey part of a bar is the wait between hand-over and start; the coloured part, the run.
 import { el, fmtDuration, getJSON, svg } from "./app.js";
 
-const ROW = 16, LEFT = 70, PROFILE = 44, MIN_WIDTH = 900;
+const ROW = 16, PROFILE = 44, MIN_WIDTH = 900;
+let LEFT = 70;  // widened to the longest row label (a worker's name) when drawn
 const TOP = 24 + PROFILE + 8;
 
 export async function drawTimeline(page) {
@@ -19,6 +21,8 @@ export async function drawTimeline(page) {
     page.timeline.replaceChildren(el("p", { class: "muted" }, "No attempt has started yet."));
     return;
   }
+  const labels = data.labels || [];
+  LEFT = Math.max(70, 12 + 7 * Math.max(0, ...labels.map((l) => l.length)));
   const now = Date.now() / 1000;
   const begin = (b) => (b.submit ?? b.start);
   const t0 = Math.min(...bars.map((b) => Math.min(b.ready ?? Infinity, begin(b))));
@@ -39,7 +43,7 @@ export async function drawTimeline(page) {
   }
   for (let r = 0; r < data.rows; r++) {
     const label = svg("text", { x: 4, y: TOP + r * ROW + ROW - 4 });
-    label.textContent = `slot ${r + 1}`;
+    label.textContent = labels[r] || `slot ${r + 1}`;
     axis.append(label);
   }
   root.append(axis);
@@ -71,7 +75,7 @@ export async function drawTimeline(page) {
   }
   root.append(layer);
   const note = el("p", { class: "muted" },
-    `${bars.length} attempts (the latest ${data.limit} at most) on ${data.rows} slots, ` +
+    `${bars.length} attempts (the latest ${data.limit} at most) on ${data.rows} rows, ` +
     `${fmtDuration(span)} from the first hand-over. Top: steps ready and waiting for a slot. ` +
     "Thin line: ready, waiting; grey: handed over, not yet running; colour: running, by final state.");
   page.timeline.replaceChildren(note, root);
