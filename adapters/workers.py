@@ -9,7 +9,9 @@ subject, which the engine hands to ``report``, and appends it to the claim (``ex
 which the engine reads should that message be lost. (``Task.exit_file``, the path
 ``.troupe.<attempt>.exit``, names the attempt in reports; no such file is written.) ``cancel`` claims an attempt
 still waiting in its queue (the worker that takes it then never runs it) and asks the
-workers to stop one that runs (``WorkerCancel``).
+workers to stop one that runs (``WorkerCancel``). After an engine restart ``lookup``
+adopts the attempts workers run, applies those that ended, and fences off the ones
+still queued, by their claims.
 """
 
 from __future__ import annotations
@@ -126,6 +128,38 @@ class WorkersAdapter(Adapter):
             raise SubmitError(str(exc), step.name, retryable=True) from exc
         delay = min(10.0, self._lost_after)
         asyncio.get_running_loop().call_later(delay, self._check_served, task.queue)
+        return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
+                         backend=self.name)
+
+    async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
+        """After an engine restart (or a standby's takeover), find an attempt by its
+        claim: one whose worker recorded its exit is applied, one a worker claimed is
+        adopted (its report, its claim's exit line, or its worker's silence for
+        ``lost_after`` seconds ends the wait), and one no worker claimed yet is fenced
+        off (claimed for the engine: a worker that takes its task later runs nothing), so
+        that it never overlaps its re-run."""
+        step, attempt = request.step, request.attempt
+        exit_file = os.path.join(step.workspace, f".troupe.{attempt}.exit")
+        try:
+            fd = os.open(exit_file[: -len(".exit")] + ".pid",
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None  # the workspace is gone: it never ran here
+        else:
+            os.write(fd, CANCELLED.encode())
+            os.close(fd)
+            return None  # never started, and now it never will
+        if _claimed_by_engine(exit_file):
+            return None
+        code = _read_exit(exit_file)
+        if code is not None:
+            return JobResult(outcome=JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED,
+                             exit_code=code, detail="recorded in its claim by its worker")
+        self._waiting[exit_file] = (anyio.Event(), [])
+        self._exit_files[(request.actor, attempt)] = exit_file
+        self._seen[request.key] = self._clock()  # its worker's next heartbeat, or the loss
         return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
                          backend=self.name)
 

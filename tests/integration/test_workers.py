@@ -241,3 +241,62 @@ def test_a_task_in_its_queue_is_pending_and_its_walltime_starts_on_a_worker(
             proc.kill()
     assert ["FINISHED"] == [r["State"] for r in read_status(study / "status.csv")]
     assert "w1\n" == (tmp_path / "ledger").read_text()
+
+
+ADOPT = """
+description: {{name: adopt, description: the engine dies while a worker runs one task and another waits}}
+troupe: {{executor: workers, worker_timeout: 5}}
+study:
+  - name: long
+    description: runs on its worker across the engine's death
+    run:
+      queue: cpu
+      cmd: |
+{long}
+  - name: queued
+    description: waits in a queue nobody serves until after the restart
+    run:
+      queue: late
+      cmd: |
+{queued}
+"""
+
+
+def test_a_restarted_engine_adopts_running_tasks_and_fences_queued_ones(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    """SIGKILL to a serve engine: the restarted one adopts the task a worker runs (it runs
+    once, its end is applied), and fences off the attempt still queued (the worker that
+    takes that task later runs nothing; the step runs once, as its next attempt)."""
+    from tests.engine_proc import Engine
+
+    ledger = tmp_path / "ledger"
+    indent = lambda text: "".join(f"        {line}\n" for line in text.splitlines())  # noqa: E731
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(ADOPT.format(
+        long=indent(ledger_cmd(ledger, f"touch {tmp_path}/long.started; sleep 3")),
+        queued=indent(ledger_cmd(ledger, "true"))))
+    engine = Engine(tmp_path / "state", "--nats-url", nats_server, "--drain-timeout", "5").start()
+    try:
+        workers.start("w1", "cpu")
+        submitted = engine.ctl("submit", str(spec), "-o", str(tmp_path / "study"))
+        assert 0 == submitted.returncode, submitted.stderr
+        study_id = submitted.stdout.strip()
+        wait_for_path(tmp_path / "long.started")
+        deadline = time.monotonic() + 30
+        while {s["step"]: s["state"] for s in engine.status(study_id)["steps"]}.get(
+                "queued") != "PENDING":
+            assert time.monotonic() < deadline, "queued never reached its queue"
+            time.sleep(0.05)
+        engine.kill()
+        engine.start()
+        workers.start("w2", "late")
+        watched = engine.ctl("watch", study_id, timeout=120)
+        assert 0 == watched.returncode, watched.stderr
+    finally:
+        engine.stop()
+    runs = {}
+    for e in read_ledger(ledger):
+        runs.setdefault(e.step, {})[e.attempt] = e
+    assert {1} == set(runs["long"]) and 0 == runs["long"][1].exit, runs["long"]  # adopted
+    assert {2} == set(runs["queued"]) and 0 == runs["queued"][2].exit, runs["queued"]
+    assert "cancelled\n" == (tmp_path / "study" / "queued" / ".troupe.1.pid").read_text()
