@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,8 +64,8 @@ from engine.messages import (
     PublishState,
     SamplesChanged,
     StepState,
-    StepWarning,
     StepStateChanged,
+    StepWarning,
     StopRequested,
     StopStudy,
     StudyCancelRequested,
@@ -80,7 +81,7 @@ from engine.messages import (
 )
 from engine.spec.graph import StepInstance, StudyGraph
 from engine.spec.samples import resolve_counted
-from engine.status import StatusTable, StatusWriter, state_counts
+from engine.status import StatusTable, StatusWriter
 
 if TYPE_CHECKING:
     from engine.actors.persist import Persister
@@ -159,6 +160,9 @@ class StudyRuntime:
             self.records = recovered.records
         else:
             self.records = initial_records(graph, policies or {}, dry_run=dry_run)
+        # Steps per state, kept as the machines move them (a status request of a
+        # 100,000-step study must not count them all): samples' own records are not steps.
+        self._per_state = Counter(r.state for n, r in self.records.items() if SEP not in n)
         self.supervisor = sup_machine.new_supervisor(
             tuple(self._order), limits=limits if limits is not None else {"global": throttle},
             races=new_race_book(graph),
@@ -192,9 +196,7 @@ class StudyRuntime:
 
     def state_counts(self) -> dict[str, int]:
         """Steps per state now (a sampled step counts once)."""
-        if self._samples is None:
-            return state_counts(r.state for r in self.records.values())
-        return state_counts(r.state for n, r in self.records.items() if SEP not in n)
+        return {s.value: n for s in StepState if (n := self._per_state[s])}
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel the whole study: every step not yet terminal becomes CANCELLED.
@@ -355,6 +357,9 @@ class StudyRuntime:
             return []
         assert rec is not None, f"no step record {target!r}"
         self.records[target], cmds = step_machine.decide(rec, event, now=now)
+        if (state := self.records[target].state) != rec.state and SEP not in target:
+            self._per_state[rec.state] -= 1
+            self._per_state[state] += 1
         return cmds
 
     def _stop_requested(self, cmd: StopStudy, cause: str) -> tuple[Target, Event]:

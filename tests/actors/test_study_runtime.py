@@ -145,3 +145,30 @@ async def test_runtime_shuts_down_when_its_caller_is_cancelled() -> None:
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught, "cancellation did not hang"
     assert rt.outcome is None
+
+
+async def test_state_counts_follow_every_transition_without_a_recount() -> None:
+    """The counts a status request reads are kept as the machines move the steps: at
+    every moment they equal a recount of the records."""
+    from engine.status import state_counts
+
+    bus, ad = FakeBus(), FakeAdapter(submit_errors={"c": "exec format error"})
+    rt = runtime(graph(("a", ()), ("b", ("a",)), ("c", ()), ("d", ("c",))), ad, bus,
+                 throttle=1)
+
+    def recount() -> dict[str, int]:
+        return state_counts(r.state for r in rt.records.values())
+
+    assert {"INITIALIZED": 4} == rt.state_counts() == recount()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rt.run)
+        await ad.wait_submitted("a")
+        await anyio.wait_all_tasks_blocked()
+        assert recount() == rt.state_counts()
+        assert 1 == rt.state_counts().get("RUNNING")
+        ad.finish("a")
+        await ad.wait_submitted("b")
+        await anyio.wait_all_tasks_blocked()
+        assert recount() == rt.state_counts()
+        ad.finish("b")
+    assert {"FINISHED": 2, "FAILED": 2} == rt.state_counts() == recount()
