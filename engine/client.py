@@ -33,9 +33,6 @@ import msgspec
 from engine import subjects
 from engine.bus import Bus, Credentials, open_bus
 from engine.errors import BusError, ConfigError, printable
-from engine.samplestatus import query_samples
-from engine.statedir import engine_alive
-from engine.status import read_status
 from engine.messages import (
     AnyBusMessage,
     BusMessage,
@@ -45,17 +42,21 @@ from engine.messages import (
     EventsRequest,
     RestartRequest,
     SetThrottle,
-    StopWorkers,
     StatusReply,
     StatusRequest,
+    StopWorkers,
     StudyState,
     SubmitReply,
     SubmitRequest,
     new_event_id,
 )
+from engine.samplestatus import query_samples
+from engine.statedir import engine_alive
+from engine.status import read_status
 
 __all__ = ["PASSWORD_ENV", "TOKEN_ENV", "ask", "client_commands", "credential_options",
-           "default_state_dir", "read_password", "read_secret", "resolve_connection"]
+           "default_state_dir", "read_password", "read_secret", "resolve_connection",
+           "status_all"]
 
 _TIMEOUT = 4.0
 READ_TIMEOUT = 30.0
@@ -200,6 +201,25 @@ async def _with_bus(opts: dict[str, Any], body: Callable[[Bus], Awaitable[int]])
     finally:
         with anyio.CancelScope(shield=True):
             await stack.__aexit__(None, None, None)
+
+
+async def status_all(bus: Bus, study: str) -> AnyBusMessage:
+    """A study's status with every step: its pages (``StatusRequest.limit``) asked for
+    in turn and joined. An error reply is returned as it is."""
+    reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study))
+    if not isinstance(reply, StatusReply) or not reply.ok or not reply.studies:
+        return reply
+    steps = list(reply.steps)
+    study = reply.studies[0].study_id
+    while len(steps) < reply.total_steps:
+        more = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study,
+                                                      offset=len(steps)))
+        if not isinstance(more, StatusReply) or not more.ok:
+            return more
+        if not more.steps:
+            break  # (fewer steps than it said: the study was replaced meanwhile)
+        steps += more.steps
+    return msgspec.structs.replace(reply, steps=tuple(steps))
 
 
 async def ask(bus: Bus, verb: str, msg: BusMessage, *,
@@ -347,8 +367,9 @@ def status(study_id: str | None, as_json: bool, step: str, state: str, **kwargs:
         return
 
     async def body(bus: Bus) -> int:
-        reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(),
-                                                        study_id=study_ref(study_id or "")))
+        ref = study_ref(study_id or "")
+        reply = await (status_all(bus, ref) if ref else ask(
+            bus, "status", StatusRequest(event_id=new_event_id())))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "status failed")
         if step:

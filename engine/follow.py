@@ -11,7 +11,7 @@ import click
 
 from engine import subjects
 from engine.bus import Bus
-from engine.client import ask
+from engine.client import ask, status_all
 from engine.errors import ConfigError
 from engine.messages import (
     StatusReply,
@@ -32,12 +32,13 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
     """Show a study's progress from its events until it ends (a live bar on a terminal,
     ``engine.progress``); print what failed, then the final line; return ``run``'s exit
     code."""
-    reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+    reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id,
+                                                    limit=0))
     if not isinstance(reply, StatusReply) or not reply.ok:
         raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
     study_id = reply.studies[0].study_id  # (it may have been named by a prefix or its name)
     async with bus.subscribe(subjects.study_events(study_id)) as events:
-        reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+        reply = await status_all(bus, study_id)
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
         study = reply.studies[0]
@@ -72,7 +73,7 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
 
 async def _report_failures(bus: Bus, study_id: str, study_dir: str) -> None:
     """Print what failed in a study that ended FAILURE (``engine.diagnose``)."""
-    reply = await ask(bus, "status", StatusRequest(event_id=new_event_id(), study_id=study_id))
+    reply = await status_all(bus, study_id)
     if isinstance(reply, StatusReply) and reply.ok:
         _print_failures(study_dir, reply.steps)
 

@@ -37,6 +37,7 @@ from engine.messages import (
     new_event_id,
 )
 from engine.statedir import write_private
+from engine.status import status_page
 
 if TYPE_CHECKING:
     from engine.actors.study import StudyRuntime
@@ -84,10 +85,13 @@ async def _answer(bus: Bus, runtime: StudyRuntime, created: float,
                                  ended=time.time() if runtime.outcome is not None else None,
                                  counts=runtime.state_counts())
             steps: tuple[StepSummary, ...] = ()
+            order = runtime.order
             if ref:
-                steps = tuple(StepEntry.from_record(runtime.records[n], study_id=sid).summary()
-                              for n in runtime.order)
-            return StatusReply(event_id=rid, ok=True, studies=(study,), steps=steps)
+                steps = tuple(StepEntry.from_record(runtime.records[order[i]], study_id=sid)
+                              .summary()
+                              for i in status_page(len(order), request.offset, request.limit))
+            return StatusReply(event_id=rid, ok=True, studies=(study,), steps=steps,
+                               total_steps=len(order))
         case EventsRequest():
             raw = await bus.replay_raw(subjects.study_events(sid), timeout=1.0)
             return EventsReply(event_id=rid, ok=True, events=tuple(msgspec.Raw(r) for r in raw))

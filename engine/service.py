@@ -10,13 +10,14 @@ interrupted (they run again on the next start), stores everything, and returns.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -27,9 +28,10 @@ import structlog
 from adapters.base import AdapterError
 from engine import subjects
 from engine.actors.control import answer_control, answer_not_hosted
-from engine.bus import Bus
-from engine.errors import BusError, ConfigError, EngineError, StoreError
 from engine.actors.study import StudyRuntime
+from engine.bus import Bus
+from engine.dbapi import answer_db
+from engine.errors import BusError, ConfigError, EngineError, StoreError
 from engine.hosting import (
     HostedStudy,
     Start,
@@ -39,6 +41,7 @@ from engine.hosting import (
     make_study_id,
 )
 from engine.layout import acquire_dependencies, prepare_study_dir
+from engine.leases import HEARTBEAT, Lease, record_workers
 from engine.messages import (
     AnyBusMessage,
     BusMessage,
@@ -51,21 +54,19 @@ from engine.messages import (
     SetThrottle,
     StatusReply,
     StatusRequest,
+    StopWorkers,
     StudyEnded,
     StudyState,
     StudySummary,
     SubmitReply,
     SubmitRequest,
     new_event_id,
-    StopWorkers,
 )
 from engine.spec import load_study
 from engine.spec.graph import StudyGraph
-from engine.status import state_counts
-from engine.dbapi import answer_db
-from engine.leases import HEARTBEAT, Lease, record_workers
-from engine.studyref import resolve_study
+from engine.status import state_counts, status_page
 from engine.store import RunEntry, StepEntry, Store, StudyEntry, WorkerEntry
+from engine.studyref import resolve_study
 
 __all__ = ["QUARANTINE_AFTER", "EngineService"]
 
@@ -188,7 +189,26 @@ class EngineService:
                     self._log.exception("request_failed", verb=verb)
                     answer = ControlReply(event_id=new_event_id(), ok=False,
                                           detail=f"internal error: {type(exc).__name__}: {exc}")
-                await reply(answer)
+                await self._reply(verb, reply, answer)
+
+    async def _reply(self, verb: str, reply: Callable[[BusMessage], Awaitable[None]],
+                     answer: BusMessage) -> None:
+        """Send ``answer``; one that cannot be sent (larger than the server's payload
+        limit, the connection gone) is logged, and replaced by a short error if it can
+        be: no reply ever stops the engine."""
+        try:
+            await reply(answer)
+        except Exception as exc:  # noqa: BLE001 - nats-py raises its own errors here
+            self._log.error("reply_failed", verb=verb, error=f"{type(exc).__name__}: {exc}")
+            why = f"the engine could not send its reply: {type(exc).__name__}: {exc}"
+            rid = new_event_id()
+            short: BusMessage = (StatusReply(event_id=rid, ok=False, error=why)
+                                 if isinstance(answer, StatusReply) else
+                                 EventsReply(event_id=rid, ok=False, error=why)
+                                 if isinstance(answer, EventsReply) else
+                                 ControlReply(event_id=rid, ok=False, detail=why))
+            with contextlib.suppress(Exception):
+                await reply(short)
 
     async def _answer(self, request: AnyBusMessage) -> BusMessage:
         rid = new_event_id()
@@ -361,17 +381,21 @@ class EngineService:
             hosted = self.hosted.get(req.study_id)
             if hosted is not None:
                 rt = hosted.runtime
-                steps = tuple(StepEntry.from_record(rt.records[n], study_id=rt.study_id)
-                              .summary() for n in rt.order)
+                total, records = len(rt.order), rt.records
+                steps = tuple(StepEntry.from_record(records[rt.order[i]], study_id=rt.study_id)
+                              .summary() for i in status_page(total, req.offset, req.limit))
                 counts = rt.state_counts()
             else:
                 stored = {e.step: e for e in await self.store.list_steps(req.study_id)}
-                steps = tuple(stored[n].summary() for n in _order(stored))
+                order, total = _order(stored), len(stored)
+                steps = tuple(stored[order[i]].summary()
+                              for i in status_page(total, req.offset, req.limit))
                 counts = state_counts(e.state for e in stored.values())
             if hosted is not None and hosted.runtime.outcome is not None:
                 # Ended a moment ago (its StudyEnded is out) but not yet stored as such.
                 entry = StudyEntry(**{**_fields(entry), "state": hosted.runtime.outcome.value})
-            return StatusReply(event_id=rid, ok=True, studies=(_study(entry, counts),), steps=steps)
+            return StatusReply(event_id=rid, ok=True, studies=(_study(entry, counts),), steps=steps,
+                               total_steps=total)
         out = []
         for entry in await self.store.list_studies(state=req.state, name=req.name):
             hosted = self.hosted.get(entry.study_id)

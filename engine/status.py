@@ -13,8 +13,8 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import structlog
@@ -25,6 +25,7 @@ from engine.spec.graph import StepInstance
 
 __all__ = [
     "HEADER",
+    "STATUS_PAGE",
     "StatusTable",
     "StatusWriter",
     "format_duration",
@@ -32,6 +33,7 @@ __all__ = [
     "read_status",
     "render_status",
     "state_counts",
+    "status_page",
     "write_status",
 ]
 
@@ -252,6 +254,26 @@ def read_status(path: str | os.PathLike[str]) -> list[dict[str, str]]:
             cells = [*cells[: len(keys) - 1], ",".join(cells[len(keys) - 1 :])]
         rows.append(dict(zip(keys, cells, strict=False)))
     return rows
+
+
+def _page_size(text: str, default: int = 10_000) -> int:
+    try:
+        return max(1, min(int(text), 10**6)) if text.strip() else default
+    except ValueError:
+        return default
+
+
+STATUS_PAGE = _page_size(os.environ.get("TROUPE_STATUS_PAGE", ""))
+"""Steps in one status reply at most (about 2 MB: under NATS's default 8 MB payload;
+``$TROUPE_STATUS_PAGE`` for a server with a smaller ``max_payload``)."""
+
+
+def status_page(total: int, offset: int, limit: int) -> range:
+    """The positions (in status order) of the steps a status request asks for: from
+    ``offset``, at most ``limit`` (-1: ``STATUS_PAGE``; 0: none), never more than a page."""
+    size = STATUS_PAGE if limit < 0 else min(limit, STATUS_PAGE)
+    start = min(max(offset, 0), total)
+    return range(start, min(start + size, total))
 
 
 def state_counts(states: Iterable[str]) -> dict[str, int]:

@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from engine import subjects
-from engine.client import ask
+from engine.client import ask, status_all
 from engine.dag import DagNode, StepDag
 from engine.dashboard.views import StudyView
 from engine.errors import BusError, ConfigError
@@ -123,8 +123,8 @@ class Monitor:
             BusError: the engine did not answer.
             ConfigError: it answered with an error (an unknown study).
         """
-        reply = await ask(self.bus, "status", StatusRequest(event_id=new_event_id(),
-                                                             study_id=study_id))
+        reply = await (status_all(self.bus, study_id) if study_id else ask(
+            self.bus, "status", StatusRequest(event_id=new_event_id())))
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or "status failed")
         return reply

@@ -8,6 +8,7 @@ import msgspec
 
 from engine.messages.core import SCHEMA_VERSION, FailureKind, StepState, StudyState
 
+
 class BusMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of every message published on NATS (JSON on the wire)."""
 
@@ -165,11 +166,18 @@ class SubmitReply(BusMessage, tag="submit_reply"):
 
 class StatusRequest(BusMessage, tag="status_request"):
     """API: one study's steps (``study_id``), or a list of studies filtered by state
-    and name glob."""
+    and name glob.
+
+    A study's steps come a page at a time (a reply must fit in one NATS message): those
+    from ``offset`` in status order, at most ``limit`` of them (-1: the engine's page,
+    ``engine.status.STATUS_PAGE``; 0: none, the study's row and counts only). ``StatusReply.total_steps``
+    says how many there are; ``engine.client.status_all`` asks for every page."""
 
     study_id: str = ""
     state: str = ""
     name: str = ""
+    offset: int = 0
+    limit: int = -1
 
 
 class StepSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,12 +209,14 @@ class StudySummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StatusReply(BusMessage, tag="status_reply"):
-    """API answer to a status or list request."""
+    """API answer to a status or list request (``steps``: one page of a study's steps,
+    from the request's ``offset``; ``total_steps``: how many the study has)."""
 
     ok: bool
     studies: tuple[StudySummary, ...] = ()
     steps: tuple[StepSummary, ...] = ()
     error: str = ""
+    total_steps: int = 0
 
 
 class RestartRequest(BusMessage, tag="restart_request"):
