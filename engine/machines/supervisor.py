@@ -17,6 +17,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from engine.errors import InvalidTransition
+from engine.machines.waiting import Waiting
 from engine.machines.race import (
     RaceBook,
     candidate_finished,
@@ -89,7 +90,7 @@ class SupervisorState(Struct, frozen=True, kw_only=True):
     steps: tuple[str, ...] = ()
     limits: dict[str, int] = {}
     running: dict[str, int] = {}
-    queues: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}
+    queues: dict[tuple[str, ...], Waiting] = {}
     seq: int = 0
     done: int = 0
     counts: dict[str, int] = {}
@@ -161,11 +162,12 @@ def _fill(st: SupervisorState) -> tuple[SupervisorState, list[Command]]:
     while True:
         best: tuple[str, ...] | None = None
         for scopes, q in queues.items():
-            if q and (best is None or q[0][0] < queues[best][0][0]) and _has_room(probe, scopes):
+            if q and (best is None or q.head()[0] < queues[best].head()[0]) and _has_room(
+                    probe, scopes):
                 best = scopes
         if best is None:
             break
-        (_, step), rest = queues[best][0], queues[best][1:]
+        (_, step), rest = queues[best].pop()
         if rest:
             queues[best] = rest
         else:
@@ -184,12 +186,12 @@ def _request(st: SupervisorState, step: str, scopes: tuple[str, ...], *,
     # duplicate check here would only cost a scan of the queue.
     if not st.queues and not st.paused and _has_room(st, scopes):
         return replace(st, running=_take(st.running, scopes, +1)), [GrantSlot(step=step)]
-    q = st.queues.get(scopes, ())
+    q = st.queues.get(scopes) or Waiting()
     if again:  # numbered below every first attempt; they stay in their order
         ahead = sum(1 for number, _ in q if number < 0)
-        q = (*q[:ahead], (st.seq - _AGAIN, step), *q[ahead:])
+        q = q.insert(ahead, (st.seq - _AGAIN, step))
     else:
-        q = (*q, (st.seq, step))
+        q = q.push((st.seq, step))
     return _fill(replace(st, queues={**st.queues, scopes: q}, seq=st.seq + 1))
 
 
@@ -242,7 +244,7 @@ def decide(
             return replace(st, parked={k: v for k, v in st.parked.items() if k != step}), []
         case SlotWithdrawn(step=step):
             for scopes, q in st.queues.items():
-                kept = tuple(e for e in q if e[1] != step)
+                kept = q.without(step)
                 if len(kept) != len(q):
                     queues = {**st.queues, scopes: kept} if kept else {
                         k: v for k, v in st.queues.items() if k != scopes}
