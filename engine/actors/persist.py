@@ -19,6 +19,8 @@ for ``flush``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 import msgspec
 import structlog
@@ -102,6 +104,7 @@ class Persister:
         self._revision: dict[str, int] = {}  # the revision of our last non-final write
         self._waiters: dict[tuple[str, int], _IntentWaiter] = {}
         self._limit = anyio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._log = structlog.get_logger("troupe.persist")
         self.failed: list[WriteFailure] = []
 
@@ -149,10 +152,13 @@ class Persister:
             self._wake = anyio.Event()
             while self._dirty:
                 batch, self._dirty = self._dirty, {}
+                # At most ``concurrency`` writers share the round (a task per entry would
+                # hold 100,000 tasks at once for a study that size).
+                todo = iter(list(batch.values()))
                 try:
                     async with anyio.create_task_group() as tg:
-                        for entry in batch.values():
-                            tg.start_soon(self._write, entry)
+                        for _ in range(min(self._concurrency, len(batch))):
+                            tg.start_soon(self._write_all, todo)
                 except BaseException:
                     # Cancelled mid-round: keep what may be unwritten for the next runner
                     # (writes are idempotent), unless a newer entry replaced it.
@@ -160,6 +166,10 @@ class Persister:
                         self._dirty.setdefault(step, entry)
                     raise
             self._idle.set()
+
+    async def _write_all(self, todo: Iterator[StepEntry]) -> None:
+        for entry in todo:  # (shared by the round's writers: each entry is taken once)
+            await self._write(entry)
 
     async def _write(self, entry: StepEntry) -> None:
         async with self._limit:
