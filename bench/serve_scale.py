@@ -18,8 +18,8 @@ seconds (0.5). The status probe is by default ``--status summary``: the request 
 study's name (``enginectl list --name NAME``: its row and counts per state).
 ``--status full`` sends the study's id (``enginectl status ID``: every step), whose reply
 is about 200 bytes a step; past about 41,000 steps it exceeds nats-server's 8 MB
-max_payload and, measured 2026-12-07, the engine's reply raises MaxPayloadError out of its
-API task and ``serve`` exits (docs/performance.md, issue 18 section). each round trip is timed (request sent to reply received, not decoded) and
+max_payload; the engine now sends it a page at a time (``StatusRequest.limit``), and
+before 2026-12-07 ``serve`` exited on it (docs/performance.md, issue 18 section). Each round trip is timed (request sent to reply received, not decoded) and
 the reply decoded to check it is ``ok``. A request that fails or takes over 5 s is counted
 as an error. RSS of the engine process (``/proc/PID/statm``) and of the serve tree (the
 engine, its nats-server and the steps running at that moment; ``bench/run.py``'s
