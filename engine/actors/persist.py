@@ -103,8 +103,7 @@ class Persister:
         self._given_up: dict[str, WriteFailure] = {}
         self._revision: dict[str, int] = {}  # the revision of our last non-final write
         self._waiters: dict[tuple[str, int], _IntentWaiter] = {}
-        self._limit = anyio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        self._concurrency = concurrency  # writers of a round (each writes one at a time)
         self._log = structlog.get_logger("troupe.persist")
         self.failed: list[WriteFailure] = []
 
@@ -172,26 +171,25 @@ class Persister:
             await self._write(entry)
 
     async def _write(self, entry: StepEntry) -> None:
-        async with self._limit:
-            delay, tries, deadline = self._first_delay, 0, None
-            while True:
-                tries += 1
-                try:
-                    if entry.final:
-                        await self._store.finish_step(entry,
-                                                      last=self._revision.pop(entry.step, None))
-                    else:
-                        self._revision[entry.step] = await self._store.put_step(entry)
-                    break
-                except Exception as exc:  # noqa: BLE001 - the bus may be reconnecting
-                    now = anyio.current_time()
-                    deadline = now + self._give_up_after if deadline is None else deadline
-                    if now >= deadline:
-                        self._give_up(entry, tries, exc)
-                        return
-                    self._log.warning("step_write_retried", step=entry.step, error=str(exc))
-                    await anyio.sleep(min(delay, deadline - now))
-                    delay = min(delay * 2, self._max_delay)
+        delay, tries, deadline = self._first_delay, 0, None
+        while True:
+            tries += 1
+            try:
+                if entry.final:
+                    await self._store.finish_step(entry,
+                                                  last=self._revision.pop(entry.step, None))
+                else:
+                    self._revision[entry.step] = await self._store.put_step(entry)
+                break
+            except Exception as exc:  # noqa: BLE001 - the bus may be reconnecting
+                now = anyio.current_time()
+                deadline = now + self._give_up_after if deadline is None else deadline
+                if now >= deadline:
+                    self._give_up(entry, tries, exc)
+                    return
+                self._log.warning("step_write_retried", step=entry.step, error=str(exc))
+                await anyio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, self._max_delay)
         done = max(self._stored_attempt.get(entry.step, -1), entry.intent_attempt)
         self._stored_attempt[entry.step] = done
         for (step, attempt), waiter in list(self._waiters.items()):

@@ -174,8 +174,8 @@ class _Api:
         bars = view.bars(limit=limit)
         graph = self.monitor.graphs.get(view.study_id)
         who = [""] * len(bars)
-        if graph is not None:  # who ran each attempt: its claim, on workers
-            who = await anyio.to_thread.run_sync(_who_ran, graph, bars)
+        if graph is not None and graph.troupe.get("executor") == "workers":
+            who = await anyio.to_thread.run_sync(_who_ran, graph, bars)  # from the claims
         labels = worker_rows(bars, who)
         return JSONResponse({"bars": bars, "rows": len(labels), "labels": labels,
                              "limit": limit, "study": self.monitor.summary(view.study_id)})
