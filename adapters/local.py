@@ -6,12 +6,15 @@ with cwd = workspace, in a new session (its own process group), and stdout/stder
 to ``<name>.<pid>.out`` / ``<name>.<pid>.err`` in the workspace, as Maestro names them.
 The environment is the engine's plus ``TROUPE_STUDY_ID``, ``TROUPE_STUDY_DIR``,
 ``TROUPE_STEP``, ``TROUPE_ATTEMPT`` and ``TROUPE_WORKSPACE``.
-Under ``enginectl serve`` (``adoptable``) the script runs under a small ``/bin/sh``
-wrapper (the group leader, whose pid is the job id) that claims the attempt by creating
-``.troupe.<attempt>.pid`` exclusively and writes the script's exit status to
-``.troupe.<attempt>.exit``; after an engine restart, ``lookup`` uses them to re-attach to
-a step that is still running, or to learn how it ended. Under ``enginectl run``, which
-nothing resumes, the script is executed directly (one process per step); the samples of
+Under ``enginectl serve`` (``adoptable``) every step is started by the study's *keeper*
+(``adapters.spawner`` with ``keep``: one helper process in a session of its own, which
+outlives the engine): it claims the attempt by creating ``.troupe.<attempt>.pid``
+exclusively (``<pid> <keeper pid>``), starts the script directly (``posix_spawn``: one
+process per step, the group leader, whose pid is the job id), and appends ``exit N`` to
+the claim when it ended, before it tells the engine; after an engine restart, ``lookup``
+uses the claim to re-attach to a step that is still running, or to learn how it ended.
+Under ``enginectl run``, which nothing resumes, the script is executed directly by the
+engine (one process per step); the samples of
 a sampled step (``JobRequest.bulk``) are started by a helper process that also creates
 their workspaces and writes their scripts, so the engine never waits for an ``exec``
 (``adapters.spawner``). In a Merlin spec the outputs are
@@ -49,41 +52,19 @@ from adapters.base import (
 )
 from adapters.batches import LocalBatches
 from adapters.descendants import JOB_KEY_VAR, STUDY_VAR, kill_marked
-from adapters.spawner import PID, Spawner, Started
+from adapters.spawner import CLAIMED, PID, Spawner, Started
 from engine.spec.naming import contained_path
 
 if TYPE_CHECKING:
     from engine.spec.graph import StepInstance
 
-__all__ = ["LocalAdapter", "output_stem", "script_path", "wrapper_argv"]
+__all__ = ["LocalAdapter", "output_stem", "script_path"]
 
 _LAUNCHER = re.compile(r"\$\(LAUNCHER\)(\[[^\]\n]*\])?[ \t]*")
 _SCRIPT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-# The wrapper claims the attempt by creating its pid file exclusively (``set -C``: the
-# redirection uses O_EXCL), runs the script, and records its exit status. A restarted
-# engine that finds no pid file creates it itself, so a wrapper that had not yet started
-# can never run the script after the engine gave the attempt up (it exits 199 instead).
-# It then sends its output to Maestro's ``<name>.<pid>.out``/``.err`` (its own pid: the job
-# id), so those files cost the engine nothing. Only shell builtins: no extra exec per step.
-_WRAPPER = (
-    'set -C; { echo "$$" > "$3"; } 2>/dev/null || exit 199; set +C; '
-    'exec >"$4.$$.out" 2>"$4.$$.err"; "$1"; rc=$?; echo "$rc" > "$2"; exit "$rc"'
-)
-# Merlin's layout: ``<name>.out``/``.err``, appended to by every attempt.
-_MERLIN_WRAPPER = _WRAPPER.replace('exec >"$4.$$.out" 2>"$4.$$.err"', 'exec >>"$4.out" 2>>"$4.err"')
 _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 _SUPERSEDED = "superseded\n"
 _EXEC = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
-
-
-def wrapper_argv(script: str, exit_path: str, pid_path: str, stem: str, *,
-                 merlin: bool) -> list[str]:
-    """The claiming wrapper's command line (``serve``'s local steps, and the workers'):
-    it claims the attempt by creating ``pid_path`` exclusively (exit 199 if it cannot),
-    runs ``script`` with its output in Maestro's (or Merlin's) files named from ``stem``,
-    and records the exit status in ``exit_path``."""
-    return ["/bin/sh", "-c", _MERLIN_WRAPPER if merlin else _WRAPPER, "troupe-step", script,
-            exit_path, pid_path, stem]
 
 
 def script_path(step: StepInstance, *, restart: bool = False) -> Path:
@@ -111,10 +92,10 @@ class LocalAdapter(Adapter):
             command runs directly here (``enginectl run --local``). Otherwise they stay
             literal, as in Maestro's local adapter.
         env: Extra environment variables for every step.
-        adoptable: Run each script under the claiming wrapper, so that an engine that
-            restarts can adopt the attempt or learn how it ended (``enginectl serve``).
-            Without it (``enginectl run``, which nothing resumes) the script is the
-            process: one process per step, as in the floor.
+        adoptable: Start each script through the keeper, which claims the attempt and
+            records its end, so that an engine that restarts can adopt the attempt or
+            learn how it ended (``enginectl serve``). Without it (``enginectl run``, which
+            nothing resumes) the engine starts the script itself.
         merlin: Merlin's output files: ``<name>.out``/``.err`` without the pid, appended
             to by every attempt (a Merlin spec).
     """
@@ -196,7 +177,7 @@ class LocalAdapter(Adapter):
     def _spawn(self, step: StepInstance, attempt: int, *, restart: bool, key: str,
                bulk: bool = False) -> _Job | _Start:
         scripts: list[tuple[str, str]] = []
-        helper = bulk and not self.adoptable
+        helper = bulk or self.adoptable
         if self._prepared.pop(step.name, None) == _script_key(step):
             script = script_path(step)
         elif helper:  # the spawner writes them, off the event loop
@@ -213,22 +194,12 @@ class LocalAdapter(Adapter):
         extra = {"TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                  "TROUPE_WORKSPACE": ws, JOB_KEY_VAR: key}
         exit_path = Path(ws) / f".troupe.{attempt}.exit"
-        env = {**self._env, **extra}
         if helper:
+            claim = f"{ws}/.troupe.{attempt}.pid" if self.adoptable else ""
             return _Start(script=str(script), env=extra, exit_path=exit_path, key=key,
-                          stem=stem, scripts=scripts)
-        if not self.adoptable:
-            return self._spawn_direct(step, str(script), env, exit_path, key, stem)
-        try:
-            os.unlink(exit_path)
-        except FileNotFoundError:
-            pass
-        proc = subprocess.Popen(
-            wrapper_argv(str(script), str(exit_path), f"{ws}/.troupe.{attempt}.pid", stem,
-                         merlin=self.merlin),
-            cwd=ws, stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
-        )
-        return _Job(pid=proc.pid, exit_path=exit_path, popen=proc, key=key)
+                          stem=stem, scripts=scripts, claim=claim)
+        return self._spawn_direct(step, str(script), {**self._env, **extra}, exit_path, key,
+                                  stem)
 
     def _spawn_direct(self, step: StepInstance, script: str, env: dict[str, str],
                       exit_path: Path, key: str, stem: str) -> _Job:
@@ -259,14 +230,24 @@ class LocalAdapter(Adapter):
 
     async def _spawn_by_helper(self, step: StepInstance, req: _Start) -> _Job:
         """Start the script through the spawner (``adapters.spawner``)."""
-        pid, start = await self._helper().start(**self._helper_args(step, req))
+        try:
+            pid, start = await self._helper().start(**self._helper_args(step, req),
+                                                    claim=req.claim)
+        except OSError as exc:
+            if str(exc) == CLAIMED:
+                raise SubmitError(f"attempt already claimed ({req.claim} exists: a restarted "
+                                  "engine fenced it off)", step.name) from None
+            raise
         if not pid:
             raise SubmitError("the process starter is gone", step.name)
-        return _Job(pid=pid, exit_path=req.exit_path, key=req.key, start=start)
+        return _Job(pid=pid, exit_path=req.exit_path, key=req.key, start=start,
+                    claim=req.claim)
 
     def _helper(self) -> Spawner:
         if self._spawner is None:
-            self._spawner = Spawner(self._env)
+            # Under serve, the keeper: in a session of its own, it outlives the engine,
+            # and records how each attempt ended in the attempt's claim.
+            self._spawner = Spawner(self._env, keep=self.adoptable)
         return self._spawner
 
     def _helper_args(self, step: StepInstance, req: _Start) -> dict[str, Any]:
@@ -288,7 +269,7 @@ class LocalAdapter(Adapter):
     def batches(self, step: StepInstance, *, limit: int, started: Callable[[str, str], None],
                 ended: Callable[[str, int | None, str], None]) -> LocalBatches | None:
         """Under ``run``, a step's samples queue in the helper (``adapters.batches``);
-        under ``serve`` (``adoptable``) each runs under its claiming wrapper instead."""
+        under ``serve`` (``adoptable``) each is submitted alone, claimed by the keeper."""
         if self.adoptable:
             return None
         batches = LocalBatches(self._helper(), self.start_args, group=step.name, limit=limit,
@@ -297,40 +278,47 @@ class LocalAdapter(Adapter):
         return batches
 
     async def lookup(self, request: JobRequest) -> JobHandle | JobResult | None:
-        """Find an attempt of a step after an engine restart, through the files its
-        wrapper wrote in the workspace.
+        """Find an attempt of a step after an engine restart, through its claim in the
+        workspace (``.troupe.<attempt>.pid``: ``<pid> <keeper pid>``, then ``exit N``
+        once it ended; ``.troupe.<attempt>.exit`` from an older engine's wrapper).
 
         Returns:
-            A ``JobResult`` if it ended while the engine was away (its exit status was
-            recorded by the wrapper), a ``JobHandle`` to ``wait`` on if its process is
-            still alive, or None if it never started or died without a trace (lost); in
-            the first case it is fenced off, so it can never start later.
+            A ``JobResult`` if it ended while the engine was away, a ``JobHandle`` to
+            ``wait`` on if its process is still alive, or None if it never started or
+            died without a trace (lost); an attempt never claimed is fenced off (its
+            claim is made for the engine), so it can never start later.
         """
         step, attempt = request.step, request.attempt
         ws = Path(step.workspace)
         exit_path = ws / f".troupe.{attempt}.exit"
-        pid_path = ws / f".troupe.{attempt}.pid"
+        claim = ws / f".troupe.{attempt}.pid"
         done = _read_exit(exit_path)
         if done is not None:
             return done
         try:
-            fd = os.open(pid_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            pass  # the wrapper claimed the attempt: it runs, or ran
+            pass  # claimed: it runs, or ran
         except OSError:
             return None  # the workspace is gone
         else:
             os.write(fd, _SUPERSEDED.encode())
             os.close(fd)
             return None  # never started, and now it never will
-        try:
-            pid = int(pid_path.read_text().strip())
-        except (OSError, ValueError):
-            return _read_exit(exit_path)  # superseded earlier, or half written
-        if str(exit_path) not in _cmdline(pid):
-            return _read_exit(exit_path)  # it ended (or the pid is someone else's now)
-        self._jobs[(request.actor, attempt)] = _Job(pid=pid, exit_path=exit_path, key=request.key)
-        return JobHandle(step=request.actor, attempt=attempt, job_id=str(pid), backend=self.name)
+        got = await _settled_claim(claim)
+        if got.code is not None:
+            return _result(got.code)
+        if got.pid is None:  # superseded, failed, or its keeper died before saying the pid
+            await anyio.to_thread.run_sync(kill_marked, JOB_KEY_VAR, request.key)
+            return _read_exit(exit_path)
+        if _runs(got.pid, request.key):
+            self._jobs[(request.actor, attempt)] = _Job(
+                pid=got.pid, exit_path=exit_path, key=request.key, claim=str(claim),
+                keeper=got.keeper)
+            return JobHandle(step=request.actor, attempt=attempt, job_id=str(got.pid),
+                             backend=self.name)
+        code = await _recorded_exit(str(claim), exit_path, got.keeper)
+        return None if code is None else _result(code)
 
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the process to exit (exit code negative: the killing signal)."""
@@ -343,10 +331,9 @@ class LocalAdapter(Adapter):
         elif job.start is not None:
             assert self._spawner is not None
             code = await self._spawner.wait(job.start)
-        else:
+        else:  # adopted: its keeper (or an older engine's wrapper) records its exit
             await _wait_pid(job.pid)
-            result = _read_exit(job.exit_path)
-            code = result.exit_code if result is not None else None
+            code = await _recorded_exit(job.claim, job.exit_path, job.keeper)
         self._jobs.pop(key, None)
         job.exited.set()
         if key in self._cancelled:
@@ -355,6 +342,10 @@ class LocalAdapter(Adapter):
             _killpg(job.pid, signal.SIGKILL)
             kill_marked(JOB_KEY_VAR, job.key)
         if code is None:
+            if job.start is not None:  # its keeper died: nothing of it may run on
+                _killpg(job.pid, signal.SIGKILL)
+                kill_marked(JOB_KEY_VAR, job.key)
+                return JobResult(outcome=JobOutcome.LOST, detail="its keeper process died")
             return JobResult(outcome=JobOutcome.LOST, detail="adopted process left no exit status")
         outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
         return JobResult(outcome=outcome, exit_code=code)
@@ -404,14 +395,16 @@ class LocalAdapter(Adapter):
 
 
 class _Job:
-    """A local job: its process group leader (the wrapper) and where it records its exit."""
+    """A local job: its process group leader and where its exit is recorded."""
 
-    __slots__ = ("exit_path", "exited", "key", "pid", "popen", "start")
+    __slots__ = ("claim", "exit_path", "exited", "keeper", "key", "pid", "popen", "start")
 
     def __init__(self, *, pid: int, exit_path: Path, key: str,
                  popen: subprocess.Popen[bytes] | None = None,
-                 start: Started | None = None) -> None:
-        self.start = start  # started by the spawner (run)
+                 start: Started | None = None, claim: str = "", keeper: int = 0) -> None:
+        self.start = start  # started by the spawner (run) or the keeper (serve)
+        self.claim = claim  # serve: the attempt's claim, where its keeper records its exit
+        self.keeper = keeper  # adopted: the keeper process that is its parent
         self.pid = pid
         self.key = key  # the attempt's key, in TROUPE_JOB_KEY of all its processes
         self.exit_path = exit_path
@@ -422,13 +415,14 @@ class _Job:
 class _Start:
     """What the spawner is to start (``run``): built by ``_spawn``, started by ``submit``."""
 
-    __slots__ = ("env", "exit_path", "key", "script", "scripts", "stem")
+    __slots__ = ("claim", "env", "exit_path", "key", "script", "scripts", "stem")
 
     def __init__(self, *, script: str, env: dict[str, str], exit_path: Path, key: str,
-                 stem: str, scripts: list[tuple[str, str]]) -> None:
+                 stem: str, scripts: list[tuple[str, str]], claim: str = "") -> None:
         self.script, self.env, self.exit_path, self.key, self.stem = (
             script, env, exit_path, key, stem)
         self.scripts = scripts
+        self.claim = claim
 
 
 def _script_key(step: StepInstance) -> tuple[str, ...]:
@@ -445,17 +439,95 @@ def _write_exec(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _cmdline(pid: int) -> str:
-    """The process's command line (NUL-separated arguments as text), "" if it is gone or
-    a zombie."""
+def _runs(pid: int, key: str) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and is the attempt ``key``'s process (its
+    environment names the key: the pid is not someone else's now)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return ""
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().decode(errors="replace")
+                return False
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"{JOB_KEY_VAR}={key}".encode() in fh.read().split(b"\0")
     except (OSError, IndexError):
-        return ""
+        return False
+
+
+class _Claim:
+    """What an attempt's claim says: its process and keeper, and its exit once ended."""
+
+    __slots__ = ("code", "keeper", "pid")
+
+    def __init__(self, text: str) -> None:
+        self.pid: int | None = None
+        self.keeper = 0
+        self.code: int | None = None
+        lines = text.splitlines()
+        first = lines[0].split() if lines else []
+        if first and first[0].isdigit():
+            self.pid = int(first[0])
+            self.keeper = int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
+        for line in lines[1:]:
+            word = line.split()
+            if len(word) == 2 and word[0] == "exit":
+                try:
+                    self.code = int(word[1])
+                except ValueError:
+                    pass
+
+
+def _read_claim(path: str) -> _Claim:
+    try:
+        with open(path) as fh:
+            return _Claim(fh.read())
+    except OSError:
+        return _Claim("")
+
+
+async def _settled_claim(path: Path) -> _Claim:
+    """The claim, once its keeper wrote the pid (it does so right after the start: an
+    empty claim is re-read for up to a second)."""
+    for _ in range(50):
+        try:
+            text = path.read_text()
+        except OSError:
+            return _Claim("")
+        if text:
+            return _Claim(text)
+        await anyio.sleep(0.02)
+    return _Claim("")
+
+
+async def _recorded_exit(claim: str, exit_path: Path, keeper: int) -> int | None:
+    """The exit status recorded for an attempt whose process ended: in its claim by its
+    keeper (which may be a moment behind: waited for while the keeper lives, up to 10 s),
+    or in the exit file of an older engine's wrapper. None: nothing recorded it."""
+    for _ in range(500):
+        got = _read_claim(claim) if claim else _Claim("")
+        if got.code is not None:
+            return got.code
+        legacy = _read_exit(exit_path)
+        if legacy is not None:
+            return legacy.exit_code
+        if not claim or not keeper or not _alive(keeper):
+            break
+        await anyio.sleep(0.02)
+    got = _read_claim(claim) if claim else _Claim("")  # (its last word, as it exited)
+    return got.code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _result(code: int) -> JobResult:
+    outcome = JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED
+    return JobResult(outcome=outcome, exit_code=code, detail="recorded in its claim")
 
 
 def _read_exit(path: Path) -> JobResult | None:

@@ -29,7 +29,10 @@ from typing import Protocol
 
 import anyio
 
-__all__ = ["PID", "Sink", "Spawner", "Started"]
+__all__ = ["CLAIMED", "PID", "Sink", "Spawner", "Started"]
+
+CLAIMED = "claimed"
+"""A start's error when its claim existed already (the attempt was fenced off)."""
 
 PID = "\x00pid\x00"
 """In an output path, replaced by the child's pid (Maestro's ``<name>.<pid>.out``)."""
@@ -38,11 +41,25 @@ RUNNER = r"""
 import collections, json, os, sys, threading
 lock = threading.Lock()
 cond = threading.Condition(lock)
-ids = {}  # pid -> (id, group)
+ids = {}  # pid -> (id, group, claim)
 queues = collections.defaultdict(collections.deque)  # group -> starts waiting for room
 running = collections.Counter()  # group -> its processes alive
+KEEP = sys.argv[1:] == ["keep"]
+me = os.getpid()
 def say(text):
-    os.write(1, text.encode())
+    try:
+        os.write(1, text.encode())
+    except OSError:
+        pass  # the engine is gone (a keeper goes on: what ends is in the claims)
+def record(claim, text):
+    try:
+        fd = os.open(claim, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the workspace is gone
 def reap():
     while True:
         with cond:
@@ -57,7 +74,10 @@ def reap():
             while pid:  # and every other child already ended: one write for them all
                 job = ids.pop(pid, None)
                 if job is not None:
-                    lines.append(f"E {job[0]} {os.waitstatus_to_exitcode(status)}\n")
+                    code = os.waitstatus_to_exitcode(status)
+                    if job[2]:  # recorded before it is said: the engine may be gone
+                        record(job[2], f"exit {code}\n")
+                    lines.append(f"E {job[0]} {code}\n")
                     if job[1] is not None:
                         running[job[1]] -= 1
                         lines += fill(job[1])
@@ -67,6 +87,7 @@ def reap():
                     break
             if lines:
                 say("".join(lines))
+            cond.notify_all()
 threading.Thread(target=reap, daemon=True).start()
 env0 = dict(os.environ)
 PID = "\x00pid\x00"
@@ -74,8 +95,10 @@ null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 home = os.getcwd()
 umask = os.umask(0); os.umask(umask)
 chmod = (umask & 0o555) != 0  # (a umask that keeps r-x from 0o755 needs no fchmod)
+CLAIMED = "claimed"
 def start(r):  # (under the lock)
     env = {**env0, **r["env"]}
+    out = err = cfd = -1
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if r["append"] else os.O_TRUNC)
     try:
         if r["scripts"]:
@@ -86,32 +109,42 @@ def start(r):  # (under the lock)
             if chmod:
                 os.fchmod(fd, 0o755)
             os.close(fd)
+        claim = r.get("claim") or ""
+        if claim:  # the attempt's claim: created once, so it runs at most once
+            try:
+                cfd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                return f"F {r['id']} {CLAIMED}\n"
         names = [r["out"], r["err"]]  # a name with PID: renamed once the pid is known
         opened = [n.replace(PID, f"starting{r['id']}") for n in names]
         out = os.open(opened[0], flags | os.O_CLOEXEC, 0o644)
         err = os.open(opened[1], flags | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        return f"F {r['id']} {exc}".replace("\n", " ") + "\n"
-    try:
         # posix_spawn (a vfork) in the child's directory, in a session of its own,
         # stdin from /dev/null: what Popen does, at a fraction of its cost.
         os.chdir(r["cwd"])
-        pid = os.posix_spawn(r["argv"][0], r["argv"], env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
-            (os.POSIX_SPAWN_DUP2, err, 2)])
+        try:
+            pid = os.posix_spawn(r["argv"][0], r["argv"], env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2)])
+        finally:
+            os.chdir(home)
     except (OSError, ValueError) as exc:
+        if cfd >= 0:  # it never ran, and never will
+            os.write(cfd, b"failed\n"); os.close(cfd)
         return f"F {r['id']} {exc}".replace("\n", " ") + "\n"
     finally:
-        os.close(out); os.close(err)
-        os.chdir(home)
+        if out >= 0: os.close(out)
+        if err >= 0: os.close(err)
+    if claim:
+        os.write(cfd, f"{pid} {me}\n".encode()); os.close(cfd)
     for name, now in zip(names, opened):
         if name != now:
             os.replace(now, name.replace(PID, str(pid)))
     group = r.get("group")
-    ids[pid] = (r["id"], group)
+    ids[pid] = (r["id"], group, claim)
     if group is not None:
         running[group] += 1
-    cond.notify()
+    cond.notify_all()
     return f"S {r['id']} {pid}\n"
 def fill(group):  # (under the lock) start a group's waiting starts while it has room
     lines, queue = [], queues[group]
@@ -139,6 +172,10 @@ for line in sys.stdin:
             for group in {r["group"] for r in msg if r.get("group") is not None}:
                 lines += fill(group)
         say("".join(lines))
+if KEEP:  # the engine is gone (or done): record how what still runs ends, then exit
+    with cond:
+        while ids:
+            cond.wait()
 """
 
 
@@ -177,8 +214,9 @@ class Started:
 class Spawner:
     """The helper process and the starts in flight (see the module docstring)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], *, keep: bool = False) -> None:
         self._env = dict(env)
+        self._keep = keep
         self._proc: subprocess.Popen[bytes] | None = None
         self._sinks: dict[int, Sink] = {}
         self._next = 0
@@ -188,8 +226,9 @@ class Spawner:
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-S", "-E", "-c", RUNNER], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, env=self._env, close_fds=True, bufsize=0)
+                [sys.executable, "-S", "-E", "-c", RUNNER, *(["keep"] if self._keep else [])],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, close_fds=True,
+                bufsize=0, start_new_session=self._keep)
             assert self._proc.stdout is not None
             os.set_blocking(self._proc.stdout.fileno(), False)
             asyncio.get_running_loop().add_reader(self._proc.stdout.fileno(), self._readable)
@@ -197,7 +236,7 @@ class Spawner:
 
     def queue(self, argv: list[str], *, cwd: str, out: str, err: str, append: bool,
               env: Mapping[str, str], sink: Sink, scripts: Sequence[tuple[str, str]] = (),
-              group: str | None = None, limit: int = 0) -> int:
+              group: str | None = None, limit: int = 0, claim: str = "") -> int:
         """Ask for ``argv`` to be started in a new session (with the starts asked for in
         the same turn of the event loop); ``sink`` hears how it goes. In a ``group``, it
         waits in the helper until fewer than ``limit`` of the group's processes run.
@@ -212,20 +251,25 @@ class Spawner:
             asyncio.get_running_loop().call_soon(self._send)
         self._batch.append({"id": self._next, "argv": argv, "cwd": cwd, "out": out,
                             "err": err, "append": append, "env": dict(env),
-                            "scripts": list(scripts), "group": group, "limit": limit})
+                            "scripts": list(scripts), "group": group, "limit": limit,
+                            "claim": claim})
         return self._next
 
     async def start(self, argv: list[str], *, cwd: str, out: str, err: str, append: bool,
-                    env: Mapping[str, str],
-                    scripts: Sequence[tuple[str, str]] = ()) -> tuple[int, Started]:
-        """Start ``argv`` in a new session; return its pid once it exists.
+                    env: Mapping[str, str], scripts: Sequence[tuple[str, str]] = (),
+                    claim: str = "") -> tuple[int, Started]:
+        """Start ``argv`` in a new session; return its pid once it exists. With a
+        ``claim``, the helper first creates that file exclusively (or starts nothing),
+        writes ``<pid> <helper pid>`` into it, and appends ``exit <code>`` once the
+        process ended, before it says so.
 
         Raises:
-            OSError: it could not be started, or the helper is gone.
+            OSError: it could not be started (``CLAIMED``: the claim existed), or the
+                helper is gone.
         """
         start = Started()
         self.queue(argv, cwd=cwd, out=out, err=err, append=append, env=env, sink=start,
-                   scripts=scripts)
+                   scripts=scripts, claim=claim)
         await start.started.wait()
         if start.error:
             raise OSError(start.error)
@@ -245,8 +289,9 @@ class Spawner:
 
     def _write(self, data: bytes, ids: list[object]) -> None:
         """Write to the helper; if it is gone, the starts ``ids`` fail."""
-        assert self._proc is not None and self._proc.stdin is not None
         try:
+            if self._proc is None or self._proc.stdin is None:
+                raise BrokenPipeError("it exited")
             self._proc.stdin.write(data)
         except (BrokenPipeError, ValueError) as exc:
             for job in ids:
@@ -267,6 +312,14 @@ class Spawner:
             return
         if not chunk:  # the helper died: nothing it started will be reported
             asyncio.get_running_loop().remove_reader(self._proc.stdout.fileno())
+            self._proc.stdout.close()
+            assert self._proc.stdin is not None
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            self._proc.poll()
+            self._proc = None  # the next start starts a new helper
             sinks, self._sinks = self._sinks, {}
             for sink in sinks.values():
                 sink.on_end(None, "the process starter is gone")

@@ -80,6 +80,22 @@ def wait_for_path(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def wait_for_exit_recorded(workspace: Path, attempt: int = 1, timeout: float = 30.0) -> None:
+    """Block until the attempt's claim (``.troupe.<attempt>.pid``, written by serve's
+    keeper) records its exit status (an ``exit N`` line)."""
+    claim = workspace / f".troupe.{attempt}.pid"
+    deadline = time.monotonic() + timeout
+    while "\nexit " not in (claim.read_text() if claim.exists() else ""):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{claim} recorded no exit within {timeout} s")
+        time.sleep(0.01)
+
+
+def claimed_pid(workspace: Path, attempt: int = 1) -> int:
+    """The pid the attempt's claim names (its process, started by serve's keeper)."""
+    return int((workspace / f".troupe.{attempt}.pid").read_text().split()[0])
+
+
 def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie (read from /proc)."""
     try:

@@ -1,5 +1,5 @@
 """The local adapter against real processes: the two ways of starting a step (the script
-itself under ``run``; under the claiming wrapper under ``serve``), Maestro's output file
+itself under ``run``; through the claiming keeper under ``serve``), Maestro's output file
 names, and scripts written ahead of submission."""
 
 from __future__ import annotations
@@ -31,9 +31,14 @@ async def test_output_goes_to_files_named_after_the_job_id(
     ws = Path(step.workspace)
     assert "out\n" == (ws / f"s.{handle.job_id}.out").read_text()
     assert "err\n" == (ws / f"s.{handle.job_id}.err").read_text()
-    # Only the wrapper leaves the claim and the exit status, for a restarted engine.
-    assert adoptable == (ws / ".troupe.1.exit").exists()
-    assert adoptable == (ws / ".troupe.1.pid").exists()
+    # Only serve's keeper leaves the claim, with the exit status, for a restarted engine.
+    claim = ws / ".troupe.1.pid"
+    assert adoptable == claim.exists()
+    if adoptable:
+        keeper = claim.read_text().split()[1]
+        assert [f"{handle.job_id} {keeper}", "exit 3"] == claim.read_text().splitlines()
+    assert not (ws / ".troupe.1.exit").exists()
+    await adapter.cleanup()
 
 
 async def test_a_prepared_script_is_used_as_written_and_a_changed_one_rewritten(

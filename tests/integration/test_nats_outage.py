@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.natsserver import find_server_binary
-from tests.conftest import ENGINECTL, wait_for_path
+from tests.conftest import ENGINECTL, wait_for_exit_recorded, wait_for_path
 from tests.engine_proc import Engine
 
 
@@ -77,7 +77,7 @@ def test_study_survives_two_nats_server_restarts(tmp_path: Path, server: Server)
         assert 0 == sub.returncode, sub.stderr
         study_id = sub.stdout.strip()
         for _ in range(2):
-            wait_for_path(tmp_path / "study" / "s1" / ".troupe.1.exit")
+            wait_for_exit_recorded(tmp_path / "study" / "s1")
             time.sleep(0.5)  # let the study move on, then take the bus away mid-flight
             server.kill()
             time.sleep(0.5)

@@ -8,8 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
-
-from tests.conftest import ENGINECTL, REPO, enginectl, wait_for_path
+from tests.conftest import (
+    ENGINECTL,
+    REPO,
+    claimed_pid,
+    enginectl,
+    wait_for_exit_recorded,
+)
 from tests.engine_proc import Engine
 
 
@@ -151,10 +156,10 @@ def test_graceful_stop_exits_zero_and_the_next_engine_finishes_the_study(tmp_pat
         spec = _waiting_spec(tmp_path / "g.yaml", gate, "graceful")
         study_id = eng.ctl("submit", str(spec), "-o", str(tmp_path / "s"),
                            "--throttle", "0").stdout.strip()
-        wait_for_path(tmp_path / "s" / "other" / ".troupe.1.exit")
+        wait_for_exit_recorded(tmp_path / "s" / "other")
         assert 0 == eng.terminate()
         for x in (1, 2):  # the interrupted jobs were stopped, not left running
-            pid = int((tmp_path / "s" / "sim" / f"X.{x}" / ".troupe.1.pid").read_text())
+            pid = claimed_pid(tmp_path / "s" / "sim" / f"X.{x}")
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
         gate.touch()
         eng.start()
