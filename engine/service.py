@@ -26,6 +26,7 @@ import msgspec
 import structlog
 
 from adapters.base import AdapterError
+from engine import store as stores
 from engine import subjects
 from engine.actors.control import answer_control, answer_not_hosted
 from engine.actors.study import StudyRuntime
@@ -344,7 +345,12 @@ class EngineService:
             study_dir=graph.study_dir, cwd=req.cwd, state="RUNNING", created=time.time(),
             options=opts, request_id=req.request_id, host=self.worker,
         )
-        await self.store.put_study(entry)
+        try:
+            await stores.retry_store(self.store.put_study, entry)
+        except StoreError as exc:  # the directory is prepared: a retry would find it taken
+            return SubmitReply(event_id=rid, ok=False, error=(
+                f"the study could not be stored ({exc}); its directory {graph.study_dir} "
+                "was prepared: submit again with another -o"))
         await self._launch(entry, graph=graph, start=Start.FRESH)
         return SubmitReply(event_id=rid, ok=True, study_id=study_id, study_dir=graph.study_dir,
                            warnings=graph.warnings)
@@ -591,3 +597,4 @@ def _study(entry: StudyEntry, counts: dict[str, int]) -> StudySummary:
 
 def _order(stored: dict[str, StepEntry]) -> list[str]:
     return sorted(stored, key=lambda n: (stored[n].submit_time or float("inf"), n))
+

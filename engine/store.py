@@ -18,22 +18,25 @@ missing key reads as None; every failure to read or write raises ``StoreError``.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import anyio
 import msgspec
 
 from engine.bus import Bus
-from engine.kvbucket import KeyValueBucket
 from engine.errors import StoreConflict, StoreError
+from engine.kvbucket import KeyValueBucket
 from engine.machines.step import StepRecord, next_attempt
 from engine.messages import TERMINAL_STATES, StepSummary
 from engine.subjects import kv_key
 
 __all__ = [
     "BUCKETS", "STEPS_BUCKET", "RunEntry", "StepEntry", "Store", "StudyEntry", "WorkerEntry",
-    "step_key",
+    "retry_store", "step_key",
 ]
+
+T = TypeVar("T")
 
 STEPS_BUCKET = "troupe_steps"
 """The bucket of the step entries (``StepEntry``), keyed by ``step_key``."""
@@ -394,3 +397,23 @@ class Store:
     async def list_workers(self) -> list[WorkerEntry]:
         """Every registered engine."""
         return await self._scan("troupe_workers", ">", WorkerEntry)  # type: ignore[return-value]
+
+
+async def retry_store(write: Callable[[T], Awaitable[object]], value: T, *,
+                      give_up_after: float = 30.0) -> None:
+    """``write(value)``, tried again while the store fails (a slow or reconnecting bus)
+    for up to ``give_up_after`` seconds.
+
+    Raises:
+        StoreError: the last failure, once the time is up.
+    """
+    deadline, delay = anyio.current_time() + give_up_after, 0.1
+    while True:
+        try:
+            await write(value)
+            return
+        except StoreError:
+            if anyio.current_time() + delay > deadline:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -4,7 +4,10 @@ Every published transition marks its step dirty with the entry to store. One tas
 the latest entry of every dirty step, many steps concurrently but one write per step at a
 time, in rounds; so a step's entries reach the store in order, and a burst of transitions
 of one step costs one write. Final entries are written with compare-and-swap
-(``Store.finish_step``). ``wait_intent(step, attempt)`` returns once an entry naming
+(``Store.finish_step``). An entry that names no new intent (a step that became PENDING or
+RUNNING after the entry naming its attempt was stored) is held back for ``defer`` seconds
+(0.25 by default; once or twice that): a step that ends meanwhile costs one write, its
+final entry, instead of two; ``flush`` writes what is held back at once. ``wait_intent(step, attempt)`` returns once an entry naming
 that attempt is stored: the runtime calls it before each submission, so a restarted
 engine always knows which attempt might be running.
 
@@ -75,6 +78,7 @@ class Persister:
         first_delay: Seconds before the first retry; the delay doubles on each retry up
             to ``max_delay``.
         max_delay: The longest delay between two tries.
+        defer: Seconds an entry naming no new intent is held back (0: none is).
 
     Attributes:
         failed: The entries given up so far, in the order they were given up.
@@ -88,8 +92,16 @@ class Persister:
         give_up_after: float = 120.0,
         first_delay: float = 0.05,
         max_delay: float = 2.0,
+        defer: float = 0.25,
     ) -> None:
         self._store = store
+        self._defer = defer
+        # Held back entries, by step: put in the current period, and in the one before
+        # (those are written at the end of the current one). Invariant: a step is in at
+        # most one of these and ``_dirty``.
+        self._young: dict[str, StepEntry] = {}
+        self._old: dict[str, StepEntry] = {}
+        self._held = anyio.Event()
         self._give_up_after = give_up_after
         self._first_delay = first_delay
         self._max_delay = max_delay
@@ -115,10 +127,26 @@ class Persister:
 
     def put(self, entry: StepEntry) -> None:
         """Schedule ``entry`` to be stored (replacing any older pending one)."""
-        self._dirty[entry.step] = entry
-        self._given_up.pop(entry.step, None)
+        step = entry.step
+        self._given_up.pop(step, None)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._old.pop(step, None)
+        if (self._defer > 0 and not entry.final and step not in self._dirty
+                and self._stored_attempt.get(step, -1) >= entry.intent_attempt):
+            # Its intent is stored already (no submission waits for it): hold it back.
+            self._young[step] = entry
+            self._held.set()
+            return
+        self._young.pop(step, None)
+        self._dirty[step] = entry
         self._wake.set()
+
+    def _release(self, held: dict[str, StepEntry]) -> None:
+        """Schedule the held back entries ``held`` to be written now."""
+        for step, entry in held.items():
+            self._dirty.setdefault(step, entry)  # (a newer entry put since wins)
+        if held:
+            self._wake.set()
 
     async def wait_intent(self, step: str, attempt: int) -> None:
         """Return once an entry of ``step`` with ``attempt`` (or later) is stored.
@@ -139,12 +167,31 @@ class Persister:
 
     async def flush(self) -> None:
         """Return once everything put so far is stored or given up (see ``failed``)."""
+        held, self._old, self._young = {**self._old, **self._young}, {}, {}
+        self._release(held)
         while self._dirty or not self._idle.is_set():
             await self._idle.wait()
 
     async def run(self) -> None:
         """Write dirty entries forever (run it in a task group; it may be run again after
         a cancellation, and then first writes what the cancelled run left)."""
+        async with anyio.create_task_group() as tg:
+            if self._defer > 0:
+                tg.start_soon(self._age)
+            await self._write_loop()
+
+    async def _age(self) -> None:
+        """Every ``defer`` seconds while entries are held back, write those held back
+        for a whole period."""
+        while True:
+            if not (self._young or self._old):
+                self._held = anyio.Event()
+                await self._held.wait()
+            await anyio.sleep(self._defer)
+            old, self._old, self._young = self._old, self._young, {}
+            self._release(old)
+
+    async def _write_loop(self) -> None:
         while True:
             if not self._dirty:
                 await self._wake.wait()
@@ -164,7 +211,8 @@ class Persister:
                     for step, entry in batch.items():
                         self._dirty.setdefault(step, entry)
                     raise
-            self._idle.set()
+            if not (self._young or self._old):
+                self._idle.set()
 
     async def _write_all(self, todo: Iterator[StepEntry]) -> None:
         for entry in todo:  # (shared by the round's writers: each entry is taken once)

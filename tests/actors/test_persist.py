@@ -169,3 +169,57 @@ async def test_flush_after_cancellation_writes_what_the_cancelled_round_left() -
     async with running(persister):
         await persister.flush()
     assert [entry("PENDING")] == store.stored
+
+
+def waiting(attempt: int = 1) -> StepEntry:
+    """A WAITING entry: it names the attempt the step will make (its intent)."""
+    return StepEntry(study_id="sid", step="a", state="WAITING", attempt=attempt - 1,
+                     intent_attempt=attempt)
+
+
+async def test_an_entry_naming_no_new_intent_is_held_back_and_a_quick_end_replaces_it() -> None:
+    store = FlakyStore()
+    persister = Persister(store, defer=30)  # type: ignore[arg-type]
+    intent, run, done = waiting(), entry("RUNNING"), entry("FINISHED", final=True)
+    async with running(persister):
+        persister.put(intent)
+        await persister.wait_intent("a", 1)  # written at once: a submission waits for it
+        persister.put(run)  # names attempt 1 again: held back
+        await anyio.wait_all_tasks_blocked()
+        assert [intent] == store.stored
+        persister.put(done)  # the step ended meanwhile: one write, the final entry
+        await persister.flush()
+    assert [intent, done] == store.stored
+
+
+async def test_a_held_back_entry_is_written_after_its_period_or_by_flush() -> None:
+    store = FlakyStore()
+    persister = Persister(store, defer=0.01)  # type: ignore[arg-type]
+    intent, run = waiting(), entry("RUNNING")
+    async with running(persister):
+        persister.put(intent)
+        await persister.wait_intent("a", 1)
+        persister.put(run)
+        with anyio.fail_after(5):
+            while len(store.stored) < 2:  # written once it was held for a period or two
+                await anyio.sleep(0.005)
+    assert [intent, run] == store.stored
+    store2 = FlakyStore()
+    persister = Persister(store2, defer=30)  # type: ignore[arg-type]
+    async with running(persister):
+        persister.put(intent)
+        await persister.wait_intent("a", 1)
+        persister.put(run)
+        with anyio.fail_after(5):
+            await persister.flush()  # does not wait for the period
+    assert [intent, run] == store2.stored
+
+
+async def test_an_entry_naming_an_intent_not_yet_stored_is_never_held_back() -> None:
+    store = FlakyStore()
+    persister = Persister(store, defer=30)  # type: ignore[arg-type]
+    async with running(persister):
+        persister.put(entry("PENDING", attempt=2))  # attempt 2 was never stored
+        with anyio.fail_after(5):
+            await persister.wait_intent("a", 2)
+    assert ["PENDING"] == [e.state for e in store.stored]
