@@ -102,6 +102,7 @@ class Persister:
         self._young: dict[str, StepEntry] = {}
         self._old: dict[str, StepEntry] = {}
         self._held = anyio.Event()
+        self._writing: dict[str, int] = {}  # step -> the intent of its write in flight
         self._give_up_after = give_up_after
         self._first_delay = first_delay
         self._max_delay = max_delay
@@ -132,8 +133,10 @@ class Persister:
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._old.pop(step, None)
         if (self._defer > 0 and not entry.final and step not in self._dirty
-                and self._stored_attempt.get(step, -1) >= entry.intent_attempt):
-            # Its intent is stored already (no submission waits for it): hold it back.
+                and max(self._stored_attempt.get(step, -1), self._writing.get(step, -1))
+                >= entry.intent_attempt):
+            # Its intent is stored already, or is being written (no submission waits
+            # for this entry): hold it back.
             self._young[step] = entry
             self._held.set()
             return
@@ -219,6 +222,13 @@ class Persister:
             await self._write(entry)
 
     async def _write(self, entry: StepEntry) -> None:
+        self._writing[entry.step] = entry.intent_attempt
+        try:
+            await self._write_one(entry)
+        finally:
+            del self._writing[entry.step]
+
+    async def _write_one(self, entry: StepEntry) -> None:
         delay, tries, deadline = self._first_delay, 0, None
         while True:
             tries += 1
@@ -253,6 +263,10 @@ class Persister:
             error=str(exc) or type(exc).__name__,
         )
         self.failed.append(failure)
+        for held in (self._young, self._old):  # a newer entry of the step follows now
+            if entry.step in held:
+                self._dirty.setdefault(entry.step, held.pop(entry.step))
+                self._wake.set()
         self._log.error("step_write_given_up", study_id=entry.study_id, step=entry.step,
                         state=entry.state, attempt=entry.attempt,
                         intent_attempt=entry.intent_attempt, final=entry.final, tries=tries,

@@ -223,3 +223,21 @@ async def test_an_entry_naming_an_intent_not_yet_stored_is_never_held_back() -> 
         with anyio.fail_after(5):
             await persister.wait_intent("a", 2)
     assert ["PENDING"] == [e.state for e in store.stored]
+
+
+async def test_an_entry_whose_intent_is_being_written_is_held_back_too() -> None:
+    store = FlakyStore()
+    persister = Persister(store, defer=30)  # type: ignore[arg-type]
+    intent, run, done = waiting(), entry("RUNNING"), entry("FINISHED", final=True)
+    store.gate = anyio.Event()  # the intent's write stays in flight
+    async with running(persister):
+        persister.put(intent)
+        await anyio.wait_all_tasks_blocked()
+        persister.put(run)  # names the attempt being written: held back, not queued
+        store.gate.set()
+        await persister.wait_intent("a", 1)
+        await anyio.wait_all_tasks_blocked()
+        assert [intent] == store.stored
+        persister.put(done)
+        await persister.flush()
+    assert [intent, done] == store.stored
