@@ -222,6 +222,7 @@ class Spawner:
         self._next = 0
         self._buf = b""
         self._batch: list[dict[str, object]] = []
+        self._out = bytearray()  # written to the helper once its pipe has room
 
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
@@ -229,8 +230,11 @@ class Spawner:
                 [sys.executable, "-S", "-E", "-c", RUNNER, *(["keep"] if self._keep else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, close_fds=True,
                 bufsize=0, start_new_session=self._keep)
-            assert self._proc.stdout is not None
+            assert self._proc.stdout is not None and self._proc.stdin is not None
             os.set_blocking(self._proc.stdout.fileno(), False)
+            # Writes never block the engine: what the pipe does not take waits in _out.
+            os.set_blocking(self._proc.stdin.fileno(), False)
+            self._out = bytearray()
             asyncio.get_running_loop().add_reader(self._proc.stdout.fileno(), self._readable)
         return self._proc
 
@@ -288,16 +292,44 @@ class Spawner:
             self._write(json.dumps(batch).encode() + b"\n", [r["id"] for r in batch])
 
     def _write(self, data: bytes, ids: list[object]) -> None:
-        """Write to the helper; if it is gone, the starts ``ids`` fail."""
+        """Write to the helper without waiting (the rest once its pipe has room); if it
+        is gone, the starts ``ids`` fail."""
         try:
             if self._proc is None or self._proc.stdin is None:
                 raise BrokenPipeError("it exited")
-            self._proc.stdin.write(data)
+            if self._out:
+                self._out += data
+                return
+            try:
+                done = os.write(self._proc.stdin.fileno(), data)
+            except BlockingIOError:
+                done = 0
+            if done < len(data):
+                self._out += data[done:]
+                asyncio.get_running_loop().add_writer(self._proc.stdin.fileno(), self._writable)
         except (BrokenPipeError, ValueError) as exc:
             for job in ids:
                 sink = self._sinks.pop(job, None)  # type: ignore[call-overload]
                 if sink is not None:
                     sink.on_end(None, f"the process starter is gone: {exc}")
+
+    def _writable(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        try:
+            del self._out[:os.write(fd, self._out)]
+        except BlockingIOError:
+            return
+        except OSError:  # it died: its end of stdout says so to _readable
+            self._out.clear()
+        if not self._out:
+            asyncio.get_running_loop().remove_writer(fd)
+
+    def _drop_writer(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        if self._out:
+            self._out.clear()
+            asyncio.get_running_loop().remove_writer(self._proc.stdin.fileno())
 
     async def wait(self, start: Started) -> int | None:
         """The exit code of a started process (negative: the signal that killed it)."""
@@ -313,6 +345,7 @@ class Spawner:
         if not chunk:  # the helper died: nothing it started will be reported
             asyncio.get_running_loop().remove_reader(self._proc.stdout.fileno())
             self._proc.stdout.close()
+            self._drop_writer()
             assert self._proc.stdin is not None
             try:
                 self._proc.stdin.close()
@@ -350,8 +383,17 @@ class Spawner:
             assert self._proc.stdout is not None and self._proc.stdin is not None
             try:
                 asyncio.get_running_loop().remove_reader(self._proc.stdout.fileno())
+                if self._out:  # (what it was still to read: the drops of a stop)
+                    asyncio.get_running_loop().remove_writer(self._proc.stdin.fileno())
             except RuntimeError:
                 pass
+            if self._out:
+                os.set_blocking(self._proc.stdin.fileno(), True)
+                try:
+                    self._proc.stdin.write(bytes(self._out))
+                except OSError:
+                    pass
+                self._out.clear()
             self._proc.stdin.close()
             self._proc.wait()
             self._proc.stdout.close()

@@ -146,3 +146,40 @@ async def test_a_group_runs_at_most_its_limit_and_dropped_starts_never_run(
     ran = sorted(i for i in range(6) if (tmp_path / f"w{i}" / "ran").exists())
     assert [0, 1, 4, 5] == ran
     assert {0, 1, 4, 5} == {e[1] for e in log if e[0] == "end" and e[2] == 0}
+
+
+async def test_starts_larger_than_the_pipe_are_all_sent_without_blocking_the_engine(
+    tmp_path: Path,
+) -> None:
+    spawner = Spawner(dict(os.environ))
+    pad = "# " + "x" * 4000  # 300 starts of 4 kB: many times what a pipe holds
+    sinks: list[_EndSink] = []
+    try:
+        for i in range(300):
+            ws = tmp_path / f"w{i}"
+            path, text = script(ws / "s.sh", f"{pad}\nexit {i % 3}")
+            sinks.append(_EndSink())
+            spawner.queue([path], cwd=str(ws), out=str(ws / "o"), err=str(ws / "e"),
+                          append=False, env={}, sink=sinks[-1], scripts=[(path, text)])
+        await anyio.sleep(0)  # the batch is sent: what the pipe did not take waits
+        assert len(spawner._out) > 100_000, "the engine waited for the helper to read"
+        with anyio.fail_after(60):
+            for sink in sinks:
+                await sink.done.wait()
+        assert not spawner._out
+    finally:
+        spawner.close()
+    assert [i % 3 for i in range(300)] == [s.code for s in sinks]
+
+
+class _EndSink:
+    def __init__(self) -> None:
+        self.done, self.code = anyio.Event(), None
+
+    def on_start(self, pid: int) -> None:
+        pass
+
+    def on_end(self, code: int | None, error: str) -> None:
+        self.code = code
+        self.done.set()
+
