@@ -37,7 +37,10 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
     if not isinstance(reply, StatusReply) or not reply.ok:
         raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
     study_id = reply.studies[0].study_id  # (it may have been named by a prefix or its name)
-    async with bus.subscribe(subjects.study_events(study_id)) as events:
+    # Without a live bar only the study's end matters: its steps' events are not sent here.
+    bar = sys.stderr.isatty() and not quiet
+    subject = subjects.study_events(study_id) if bar else subjects.study_event(study_id, "ended")
+    async with bus.subscribe(subject) as events:
         reply = await status_all(bus, study_id)
         if not isinstance(reply, StatusReply) or not reply.ok:
             raise ConfigError(getattr(reply, "error", "") or f"unknown study {study_id}")
@@ -52,7 +55,7 @@ async def follow(bus: Bus, study_id: str, *, quiet: bool = False) -> int:
         tries = {s.step: (s.attempt, s.restarts) for s in reply.steps}
         with contextlib.ExitStack() as stack:
             view = None
-            if sys.stderr.isatty() and not quiet:
+            if bar:
                 view = stack.enter_context(StudyProgress(study.name, len(states)))
             async for msg in events:
                 if isinstance(msg, StepStateChanged):
