@@ -88,14 +88,17 @@ _SUBMIT_KEYS = ("throttle", "rlimit", "attempts", "dry_run", "run_local", "pgen"
 class _Submission:
     """One submit request's answer, shared with the retries of the same request id."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply: SubmitReply | None = None) -> None:
         self.done = anyio.Event()
-        self.reply: SubmitReply | None = None
+        self.reply = reply
+        if reply is not None:
+            self.done.set()
 
 
 @dataclass
 class _Hosted:
     study: HostedStudy
+    entry: StudyEntry  # as stored when it was launched (status reads it, not the store)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
 
@@ -287,10 +290,7 @@ class EngineService:
         return resolve_study(ref, await self.store.list_studies()).study_id
 
     def _remember(self, request_id: str, reply: SubmitReply) -> _Submission:
-        sub = _Submission()
-        sub.reply = reply
-        sub.done.set()
-        self._submissions[request_id] = sub
+        sub = self._submissions[request_id] = _Submission(reply)
         while len(self._submissions) > _REMEMBERED_SUBMITS:
             self._submissions.popitem(last=False)
         return sub
@@ -381,10 +381,10 @@ class EngineService:
     async def _status(self, req: StatusRequest) -> StatusReply:
         rid = new_event_id()
         if req.study_id:
-            entry = await self.store.get_study(req.study_id)
+            hosted = self.hosted.get(req.study_id)
+            entry = hosted.entry if hosted else await self.store.get_study(req.study_id)
             if entry is None:
                 return StatusReply(event_id=rid, ok=False, error=f"unknown study {req.study_id}")
-            hosted = self.hosted.get(req.study_id)
             if hosted is not None:
                 rt = hosted.runtime
                 total, records = len(rt.order), rt.records
@@ -440,7 +440,7 @@ class EngineService:
         except Exception as exc:  # noqa: BLE001 - one study must not stop the engine
             await self._hosting_failed(entry, exc, counts={})
             return False
-        hosted = _Hosted(study=study)
+        hosted = _Hosted(study=study, entry=entry)
         self.hosted[entry.study_id] = hosted
         run_id = f"{entry.study_id}.{new_event_id()}"
         await self.store.put_run(RunEntry(run_id=run_id, study_id=entry.study_id,

@@ -247,7 +247,9 @@ def _check_when(run: dict[str, Any], field: str, fail: Fail) -> None:
         expr = parse_condition(text)
     except ConditionError as exc:
         fail(f"{field}.when", str(exc))
-    deps = [d for d in run.get("depends") or [] if isinstance(d, str)]
+    named = run.get("depends") or []
+    named = [named] if isinstance(named, str) else named if isinstance(named, list) else []
+    deps = [d for d in named if isinstance(d, str)]  # (a bad depends: refused on its own)
     plain = {d for d in deps if "*" not in d}
     funnels = {funnel_base(d) for d in deps if "*" in d}
     for ref in sorted(references(expr)):

@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import engine.runner  # noqa: F401  # imported here so no example pays for the first import
@@ -393,6 +393,10 @@ def validate(box: Path, data: bytes, *extra: str) -> Result:
 
 @_settings(2000)
 @given(text=spec_texts(), out=st.booleans(), explain=st.booleans())
+# Found by this test: a `when:` beside a `depends:` that is not a list.
+@example(text=b"description: {name: n, description: d}\nstudy:\n- name: prep\n"
+         b"  description: prep\n  run:\n    cmd: prep\n    depends: 1\n"
+         b"    when: prep.completed\n", out=False, explain=False)
 def test_generated_maestro_shaped_specs_are_answered_in_one_line(
     box: Path, text: bytes, out: bool, explain: bool
 ) -> None:
