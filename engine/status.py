@@ -193,16 +193,23 @@ class StatusWriter:
             await self._dirty.wait()
             self._dirty = anyio.Event()
             started = time.perf_counter()
-            self.write_now()
+            # Rendered and written in a worker thread, from a copy of the records taken
+            # here: the event loop goes on meanwhile (a 100,000-row table takes ~0.2 s).
+            snapshot, now = dict(self._records), self._clock()
+            await anyio.to_thread.run_sync(self.write_now, snapshot, now)
             spent = time.perf_counter() - started
             # Coalesce harder for big studies: writing never takes over 10% of the loop.
             await anyio.sleep(max(self._interval, 10 * spent))
 
-    def write_now(self) -> None:
-        """Write the table now. A write that fails (a full disk) leaves the last table in
-        place, says so once in the log, and is tried again at the next change."""
+    def write_now(self, records: Mapping[str, StepRecord] | None = None,
+                  now: float | None = None) -> None:
+        """Write the table now (of ``records``, by default the live ones, at ``now``). A
+        write that fails (a full disk) leaves the last table in place, says so once in
+        the log, and is tried again at the next change."""
         try:
-            write_status(self.path, self._table.render(self._records, now=self._clock()))
+            write_status(self.path, self._table.render(
+                self._records if records is None else records,
+                now=self._clock() if now is None else now))
         except OSError as exc:
             if not self._failing:
                 structlog.get_logger("troupe.status").warning(
