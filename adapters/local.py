@@ -516,13 +516,7 @@ async def _recorded_exit(claim: str, exit_path: Path, keeper: int) -> int | None
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _result(code: int) -> JobResult:
