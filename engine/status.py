@@ -9,10 +9,12 @@ is written to a temporary name and renamed, so a reader never sees half a table.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -130,6 +132,11 @@ class StatusTable:
         self._samples = samples
         self._per_sample = per_sample
 
+    @property
+    def has_samples(self) -> bool:
+        """Whether rows come from live sample counts (not from the records alone)."""
+        return self._samples is not None
+
     def render(self, records: Mapping[str, StepRecord], *, now: float) -> str:
         """Return the whole table for ``records``."""
         lines = [HEADER]
@@ -159,6 +166,10 @@ class StatusTable:
             cells[0], cells[1], cells[2], cells[3] = f"{name}/{path}", "--", f"{ws}/{path}", state
             out.append(",".join(cells))
         return out or [row]
+
+
+_THREAD_ROWS = 5000  # a table this big is written in the status thread
+_THREAD: ThreadPoolExecutor | None = None
 
 
 class StatusWriter:
@@ -193,13 +204,27 @@ class StatusWriter:
             await self._dirty.wait()
             self._dirty = anyio.Event()
             started = time.perf_counter()
-            # Rendered and written in a worker thread, from a copy of the records taken
-            # here: the event loop goes on meanwhile (a 100,000-row table takes ~0.2 s).
-            snapshot, now = dict(self._records), self._clock()
-            await anyio.to_thread.run_sync(self.write_now, snapshot, now)
+            if len(self._records) < _THREAD_ROWS or self._table.has_samples:
+                self.write_now()
+            else:
+                await self._write_in_thread()
             spent = time.perf_counter() - started
             # Coalesce harder for big studies: writing never takes over 10% of the loop.
             await anyio.sleep(max(self._interval, 10 * spent))
+
+    async def _write_in_thread(self) -> None:
+        """Render and write a big table in the engine's status thread, from a copy of the
+        records taken here: the event loop goes on meanwhile (100,000 rows take ~0.2 s).
+        One thread for every study, so that the big strings it makes reuse its memory."""
+        global _THREAD
+        if _THREAD is None:
+            _THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="troupe-status")
+        done = _THREAD.submit(self.write_now, dict(self._records), self._clock())
+        try:
+            await asyncio.wrap_future(done)
+        finally:
+            if not done.done():  # cancelled (the study ends): its final write comes next
+                done.result()
 
     def write_now(self, records: Mapping[str, StepRecord] | None = None,
                   now: float | None = None) -> None:
