@@ -9,12 +9,10 @@ is written to a temporary name and renamed, so a reader never sees half a table.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -132,11 +130,6 @@ class StatusTable:
         self._samples = samples
         self._per_sample = per_sample
 
-    @property
-    def has_samples(self) -> bool:
-        """Whether rows come from live sample counts (not from the records alone)."""
-        return self._samples is not None
-
     def render(self, records: Mapping[str, StepRecord], *, now: float) -> str:
         """Return the whole table for ``records``."""
         lines = [HEADER]
@@ -166,10 +159,6 @@ class StatusTable:
             cells[0], cells[1], cells[2], cells[3] = f"{name}/{path}", "--", f"{ws}/{path}", state
             out.append(",".join(cells))
         return out or [row]
-
-
-_THREAD_ROWS = 5000  # a table this big is written in the status thread
-_THREAD: ThreadPoolExecutor | None = None
 
 
 class StatusWriter:
@@ -204,37 +193,16 @@ class StatusWriter:
             await self._dirty.wait()
             self._dirty = anyio.Event()
             started = time.perf_counter()
-            if len(self._records) < _THREAD_ROWS or self._table.has_samples:
-                self.write_now()
-            else:
-                await self._write_in_thread()
+            self.write_now()
             spent = time.perf_counter() - started
             # Coalesce harder for big studies: writing never takes over 10% of the loop.
             await anyio.sleep(max(self._interval, 10 * spent))
 
-    async def _write_in_thread(self) -> None:
-        """Render and write a big table in the engine's status thread, from a copy of the
-        records taken here: the event loop goes on meanwhile (100,000 rows take ~0.2 s).
-        One thread for every study, so that the big strings it makes reuse its memory."""
-        global _THREAD
-        if _THREAD is None:
-            _THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="troupe-status")
-        done = _THREAD.submit(self.write_now, dict(self._records), self._clock())
+    def write_now(self) -> None:
+        """Write the table now. A write that fails (a full disk) leaves the last table in
+        place, says so once in the log, and is tried again at the next change."""
         try:
-            await asyncio.wrap_future(done)
-        finally:
-            if not done.done():  # cancelled (the study ends): its final write comes next
-                done.result()
-
-    def write_now(self, records: Mapping[str, StepRecord] | None = None,
-                  now: float | None = None) -> None:
-        """Write the table now (of ``records``, by default the live ones, at ``now``). A
-        write that fails (a full disk) leaves the last table in place, says so once in
-        the log, and is tried again at the next change."""
-        try:
-            write_status(self.path, self._table.render(
-                self._records if records is None else records,
-                now=self._clock() if now is None else now))
+            write_status(self.path, self._table.render(self._records, now=self._clock()))
         except OSError as exc:
             if not self._failing:
                 structlog.get_logger("troupe.status").warning(
