@@ -10,7 +10,10 @@ Target: W1-1000 and W2-100 through 2 workers (concurrency 1 each) at most 1.25x 
 - workers-2x1: ``--executor workers --nats-url URL``: URL is a nats-server (JetStream) this
   benchmark starts once; two ``enginectl worker --queues default --concurrency 1``, started
   once in their own directories and ready before any run, take every step (not timed);
-- run-t2-ext: ``--nats-url URL`` only: the engine runs the steps, on the same server.
+- run-t2-ext: ``--nats-url URL`` only: the engine runs the steps, on the same server;
+- workers-2x1-t0: as workers-2x1 with ``-t 0``: the workers alone bound the concurrency (as
+  Merlin's queue does), so every task waits in its queue from the start instead of being
+  queued by the engine one throttle slot at a time. Shown beside, not the target's column.
 
 Rounds as in ``bench/run.py``: a warm-up, then ``--runs`` rounds of every column in turn
 (A B C A B C ...). A run counts only if it exits 0, leaves every step's output and its
