@@ -89,6 +89,7 @@ def step_policies(
     rlimit = cli.rlimit if cli.rlimit is not None else (cfg.rlimit if cfg.rlimit is not None else 1)
     hw_limit = cfg.hw_limit if cfg.hw_limit is not None else 3
     out: dict[str, StepPolicy] = {}
+    shared: dict[StepPolicy, StepPolicy] = {}  # one object per distinct policy (memory)
     for inst in graph.steps:
         backend = adapter_name(graph, inst, run_local=run_local)
         scopes = ["global", f"adapter:{backend}"]
@@ -108,7 +109,7 @@ def step_policies(
             retry = msgspec.structs.replace(retry, **inst.retry)  # type: ignore[arg-type]
         if not (inst.retry and "max_attempts" in inst.retry):
             retry = msgspec.structs.replace(retry, max_attempts=attempts)
-        out[inst.name] = StepPolicy(
+        policy = StepPolicy(
             scopes=tuple(scopes),
             walltime=walltime,
             restart_limit=inst.restart_limit if inst.restart_limit is not None else rlimit,
@@ -118,4 +119,5 @@ def step_policies(
             retry_delay=float(inst.retry_delay) if inst.retry_delay is not None else 1.0,
             hw_limit=hw_limit,
         )
+        out[inst.name] = shared.setdefault(policy, policy)
     return out

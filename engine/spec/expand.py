@@ -210,6 +210,8 @@ class _Expander:
         self.workspaces: dict[str, str] = {}  # step name (unparameterised) or instance name
         self.instances: dict[str, list[str]] = {}  # step -> its instance names, in order
         self.out: dict[str, StepInstance] = {}
+        # One object per distinct value that many instances share (a sweep of 100,000).
+        self.shared: dict[object, object] = {}
         self.by_workspace: dict[str, str] = {}  # workspace -> first instance using it
         self.warnings: list[str] = []
         self.labels = spec.samples.labels if spec.samples else ()
@@ -331,8 +333,10 @@ class _Expander:
         params = tuple(sorted((k, str(combo.values[k])) for k in used)) if combo else ()
         resources = self.resources(node, apply, i)
         self.warn(node.name, [*unresolved_tokens(cmd), *unresolved_tokens(restart)])
+        description = apply(node.description)
+        description = self.shared.setdefault(description, description)
         self.out[inst] = StepInstance(
-            name=inst, step=node.name, description=apply(node.description), workspace=ws,
+            name=inst, step=node.name, description=description, workspace=ws,
             cmd=cmd, restart=restart, parents=tuple(dict.fromkeys(parents)), params=params,
             resources=resources, funnel_parents=tuple(dict.fromkeys(funnels)),
             sampled=bool(self.labels) and uses_samples(cmd, restart, self.labels),
@@ -359,7 +363,8 @@ class _Expander:
                 parse_walltime(fields["walltime"])
             except ValueError as exc:
                 self.fail(f"study[{i}].run.walltime", str(exc))
-        return Resources(**fields)
+        out = Resources(**fields)
+        return self.shared.setdefault(out, out)  # type: ignore[return-value]
 
     def warn(self, step: str, tokens: list[str], where: str = "") -> None:
         for token in tokens:
