@@ -14,6 +14,7 @@ bucket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import ssl
@@ -74,6 +75,7 @@ class Bus:
         # The one event in flight with an acknowledgement: (id, future, sent, epoch).
         self._fence: tuple[str, asyncio.Future[Any] | None, float, int] | None = None
         self._resend = False
+        self._slow = 0  # fences in a row that came too late (see _check_fence)
         # On a replicated stream a fence proves nothing about the events before it (a new
         # leader may lack them): each event is then acknowledged on its own, pipelined.
         self.ack_each = False
@@ -118,9 +120,10 @@ class Bus:
         acknowledgement (the *fence*); the others go out as plain NATS messages. As the
         server stores one connection's messages in order, the fence's acknowledgement
         proves every event published before it stored. Events not yet proven stored are
-        kept, and published again (in order, then a new fence) when a fence fails, times
-        out, or the connection was re-established. Without JetStream this is ``publish``.
-        """
+        kept, and published again (in order, then a new fence) when a fence fails, the
+        connection was re-established, or five fences in a row came too late (a late one
+        is first replaced by a new fence, waited for twice as long: a server with a
+        backlog of fsyncs is slow, not lossy). Without JetStream this is ``publish``."""
         if not self.durable:
             await self.publish(subject, message)
             return
@@ -152,13 +155,14 @@ class Bus:
         elif fut is None:
             self._fence, self._resend = None, True  # could not even be sent
         elif not fut.done():
-            if time.monotonic() - sent > ack_timeout:
-                fut.cancel()  # frees nats-py's slot; the re-send replaces it
-                self._fence, self._resend = None, True
+            if time.monotonic() - sent > ack_timeout * 2**self._slow:
+                fut.cancel()  # frees nats-py's slot; a new fence or the re-send replaces it
+                self._slow += 1  # late, same connection: a slow server; ask again first
+                self._fence, self._resend = None, self._slow > _SLOW_FENCES
         elif fut.cancelled() or fut.exception() is not None:
             self._fence, self._resend = None, True
         else:
-            self._fence = None
+            self._fence, self._slow = None, 0
             for key in list(self._pending):  # insertion order: publish order
                 del self._pending[key]
                 if key == msg_id:
@@ -237,6 +241,9 @@ class Bus:
             self._check_fence(ack_timeout)
         if self._resend:
             await self._resend_pending()
+        elif self._fence is None and self._pending and not self.ack_each:
+            mark = next(reversed(self._pending))  # nothing in flight proves these: ask
+            await self._send_fence(mark, *self._pending[mark])
 
     async def wait_persisted(self, event_id: str = "", timeout: float = 30.0) -> None:
         """Wait until the event ``event_id`` (default: the newest one published so far)
@@ -339,11 +346,9 @@ class Bus:
     async def replay_raw(self, subject: str, *, timeout: float = 2.0,
                          stream: str = "TROUPE_EVENTS") -> list[bytes]:
         """Every stored message on ``subject`` (a wildcard is fine), in order, undecoded.
-
         How many there are is asked first (the stream's count per subject), and that many
         are read: a consumer's own count of what is left can be wrong just after the
-        stream changed leader (seen on a cluster: a replay stopped after 7 of 40).
-        """
+        stream changed leader (seen on a cluster: a replay stopped after 7 of 40)."""
         out: list[bytes] = []
         try:
             info = await self._js.stream_info(stream, subjects_filter=subject)
@@ -373,11 +378,10 @@ class Bus:
         The subscriptions are removed (shielded) when the context exits.
         """
         send, recv = anyio.create_memory_object_stream[bytes](math.inf)
+        subs = []
 
         async def deliver(msg: Msg) -> None:
             send.send_nowait(msg.data)
-
-        subs = []
 
         async def messages() -> AsyncIterator[AnyBusMessage]:
             async for data in recv:
@@ -399,10 +403,8 @@ class Bus:
             send.close()
             with anyio.CancelScope(shield=True):
                 for sub in subs:
-                    try:
+                    with contextlib.suppress(NatsError):  # (closed: gone with it)
                         await sub.unsubscribe()
-                    except NatsError:
-                        pass  # connection already closed: the subscription is gone with it
 
     async def request(
         self, subject: str, message: BusMessage, *, timeout: float = 5.0
@@ -467,6 +469,7 @@ class Bus:
 
 
 _CONNECT_TRIES = 3
+_SLOW_FENCES = 5  # late fences in a row (waited 1+2+4+8+16 times the timeout) before a re-send
 
 
 def _transient(exc: Exception) -> bool:

@@ -5,6 +5,8 @@ Against a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import msgspec
 import pytest
@@ -181,3 +183,47 @@ async def test_with_ack_each_an_event_whose_ack_never_came_is_published_again(
         monkeypatch.setattr(bus._js, "publish_async", with_ack)  # a new leader answers
         await bus.wait_persisted(timeout=20)
         assert names == await _stored_steps(bus), "every event stored once, in order"
+
+
+async def test_a_late_fence_is_asked_again_before_everything_is_published_again(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server with a backlog of fsyncs answers late, but it answers: a late fence is
+    # replaced by a new one (waited for twice as long each time); only the sixth late one
+    # in a row has every unproven event published again.
+    async with open_bus(nats_server) as bus:
+        assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        real = bus._js.publish_async
+        held: list[tuple[asyncio.Future[object], asyncio.Future[object]]] = []
+
+        async def late(*args: object, **kw: object) -> asyncio.Future[object]:
+            sent = await real(*args, **kw)  # stored by the server; its answer waits here
+            answer = asyncio.get_running_loop().create_future()
+            held.append((sent, answer))
+            return answer
+
+        monkeypatch.setattr(bus._js, "publish_async", late)
+        resent = 0
+        resend = bus._resend_pending
+
+        async def counting() -> None:
+            nonlocal resent
+            resent += 1
+            await resend()
+
+        monkeypatch.setattr(bus, "_resend_pending", counting)
+        names = await _publish(bus, 100)
+        for i in range(5):
+            await anyio.sleep(0.02 * 2**i + 0.01)
+            await bus._redeliver_once(ack_timeout=0.02)
+            assert (0, i + 2) == (resent, len(held)), "a new fence, not a re-send"
+        await anyio.sleep(0.02 * 2**5 + 0.01)
+        await bus._redeliver_once(ack_timeout=0.02)
+        assert 1 == resent, "the sixth late fence in a row: everything again"
+        monkeypatch.setattr(bus._js, "publish_async", real)
+        for sent, answer in held:
+            if not answer.done():
+                answer.set_result(await sent)
+        await bus.wait_persisted(timeout=20)
+        assert names == await _stored_steps(bus), "every event stored once, in order"
+        assert not bus._pending
