@@ -241,9 +241,6 @@ class Bus:
             self._check_fence(ack_timeout)
         if self._resend:
             await self._resend_pending()
-        elif self._fence is None and self._pending and not self.ack_each:
-            mark = next(reversed(self._pending))  # nothing in flight proves these: ask
-            await self._send_fence(mark, *self._pending[mark])
 
     async def wait_persisted(self, event_id: str = "", timeout: float = 30.0) -> None:
         """Wait until the event ``event_id`` (default: the newest one published so far)
