@@ -470,7 +470,7 @@ _SLOW_FENCES = 5  # late fences in a row (waited 1+2+4+8+16 times the timeout) b
 
 
 def _transient(exc: Exception) -> bool:
-    """A connection error worth another attempt: dropped half-way, not refused."""
+    """A connection error worth another try: dropped half-way, not refused."""
     if "authorization" in str(exc).lower() or (
             isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
         return False
@@ -562,9 +562,10 @@ async def open_bus(
         scope.cancel()
 
     # nats-py keeps retrying a refused connection (bad credentials, nobody listening)
-    # instead of failing: an attempt gives up at its first error. Refused credentials and
-    # a closed port are final; a connection dropped half-way (a busy server closing it,
-    # "Connection lost") is tried again, within the same deadline.
+    # instead of failing: an attempt gives up at its first error. Refused credentials (but
+    # for one try: a server reloading its users, when a study's job user was added, refuses
+    # a client connecting at that moment) and a closed port are final; a connection dropped
+    # half-way (a busy server closing it) is tried again, within the same deadline.
     with anyio.move_on_after(connect_timeout * 2 + 1) as scope:
         for tries_left in range(_CONNECT_TRIES - 1, -1, -1):
             failed[0] = anyio.Event()
@@ -573,9 +574,11 @@ async def open_bus(
                 tg.start_soon(attempt)
                 await failed[0].wait()
                 tg.cancel_scope.cancel()
-            if not tries_left or not _transient(seen[-1]):
+            refused = "authorization" in str(seen[-1]).lower()
+            if not tries_left or not (_transient(seen[-1]) or
+                                      refused and tries_left == _CONNECT_TRIES - 1):
                 break
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.3 if refused else 0.1)
     if nc is None:
         auth = [e for e in seen if "authorization" in str(e).lower()]
         detail = "it refused the credentials (Authorization Violation)" if auth else (
