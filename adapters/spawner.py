@@ -15,6 +15,13 @@ once the process exists, ``E <id> <exit code>`` when it ended (negative: the kil
 signal) and ``F <id> <reason>`` for a start that failed (a missing interpreter: the
 step's submission fails, as with ``Popen``), through ``loop.add_reader``, without a task
 per job. Maestro's ``<name>.<pid>.out`` is named once the pid is known.
+
+Under ``enginectl serve`` the same helper is the study's *keeper* (``Spawner(keep=True)``):
+it starts every local step, in a session of its own so that it outlives the engine. Each
+start names a claim (``.troupe.<attempt>.pid``) that it creates exclusively before the
+start (``F <id> claimed`` if it exists: the attempt was fenced off), fills with
+``<pid> <keeper pid>``, and appends ``exit N`` to once the process ended, before it says
+so; once the engine is gone it keeps reaping and recording until its last child ended.
 """
 
 from __future__ import annotations

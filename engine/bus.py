@@ -121,8 +121,8 @@ class Bus:
         server stores one connection's messages in order, the fence's acknowledgement
         proves every event published before it stored. Events not yet proven stored are
         kept, and published again (in order, then a new fence) when a fence fails, the
-        connection was re-established, or five fences in a row came too late (a late one
-        is first replaced by a new fence, waited for twice as long: a server with a
+        connection was re-established, or six fences in a row came too late (a late one
+        is first replaced by the next fence, waited for twice as long: a server with a
         backlog of fsyncs is slow, not lossy). Without JetStream this is ``publish``."""
         if not self.durable:
             await self.publish(subject, message)
@@ -466,7 +466,7 @@ class Bus:
 
 
 _CONNECT_TRIES = 3
-_SLOW_FENCES = 5  # late fences in a row (waited 1+2+4+8+16 times the timeout) before a re-send
+_SLOW_FENCES = 5  # late fences in a row forgiven (waited 1, 2, 4, 8, 16 times the timeout)
 
 
 def _transient(exc: Exception) -> bool:

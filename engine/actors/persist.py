@@ -7,7 +7,8 @@ of one step costs one write. Final entries are written with compare-and-swap
 (``Store.finish_step``). An entry that names no new intent (a step that became PENDING or
 RUNNING after the entry naming its attempt was stored) is held back for ``defer`` seconds
 (0.25 by default; once or twice that): a step that ends meanwhile costs one write, its
-final entry, instead of two; ``flush`` writes what is held back at once. ``wait_intent(step, attempt)`` returns once an entry naming
+final entry, instead of two; ``flush`` writes what is held back at once.
+``wait_intent(step, attempt)`` returns once an entry naming
 that attempt is stored: the runtime calls it before each submission, so a restarted
 engine always knows which attempt might be running.
 
