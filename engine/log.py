@@ -103,7 +103,9 @@ def configure_logging(verbosity: int = 0, *, stream=None) -> None:  # type: igno
     for old in [h for h in root.handlers if h.get_name() == "troupe-terminal"]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    # Records below every handler's level are dropped before any work (a worker's
+    # per-task INFO lines cost it CPU on every task); a study's log file lowers it.
+    root.setLevel(handler.level)
     for noisy in ("nats", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -142,10 +144,13 @@ def study_log_file(path: Path) -> Iterator[None]:
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
+    level = root.level
+    root.setLevel(min(level, logging.INFO))
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
         try:
             handler.close()
         except OSError:

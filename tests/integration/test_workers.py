@@ -300,3 +300,38 @@ def test_a_restarted_engine_adopts_running_tasks_and_fences_queued_ones(
     assert {1} == set(runs["long"]) and 0 == runs["long"][1].exit, runs["long"]  # adopted
     assert {2} == set(runs["queued"]) and 0 == runs["queued"][2].exit, runs["queued"]
     assert "cancelled\n" == (tmp_path / "study" / "queued" / ".troupe.1.pid").read_text()
+
+
+async def test_a_task_that_runs_on_says_so_and_a_short_one_only_reports(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    """A worker tells the engine that a task runs only once it has run for
+    ``SAY_RUNNING_AFTER`` (the engine then marks it RUNNING and counts its heartbeats); a
+    task that ended sooner is told by its report alone: one message fewer per short task."""
+    from engine.bus import open_bus
+    from engine.messages import ENCODER, JobReported, Task, TasksAlive, new_event_id
+    from engine.workqueue import ensure_task_stream, publish_task
+    from engine.worker import SAY_RUNNING_AFTER
+
+    workers.start("w1", "default", heartbeat=60)  # no periodic beat during the test
+    heard: list[tuple[str, str]] = []
+    async with open_bus(nats_server) as bus:
+        await ensure_task_stream(bus)
+        async with bus.subscribe("troupe.v1.jobs.t") as reports:
+            for name, cmd in [("short", "true"), ("long", f"sleep {SAY_RUNNING_AFTER * 6}")]:
+                ws = tmp_path / name
+                ws.mkdir()
+                (ws / f"{name}.sh").write_text(f"#!/bin/sh\n{cmd}\n")
+                (ws / f"{name}.sh").chmod(0o755)
+                task = Task(event_id=new_event_id(), study_id="t", step=name, attempt=1,
+                            key=f"t/{name}/1", queue="default", workspace=str(ws),
+                            script=str(ws / f"{name}.sh"), stem=name,
+                            exit_file=str(ws / ".troupe.1.exit"),
+                            report_subject="troupe.v1.jobs.t")
+                await publish_task(bus, "default", ENCODER.encode(task), key=task.key)
+                async for msg in reports:
+                    if isinstance(msg, TasksAlive) and task.key in msg.keys:
+                        heard.append((name, "runs"))
+                    elif isinstance(msg, JobReported) and msg.exit_file == task.exit_file:
+                        heard.append((name, f"exit {msg.exit_code}"))
+                        break
+    assert [("short", "exit 0"), ("long", "runs"), ("long", "exit 0")] == heard
