@@ -6,8 +6,11 @@ acknowledged it. The engine publishes a task with the attempt's key as its messa
 (a retried publish is dropped by the server); each queue has one durable pull consumer,
 shared by every worker of that queue, which delivers a task to one worker at a time and
 again if that worker neither acknowledged it nor said it is still working on it within
-``ack_wait``. With ``engine.bus`` and ``engine.kvbucket``, the only code that touches
-nats-py.
+``ack_wait``. The engine also keeps one *anchor* message in the stream, on a subject no
+queue can have (``anchor_task_stream``), so that the stream is never empty: an empty
+work-queue stream deletes its block file, and the next task creates a new one, a file
+created and deleted per task when the queues run dry between tasks (a chain's steps).
+With ``engine.bus`` and ``engine.kvbucket``, the only code that touches nats-py.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from engine import subjects
 from engine.bus import Bus
 from engine.errors import BusError
 
-__all__ = ["TASKS_STREAM", "Delivery", "TaskQueue", "ensure_task_stream", "publish_task"]
+__all__ = ["ANCHOR", "TASKS_STREAM", "Delivery", "TaskQueue", "anchor_task_stream",
+           "ensure_task_stream", "publish_task"]
 
 TASKS_STREAM = "TROUPE_TASKS"
+ANCHOR = f"{subjects.PREFIX}.tasks.~anchor"
+"""The anchor's subject: ``~anchor`` is no output of ``subjects.encode_token``, so no
+queue's consumer ever takes it."""
 
 
 def _durable(queue: str) -> str:
@@ -55,6 +62,17 @@ async def ensure_task_stream(bus: Bus, *, replicas: int | None = None) -> None:
             await js.stream_info(TASKS_STREAM)
         except (NatsError, JetStreamError):
             raise BusError(f"cannot create stream {TASKS_STREAM}: {exc}", bus.url) from exc
+
+
+async def anchor_task_stream(bus: Bus) -> None:
+    """Put the anchor in the tasks stream unless it is there (the server refuses a second
+    one: the subject's last sequence must be 0). Best effort: without it tasks still flow,
+    each in a block file of its own."""
+    try:
+        await bus.jetstream.publish(ANCHOR, b"", timeout=5.0,
+                                    headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+    except (NatsError, JetStreamError):
+        pass  # there already (wrong last sequence), or the server is busy: tasks flow anyway
 
 
 async def publish_task(bus: Bus, queue: str, payload: bytes, *, key: str,

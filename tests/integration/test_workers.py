@@ -13,9 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from engine.status import read_status
+from engine.workqueue import ANCHOR
 from tests.conftest import ENGINECTL, alive, enginectl, wait_for_path
 from tests.ledger import ledger_cmd, max_overlap, read_ledger
 from tests.workerpool import Workers
@@ -64,6 +66,25 @@ def test_each_queue_runs_its_steps_on_its_own_workers_within_the_throttle(
     assert {w for _, q, w in lines if q == "gpu"} == {"w3"}
     assert max_overlap(read_ledger(timing)) <= 4  # the study's throttle held on the workers
     assert {"w1": 0, "w2": 0, "w3": 0} == workers.stop()  # SIGTERM: a clean stop
+    # Every task was taken and acknowledged; the stream keeps only its anchor (never
+    # empty, so no block file is deleted and made again per task), and only one.
+    assert [(1, ANCHOR), (1, ANCHOR)] == anyio.run(_tasks_left, nats_server)
+
+
+async def _tasks_left(url: str) -> list[tuple[int, str]]:
+    """How many messages the tasks stream holds and the subject of its first, before and
+    after one more anchor is put."""
+    from engine.bus import open_bus
+    from engine.workqueue import TASKS_STREAM, anchor_task_stream
+
+    seen = []
+    async with open_bus(url) as bus:
+        for _ in range(2):
+            info = await bus.jetstream.stream_info(TASKS_STREAM)
+            first = await bus.jetstream.get_msg(TASKS_STREAM, info.state.first_seq)
+            seen.append((info.state.messages, first.subject))
+            await anchor_task_stream(bus)  # a second one is refused
+    return seen
 
 
 def test_a_failed_step_fails_and_a_task_cancelled_in_its_queue_never_runs(
