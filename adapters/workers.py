@@ -86,7 +86,8 @@ class WorkersAdapter(Adapter):
         self._lost_after = lost_after
         self._clock = clock
         self._seen: dict[str, float] = {}  # attempt key -> when a worker last said it runs
-        self._running: dict[str, anyio.Event] = {}  # attempt key -> set once a worker runs it
+        self._running: dict[str, anyio.Event] = {}  # attempt key -> set once it runs or ended
+        self._keys: dict[str, str] = {}  # exit file -> attempt key
         self._served: dict[str, float] = {}  # queue -> when a worker serving it was heard
         self._unserved: set[str] = set()  # queues already warned about
         self._log = structlog.get_logger("troupe.workers")
@@ -121,10 +122,12 @@ class WorkersAdapter(Adapter):
                          "TROUPE_WORKSPACE": step.workspace, "TROUPE_JOB_KEY": request.key})
         self._waiting[exit_file] = (anyio.Event(), [])
         self._exit_files[(request.actor, attempt)] = exit_file
+        self._keys[exit_file] = request.key
         try:
             await self._queue_task(task.queue, ENCODER.encode(task), request.key)
         except Exception as exc:
             self._waiting.pop(exit_file, None)
+            self._keys.pop(exit_file, None)
             raise SubmitError(str(exc), step.name, retryable=True) from exc
         delay = min(10.0, self._lost_after)
         asyncio.get_running_loop().call_later(delay, self._check_served, task.queue)
@@ -159,6 +162,7 @@ class WorkersAdapter(Adapter):
                              exit_code=code, detail="recorded in its claim by its worker")
         self._waiting[exit_file] = (anyio.Event(), [])
         self._exit_files[(request.actor, attempt)] = exit_file
+        self._keys[exit_file] = request.key
         self._seen[request.key] = self._clock()  # its worker's next heartbeat, or the loss
         return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
                          backend=self.name)
@@ -195,18 +199,13 @@ class WorkersAdapter(Adapter):
         exit_file = self._exit_files.get((handle.step, handle.attempt))
         if exit_file is None:
             return
+        # One event for either word: set by ``alive`` (it runs) and by ``report`` (it ended).
         running = self._running.setdefault(handle.job_id, anyio.Event())
         ended = self._waiting[exit_file][0]
         try:
             while not (running.is_set() or ended.is_set() or handle.job_id in self._seen):
                 with anyio.move_on_after(self._poll):
-                    async with anyio.create_task_group() as tg:
-                        async def either(event: anyio.Event) -> None:
-                            await event.wait()
-                            tg.cancel_scope.cancel()
-
-                        tg.start_soon(either, running)
-                        tg.start_soon(either, ended)
+                    await running.wait()
                 if Path(exit_file[: -len(".exit")] + ".pid").exists():
                     return  # claimed (by a worker whose first word was lost, or to cancel)
         finally:
@@ -218,6 +217,9 @@ class WorkersAdapter(Adapter):
             return False
         waiting[1].append(exit_code)
         waiting[0].set()
+        running = self._running.get(self._keys.get(exit_file, ""))
+        if running is not None:  # it ended before a worker said it runs (a short task)
+            running.set()
         return True
 
     async def wait(self, handle: JobHandle) -> JobResult:
@@ -243,6 +245,7 @@ class WorkersAdapter(Adapter):
                             f"its worker fell silent (no heartbeat for {self._lost_after:g} s)"))
         finally:
             self._waiting.pop(exit_file, None)
+            self._keys.pop(exit_file, None)
             self._exit_files.pop((handle.step, handle.attempt), None)
             self._seen.pop(handle.job_id, None)
         code = codes[0]

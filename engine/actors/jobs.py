@@ -174,9 +174,10 @@ class JobShell:
             return
         key = (name, attempt)
         self._handles[key] = handle
+        # Before its start is known: a worker's task may be heard of only when it ended.
+        self._prepare_children(name)
         await self.adapter.started(handle)  # a worker's task: once a worker runs it
         yield JobStarted(event_id=new_event_id(), job_id=handle.job_id, time=self._clock())
-        self._prepare_children(name)
         if key not in self._cancel_pending:
             yield await self._wait(handle)
             return
@@ -209,8 +210,9 @@ class JobShell:
                          time=self._clock())
 
     def _prepare_children(self, name: str) -> None:
-        """While ``name`` runs, prepare the children it alone holds back (a chain's next
-        step), unless it fans out (preparing them all would hold up its own end)."""
+        """Once ``name`` is submitted (it runs, or waits in a queue), prepare the children it
+        alone holds back (a chain's next step: its intent stored, its script written),
+        unless it fans out (preparing them all would hold up its own end)."""
         children = self.graph.children.get(name, ())  # (a sample has none)
         if len(children) > _PREPARE_AHEAD:
             return

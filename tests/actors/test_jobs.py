@@ -135,6 +135,27 @@ async def test_a_chains_only_child_is_prepared_while_its_parent_runs() -> None:
     assert ["b"] == await prepared_while_running(graph(inst("a"), inst("b", "a")), "a")
 
 
+class QuietStart(RecordingAdapter):
+    """A worker's short task: its start is known only when it ended."""
+
+    async def started(self, handle: JobHandle) -> None:
+        await self._done[(handle.step, handle.attempt)].wait()
+
+
+async def test_a_chains_child_is_prepared_before_its_parent_is_heard_to_run() -> None:
+    g = graph(inst("a"), inst("b", "a"))
+    ad, got = QuietStart(), []
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect, shell(ad, g).run("a", 1, False), got)
+            await ad.wait_submitted("a")
+            await anyio.wait_all_tasks_blocked()
+            assert ["b"] == ad.prepared  # while "a" waits, or runs unheard of
+            assert [] == got
+            ad.finish("a")
+    assert [JobStarted, JobExited] == [type(e) for e in got]
+
+
 async def test_a_fan_out_of_four_is_prepared_but_not_one_of_five() -> None:
     four = [inst(f"c{i}", "a") for i in range(4)]
     five = [*four, inst("c4", "a")]
