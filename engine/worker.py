@@ -69,6 +69,52 @@ class _Running:
         self.delivery = delivery
 
 
+class _Slots:
+    """The worker's concurrency. A task holds a slot from its delivery (before it even
+    started: the next pull must not count it free) until its process ended; ``busy``
+    counts the tasks delivered and not yet through (reported, acknowledged)."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.busy = 0
+        self.changed = anyio.Event()
+
+    def hold(self) -> _Slot:
+        self.free -= 1
+        self.busy += 1
+        return _Slot(self)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait(self, most: float = 1.0) -> None:
+        """Until a slot is given back or a task is through (at most ``most`` seconds)."""
+        with anyio.move_on_after(most):
+            await self.changed.wait()
+
+
+class _Slot:
+    """One task's slot: given back once, when its process ended (or it never started)."""
+
+    __slots__ = ("_slots", "held")
+
+    def __init__(self, slots: _Slots) -> None:
+        self._slots = slots
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.free += 1
+            self._slots.wake()
+
+    def through(self) -> None:
+        self.give_back()
+        self._slots.busy -= 1
+        self._slots.wake()
+
+
 async def run_worker(url: str, credentials: Credentials | None = None, *,
                      queues: list[str], concurrency: int, name: str = "",
                      heartbeat: float = 5.0) -> None:
@@ -80,7 +126,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     log = structlog.get_logger("troupe.worker").bind(worker=name)
     running: dict[str, _Running] = {}
-    room = anyio.Condition()
+    slots = _Slots(concurrency)
     stopping = anyio.Event()
     guard = Guard()  # the tasks die with this worker
     env = {**os.environ}  # read once: decoding os.environ costs on every task
@@ -101,29 +147,33 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
             tg.start_soon(_listen_stop, bus, me, stopping)
             tg.start_soon(_on_signals, stopping, running)
             while not stopping.is_set():
-                free = concurrency - len(running)
-                if free <= 0:
-                    async with room:
-                        with anyio.move_on_after(1.0):
-                            await room.wait()
+                if slots.free <= 0:
+                    await slots.wait()
                     continue
-                for delivery in await tasks.take(free, timeout=0.5):
-                    tg.start_soon(_run_task, bus, delivery, running, room, log, name,
+                for delivery in await tasks.take(slots.free, timeout=0.5):
+                    tg.start_soon(_run_task, bus, delivery, running, slots.hold(), log, name,
                                   env, mine)
             await tasks.close()
             await _announce(bus, msgspec.structs.replace(me, stopping=True), running)
-            while running:  # finish what runs (a second signal kills it)
-                async with room:
-                    with anyio.move_on_after(1.0):
-                        await room.wait()
+            while slots.busy:  # finish what runs (a second signal kills it), and report it
+                await slots.wait()
             tg.cancel_scope.cancel()
     log.info("worker_stopped")
     print(f"troupe worker {name} stopped", flush=True)
 
 
-async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
-                    room: anyio.Condition, log: structlog.BoundLogger, name: str,
-                    env: dict[str, str], mine: dict[str, str]) -> None:
+async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running], slot: _Slot,
+                    log: structlog.BoundLogger, name: str, env: dict[str, str],
+                    mine: dict[str, str]) -> None:
+    try:
+        await _take_task(bus, delivery, running, slot, log, name, env, mine)
+    finally:
+        slot.through()
+
+
+async def _take_task(bus: Bus, delivery: Delivery, running: dict[str, _Running], slot: _Slot,
+                     log: structlog.BoundLogger, name: str, env: dict[str, str],
+                     mine: dict[str, str]) -> None:
     try:
         task = BUS_DECODER.decode(delivery.data)
     except Exception:  # noqa: BLE001 - a malformed task is dropped, never fatal
@@ -172,8 +222,7 @@ async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running],
             code = await wait_task(pid)
     finally:
         running.pop(task.key, None)
-        async with room:
-            room.notify_all()
+        slot.give_back()  # the next pull may go out while this one is reported
     # The claim first: a worker killed between the two leaves the outcome where the
     # engine reads it before it calls the attempt lost (one append, no new file).
     _write_exit(pid_file, code)

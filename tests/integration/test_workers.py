@@ -71,6 +71,21 @@ def test_each_queue_runs_its_steps_on_its_own_workers_within_the_throttle(
     assert [(1, ANCHOR), (1, ANCHOR)] == anyio.run(_tasks_left, nats_server)
 
 
+def test_a_worker_runs_no_more_tasks_at_once_than_its_concurrency(
+        workers: Workers, nats_server: str, tmp_path: Path) -> None:
+    """Without a study throttle every task waits in the queue at once: a worker of
+    concurrency 1 must not pull the next one before the one it took has ended."""
+    ledger, timing = tmp_path / "ledger", tmp_path / "timing"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"solo": 30}, ledger, timing=timing))
+    workers.start("w1", "solo", concurrency=1)
+    study = tmp_path / "study"
+    result = enginectl("run", str(spec), "-o", str(study), "--nats-url", nats_server, "-t", "0")
+    assert 0 == result.returncode, result.stderr
+    assert 30 == len(ledger.read_text().splitlines())
+    assert 1 == max_overlap(read_ledger(timing))
+
+
 async def _tasks_left(url: str) -> list[tuple[int, str]]:
     """How many messages the tasks stream holds and the subject of its first, before and
     after one more anchor is put."""
