@@ -6,9 +6,8 @@ published without a round trip each; the JetStream stream captures them on the s
 one event at a time travels with an acknowledgement (a *fence*), which, as JetStream stores
 one connection's messages in order, proves every earlier event stored
 (``Bus.publish_event``). ``Bus.key_value`` opens a JetStream key-value bucket as a
-``engine.kvbucket.KeyValueBucket``, in which ``engine.store`` keeps the engine's state. nats-py's errors
-are translated here: ``BusError`` for the bus, ``StoreError``/``StoreConflict`` for a
-bucket.
+``engine.kvbucket.KeyValueBucket``, in which ``engine.store`` keeps the engine's state.
+nats-py's errors become ``BusError`` (the bus) and ``StoreError``/``StoreConflict`` (a bucket).
 """
 
 from __future__ import annotations
@@ -35,14 +34,8 @@ from nats.js.errors import Error as JetStreamError
 
 from engine.errors import BusError
 from engine.kvbucket import KeyValueBucket, store_errors
-from engine.messages import (
-    BUS_DECODER,
-    ENCODER,
-    AnyBusMessage,
-    BusMessage,
-    ControlReply,
-    new_event_id,
-)
+from engine.messages import (BUS_DECODER, ENCODER, AnyBusMessage, BusMessage, ControlReply,
+                             new_event_id)
 
 __all__ = ["Bus", "Credentials", "KeyValueBucket", "open_bus"]
 
@@ -80,8 +73,7 @@ class Bus:
         # leader may lack them): each event is then acknowledged on its own, pipelined.
         self.ack_each = False
         self._acks: dict[str, tuple[asyncio.Future[Any] | None, float, int]] = {}
-        # Why the last event publication failed (it is then re-sent); named in the error
-        # if wait_persisted gives up.
+        # Why the last publication failed (it is re-sent); wait_persisted's error names it.
         self._last_publish_error = ""
 
     @property
@@ -150,8 +142,10 @@ class Bus:
         if fence is None:
             return
         msg_id, fut, sent, epoch = fence
-        if epoch != self._epoch():
-            self._fence, self._resend = None, True  # sent before a reconnect: unknown
+        if epoch != self._epoch():  # sent before a reconnect: unknown (its ack never comes)
+            self._fence, self._resend = None, True
+            if fut is not None:
+                fut.cancel()
         elif fut is None:
             self._fence, self._resend = None, True  # could not even be sent
         elif not fut.done():
@@ -185,9 +179,13 @@ class Bus:
                 self._resend = True
 
     async def _send_acked(self, msg_id: str, subject: str, payload: bytes) -> None:
+        old = self._acks.get(msg_id, (None,))[0]
+        if old is not None:  # replaced by this re-send: nats-py holds one of 4,000 permits
+            old.cancel()  # per future, and a lost ack would never give it back
         try:
-            fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
-            fut.add_done_callback(_retrieved)  # (one replaced by a re-send is never read)
+            fut = await self._js.publish_async(subject, payload, wait_stall=_STALL,
+                                               headers={"Nats-Msg-Id": msg_id})
+            fut.add_done_callback(_retrieved)
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_acks asks for a re-send
             self._last_publish_error = str(exc)
@@ -204,7 +202,8 @@ class Bus:
 
     async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
         try:
-            fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+            fut = await self._js.publish_async(subject, payload, wait_stall=_STALL,
+                                               headers={"Nats-Msg-Id": msg_id})
             fut.add_done_callback(_retrieved)
         except (NatsError, JetStreamError) as exc:
             fut = None  # _check_fence asks for a re-send
@@ -466,6 +465,7 @@ class Bus:
 
 
 _CONNECT_TRIES = 3
+_STALL = 5.0  # seconds a publish waits for a free acknowledgement slot, then is re-sent
 _SLOW_FENCES = 5  # late fences in a row forgiven (waited 1, 2, 4, 8, 16 times the timeout)
 
 

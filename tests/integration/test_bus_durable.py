@@ -231,3 +231,31 @@ async def test_a_late_fence_is_asked_again_before_everything_is_published_again(
         await bus.wait_persisted(timeout=20)
         assert names == await _stored_steps(bus), "every event stored once, in order"
         assert not bus._pending
+
+
+async def test_with_ack_each_a_resent_event_gives_back_its_first_acks_place(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nats-py holds one of 4,000 places per acknowledgement awaited, and gives it back only
+    # when the future is done. While a stream has no leader no ack comes: a re-send must
+    # cancel the futures it replaces, or a long election fills the 4,000 and every later
+    # publication waits forever (seen: a study stuck after a cluster node was killed).
+    async with open_bus(nats_server) as bus:
+        assert await bus.ensure_stream(subjects.EVENTS_STREAM, [subjects.all_events()])
+        bus.ack_each = True
+        awaited: set[asyncio.Future[object]] = set()
+
+        async def unanswered(*args: object, **kw: object) -> asyncio.Future[object]:
+            fut = asyncio.get_running_loop().create_future()
+            awaited.add(fut)
+            fut.add_done_callback(awaited.discard)
+            return fut
+
+        monkeypatch.setattr(bus._js, "publish_async", unanswered)  # the leader is gone
+        await _publish(bus, 1)
+        await anyio.sleep(0.05)
+        await _publish(bus, 19)  # younger than the first: not yet late
+        await bus._redeliver_once(ack_timeout=0.03)  # the first is late: all 20 again
+        assert 20 == len(bus._pending)
+        waiting = [fut for fut in awaited if not fut.done()]
+        assert 20 == len(waiting), "one awaited acknowledgement per unproven event"
