@@ -81,13 +81,13 @@ class WorkersAdapter(Adapter):
         self._env = dict(env or {})
         self._kill_grace = kill_grace
         self._poll = poll
-        self._waiting: dict[str, tuple[anyio.Event, list[int]]] = {}  # exit file -> (set, code)
+        # exit file -> (set once it ended, its exit code, set once it runs or ended)
+        self._waiting: dict[str, tuple[anyio.Event, list[int], anyio.Event]] = {}
         self._exit_files: dict[tuple[str, int], str] = {}
         self._lost_after = lost_after
         self._clock = clock
         self._seen: dict[str, float] = {}  # attempt key -> when a worker last said it runs
-        self._running: dict[str, anyio.Event] = {}  # attempt key -> set once it runs or ended
-        self._keys: dict[str, str] = {}  # exit file -> attempt key
+        self._running: dict[str, anyio.Event] = {}  # attempt key -> its third event above
         self._served: dict[str, float] = {}  # queue -> when a worker serving it was heard
         self._unserved: set[str] = set()  # queues already warned about
         self._log = structlog.get_logger("troupe.workers")
@@ -120,14 +120,12 @@ class WorkersAdapter(Adapter):
                     merlin=self._local.merlin,
                     env={**self._env, "TROUPE_STEP": step.name, "TROUPE_ATTEMPT": str(attempt),
                          "TROUPE_WORKSPACE": step.workspace, "TROUPE_JOB_KEY": request.key})
-        self._waiting[exit_file] = (anyio.Event(), [])
+        self._waiting[exit_file] = (anyio.Event(), [], anyio.Event())
         self._exit_files[(request.actor, attempt)] = exit_file
-        self._keys[exit_file] = request.key
         try:
             await self._queue_task(task.queue, ENCODER.encode(task), request.key)
         except Exception as exc:
             self._waiting.pop(exit_file, None)
-            self._keys.pop(exit_file, None)
             raise SubmitError(str(exc), step.name, retryable=True) from exc
         delay = min(10.0, self._lost_after)
         asyncio.get_running_loop().call_later(delay, self._check_served, task.queue)
@@ -160,9 +158,8 @@ class WorkersAdapter(Adapter):
         if code is not None:
             return JobResult(outcome=JobOutcome.COMPLETED if code == 0 else JobOutcome.FAILED,
                              exit_code=code, detail="recorded in its claim by its worker")
-        self._waiting[exit_file] = (anyio.Event(), [])
+        self._waiting[exit_file] = (anyio.Event(), [], anyio.Event())
         self._exit_files[(request.actor, attempt)] = exit_file
-        self._keys[exit_file] = request.key
         self._seen[request.key] = self._clock()  # its worker's next heartbeat, or the loss
         return JobHandle(step=request.actor, attempt=attempt, job_id=request.key,
                          backend=self.name)
@@ -200,8 +197,8 @@ class WorkersAdapter(Adapter):
         if exit_file is None:
             return
         # One event for either word: set by ``alive`` (it runs) and by ``report`` (it ended).
-        running = self._running.setdefault(handle.job_id, anyio.Event())
-        ended = self._waiting[exit_file][0]
+        ended, _, running = self._waiting[exit_file]
+        self._running[handle.job_id] = running
         try:
             while not (running.is_set() or ended.is_set() or handle.job_id in self._seen):
                 with anyio.move_on_after(self._poll):
@@ -217,15 +214,13 @@ class WorkersAdapter(Adapter):
             return False
         waiting[1].append(exit_code)
         waiting[0].set()
-        running = self._running.get(self._keys.get(exit_file, ""))
-        if running is not None:  # it ended before a worker said it runs (a short task)
-            running.set()
+        waiting[2].set()  # ended before a worker said it runs (a short task): started too
         return True
 
     async def wait(self, handle: JobHandle) -> JobResult:
         """Wait for the worker's report (or the exit file, should the report be lost)."""
         exit_file = self._exit_files[(handle.step, handle.attempt)]
-        event, codes = self._waiting[exit_file]
+        event, codes, _ = self._waiting[exit_file]
         try:
             while not event.is_set():
                 with anyio.move_on_after(self._poll):
@@ -245,7 +240,6 @@ class WorkersAdapter(Adapter):
                             f"its worker fell silent (no heartbeat for {self._lost_after:g} s)"))
         finally:
             self._waiting.pop(exit_file, None)
-            self._keys.pop(exit_file, None)
             self._exit_files.pop((handle.step, handle.attempt), None)
             self._seen.pop(handle.job_id, None)
         code = codes[0]
