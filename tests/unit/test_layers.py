@@ -15,7 +15,7 @@ SPEC_FILES = sorted((ROOT / "engine" / "spec").glob("*.py"))
 # The product's modules; tests/ and bench/ observe the engine as outside clients and may
 # talk to NATS directly.
 PRODUCT_FILES = sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "adapters").rglob("*.py")])
-NATS_MODULES = {"engine/bus.py", "engine/kvbucket.py", "engine/workqueue.py"}  # natsserver.py runs the binary: no client
+NATS_MODULES = {"engine/bus.py", "engine/busevents.py", "engine/kvbucket.py", "engine/workqueue.py"}  # natsserver.py runs the binary: no client
 
 
 def imported_modules(path: Path) -> set[str]:
