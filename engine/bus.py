@@ -65,6 +65,11 @@ class Bus(DurableEvents):
         """The JetStream context (for ``engine.workqueue`` and ``engine.kvbucket``)."""
         return self._js
 
+    @property
+    def client(self) -> Client:
+        """The nats-py client (for ``engine.workqueue``'s own pull requests)."""
+        return self._nc
+
     async def key_value(self, bucket: str, *, history: int, replicas: int = 1) -> KeyValueBucket:
         """Create (or reuse) a file-backed JetStream key-value bucket.
 

@@ -1,8 +1,8 @@
 """``enginectl worker``: take step tasks from JetStream queues and run them.
 
 A worker pulls from its queues (``engine.workqueue``: one durable consumer per queue,
-shared by every worker of the queue), at most ``concurrency`` tasks at a time. For each
-task it first claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively: an
+shared by every worker of the queue), at most ``concurrency`` tasks at a time, and starts
+each in the delivery callback itself. For each task it first claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively: an
 attempt runs once, even if the task is delivered twice, and never after the engine
 cancelled it while queued), then starts the task's script in its workspace, in a session
 of its own, with its output in Maestro's (or Merlin's) files (``engine.taskproc``:
@@ -27,9 +27,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
@@ -69,50 +71,113 @@ class _Running:
         self.delivery = delivery
 
 
-class _Slots:
-    """The worker's concurrency. A task holds a slot from its delivery (before it even
-    started: the next pull must not count it free) until its process ended; ``busy``
-    counts the tasks delivered and not yet through (reported, acknowledged)."""
+class _Worker:
+    """The tasks this worker runs. Each is claimed and started in the delivery callback
+    itself (``on_task``), then watched by a task of its own until it is reported. A task
+    holds one of the ``concurrency`` slots from its delivery until it is reported and
+    acknowledged; its slot is then asked for again, in the same write as its report."""
 
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self.busy = 0
+    def __init__(self, bus: Bus, *, name: str, concurrency: int, log: structlog.BoundLogger,
+                 env: dict[str, str], mine: dict[str, str]) -> None:
+        self.bus = bus
+        self.name = name
+        self.log = log
+        self.env = env
+        self.mine = mine
+        self.running: dict[str, _Running] = {}
+        self.free = concurrency
+        self.busy = 0  # delivered, not yet through
         self.changed = anyio.Event()
+        self.stopping = anyio.Event()
+        self.tasks: TaskQueue | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
 
-    def hold(self) -> _Slot:
+    def on_task(self, delivery: Delivery) -> None:
+        """A task arrived: start it now (its process runs before this returns)."""
+        assert self.tg is not None
+        if self.stopping.is_set() or self.free <= 0:
+            # Stopping, or asked for one too many (a request the server kept across a
+            # reconnect): back to the queue at once, for another worker.
+            self.tg.start_soon(delivery.give_back)
+            return
         self.free -= 1
         self.busy += 1
-        return _Slot(self)
+        try:
+            finish = self._start(delivery)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not lose the slot
+            self.log.error("task_not_started", error=repr(exc))
+            finish = delivery.give_back()
+        self.tg.start_soon(self._through, finish)
 
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+    async def _through(self, finish: Coroutine[Any, Any, None]) -> None:
+        try:
+            await finish
+        finally:
+            self.free += 1
+            self.busy -= 1
+            self.changed.set()
+            self.changed = anyio.Event()
+        if not self.stopping.is_set() and self.tasks is not None:
+            await self.tasks.room(self.free)  # (goes out with the report, in one write)
 
-    async def wait(self, most: float = 1.0) -> None:
-        """Until a slot is given back or a task is through (at most ``most`` seconds)."""
-        with anyio.move_on_after(most):
-            await self.changed.wait()
+    def _start(self, delivery: Delivery) -> Coroutine[Any, Any, None]:
+        """Claim the attempt and start its process; return what finishes the task."""
+        try:
+            task = BUS_DECODER.decode(delivery.data)
+        except Exception:  # noqa: BLE001 - a malformed task is dropped, never fatal
+            self.log.warning("task_malformed")
+            return delivery.ack()
+        if not isinstance(task, Task):
+            return delivery.ack()
+        pid_file = task.exit_file[: -len(".exit")] + ".pid"
+        try:  # the claim: one worker runs the attempt, once, and never after its cancel
+            fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # a redelivery, or cancelled while queued
+            return self._claimed_before(task, delivery, pid_file)
+        except OSError as exc:  # the workspace is gone: the step fails
+            return _not_started(self.bus, task, delivery, self.log, str(exc))
+        try:
+            os.write(fd, f"worker {self.name} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        try:
+            pid = start_task(task.script, cwd=task.workspace, stem=task.stem,
+                             append=task.merlin, env={**self.env, **task.env, **self.mine})
+        except OSError as exc:  # no such script, not executable...
+            return _not_started(self.bus, task, delivery, self.log, str(exc))
+        self.running[task.key] = _Running(task, pid, delivery)
+        return self._watch(task, pid, delivery, pid_file)
 
+    async def _claimed_before(self, task: Task, delivery: Delivery, pid_file: str) -> None:
+        # Not announced as running here: the engine's loss clock for the attempt must
+        # not be reset by a worker that does not run it.
+        if _claimed_by_engine(pid_file):
+            await _report(self.bus, task, _CLAIM_FAILED)
+        self.log.info("task_ended", key=task.key, exit_code=_CLAIM_FAILED,
+                      detail="claimed before")
+        await delivery.ack()
 
-class _Slot:
-    """One task's slot: given back once, when its process ended (or it never started)."""
-
-    __slots__ = ("_slots", "held")
-
-    def __init__(self, slots: _Slots) -> None:
-        self._slots = slots
-        self.held = True
-
-    def give_back(self) -> None:
-        if self.held:
-            self.held = False
-            self._slots.free += 1
-            self._slots.wake()
-
-    def through(self) -> None:
-        self.give_back()
-        self._slots.busy -= 1
-        self._slots.wake()
+    async def _watch(self, task: Task, pid: int, delivery: Delivery, pid_file: str) -> None:
+        self.log.info("task_started", key=task.key, pid=pid)
+        try:
+            code = None
+            with anyio.move_on_after(SAY_RUNNING_AFTER):
+                code = await wait_task(pid)
+            if code is None:  # it runs on: the engine marks it RUNNING, counts its heartbeats
+                try:
+                    await self.bus.publish(task.report_subject, TasksAlive(
+                        event_id=new_event_id(), worker="", keys=(task.key,)))
+                except BusError:
+                    pass
+                code = await wait_task(pid)
+        finally:
+            self.running.pop(task.key, None)
+        # The claim first: a worker killed between the two leaves the outcome where the
+        # engine reads it before it calls the attempt lost (one append, no new file).
+        _write_exit(pid_file, code)
+        await _report(self.bus, task, code)
+        await delivery.ack()
+        self.log.info("task_ended", key=task.key, exit_code=code)
 
 
 async def run_worker(url: str, credentials: Credentials | None = None, *,
@@ -125,110 +190,36 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     log = structlog.get_logger("troupe.worker").bind(worker=name)
-    running: dict[str, _Running] = {}
-    slots = _Slots(concurrency)
-    stopping = anyio.Event()
     guard = Guard()  # the tasks die with this worker
     env = {**os.environ}  # read once: decoding os.environ costs on every task
     mine = {"TROUPE_WORKER": name, MARK_VAR: guard.mark}
     async with open_bus(url, credentials, name=f"troupe-worker {name}",
                         max_reconnect_attempts=-1) as bus, _closing(guard):
         await ensure_task_stream(bus)
-        tasks = TaskQueue(bus, queues, concurrency=concurrency, ack_wait=heartbeat * 6)
+        w = _Worker(bus, name=name, concurrency=concurrency, log=log, env=env, mine=mine)
+        tasks = w.tasks = TaskQueue(bus, queues, on_task=w.on_task, ack_wait=heartbeat * 6)
         await tasks.open()
         log.info("worker_ready", queues=queues, concurrency=concurrency)
         print(f"troupe worker {name} ready: queues {', '.join(queues)}, concurrency "
               f"{concurrency}, NATS at {url}", flush=True)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_listen_cancels, bus, running)
+            w.tg = tg
+            tg.start_soon(_listen_cancels, bus, w.running)
             me = WorkerAlive(event_id="", worker=name, host=socket.gethostname(), pid=os.getpid(),
                              queues=tuple(queues), concurrency=concurrency, started=time.time())
-            tg.start_soon(_say_alive, bus, me, running, heartbeat)
-            tg.start_soon(_listen_stop, bus, me, stopping)
-            tg.start_soon(_on_signals, stopping, running)
-            while not stopping.is_set():
-                if slots.free <= 0:
-                    await slots.wait()
-                    continue
-                for delivery in await tasks.take(slots.free, timeout=0.5):
-                    tg.start_soon(_run_task, bus, delivery, running, slots.hold(), log, name,
-                                  env, mine)
+            tg.start_soon(_say_alive, bus, me, w.running, heartbeat)
+            tg.start_soon(_listen_stop, bus, me, w.stopping)
+            tg.start_soon(_on_signals, w.stopping, w.running)
+            tg.start_soon(tasks.keep_asking)
+            await tasks.room(concurrency)
+            await w.stopping.wait()
             await tasks.close()
-            await _announce(bus, msgspec.structs.replace(me, stopping=True), running)
-            while slots.busy:  # finish what runs (a second signal kills it), and report it
-                await slots.wait()
+            await _announce(bus, msgspec.structs.replace(me, stopping=True), w.running)
+            while w.busy:  # finish what runs (a second signal kills it), and report it
+                await w.changed.wait()
             tg.cancel_scope.cancel()
     log.info("worker_stopped")
     print(f"troupe worker {name} stopped", flush=True)
-
-
-async def _run_task(bus: Bus, delivery: Delivery, running: dict[str, _Running], slot: _Slot,
-                    log: structlog.BoundLogger, name: str, env: dict[str, str],
-                    mine: dict[str, str]) -> None:
-    try:
-        await _take_task(bus, delivery, running, slot, log, name, env, mine)
-    finally:
-        slot.through()
-
-
-async def _take_task(bus: Bus, delivery: Delivery, running: dict[str, _Running], slot: _Slot,
-                     log: structlog.BoundLogger, name: str, env: dict[str, str],
-                     mine: dict[str, str]) -> None:
-    try:
-        task = BUS_DECODER.decode(delivery.data)
-    except Exception:  # noqa: BLE001 - a malformed task is dropped, never fatal
-        log.warning("task_malformed")
-        await delivery.ack()
-        return
-    if not isinstance(task, Task):
-        await delivery.ack()
-        return
-    pid_file = task.exit_file[: -len(".exit")] + ".pid"
-    try:  # the claim: one worker runs the attempt, once, and never after its cancel
-        fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:  # a redelivery, or cancelled while queued
-        # Not announced as running here: the engine's loss clock for the attempt must
-        # not be reset by a worker that does not run it.
-        if _claimed_by_engine(pid_file):
-            await _report(bus, task, _CLAIM_FAILED)
-        log.info("task_ended", key=task.key, exit_code=_CLAIM_FAILED, detail="claimed before")
-        await delivery.ack()
-        return
-    except OSError as exc:  # the workspace is gone: the step fails
-        await _not_started(bus, task, delivery, log, str(exc))
-        return
-    try:
-        os.write(fd, f"worker {name} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    try:
-        pid = start_task(task.script, cwd=task.workspace, stem=task.stem, append=task.merlin,
-                         env={**env, **task.env, **mine})
-    except OSError as exc:  # no such script, not executable...
-        await _not_started(bus, task, delivery, log, str(exc))
-        return
-    running[task.key] = _Running(task, pid, delivery)
-    log.info("task_started", key=task.key, pid=pid)
-    try:
-        code = None
-        with anyio.move_on_after(SAY_RUNNING_AFTER):
-            code = await wait_task(pid)
-        if code is None:  # it runs on: the engine marks it RUNNING, counts its heartbeats
-            try:
-                await bus.publish(task.report_subject, TasksAlive(
-                    event_id=new_event_id(), worker="", keys=(task.key,)))
-            except BusError:
-                pass
-            code = await wait_task(pid)
-    finally:
-        running.pop(task.key, None)
-        slot.give_back()  # the next pull may go out while this one is reported
-    # The claim first: a worker killed between the two leaves the outcome where the
-    # engine reads it before it calls the attempt lost (one append, no new file).
-    _write_exit(pid_file, code)
-    await _report(bus, task, code)
-    log.info("task_ended", key=task.key, exit_code=code)
-    await delivery.ack()
 
 
 @contextlib.asynccontextmanager
