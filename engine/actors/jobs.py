@@ -230,14 +230,21 @@ class JobShell:
     async def listen_reports(
         self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Hand the exit statuses that scheduler jobs push over NATS to the adapter."""
-        async with bus.subscribe(subjects.job_reports(self.study_id),
-                                 subjects.WORKERS_ALIVE) as reports:
-            task_status.started()
-            async for msg in reports:
+        """Hand the exit statuses that scheduler jobs and workers push over NATS to the
+        adapter, as they arrive (in the bus's delivery callback)."""
+
+        def heard(msg: object) -> None:
+            try:
                 if isinstance(msg, JobReported):
                     self.adapter.report(msg.exit_file, msg.exit_code)
                 elif isinstance(msg, TasksAlive):
                     self.adapter.alive(msg.keys)
                 elif isinstance(msg, WorkerAlive) and not msg.stopping:
                     self.adapter.serving(msg.queues)
+            except Exception:  # noqa: BLE001 - said, never lost in the bus's callback
+                self._log.exception("report_not_handled", message=type(msg).__name__)
+
+        async with bus.handle(subjects.job_reports(self.study_id), subjects.WORKERS_ALIVE,
+                              handler=heard):
+            task_status.started()
+            await anyio.sleep_forever()
