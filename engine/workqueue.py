@@ -267,6 +267,7 @@ class TaskQueue:
         # A task, on its own subject: it used up one task of the oldest request on its queue
         # (which of them the server filled does not matter: they are counted together).
         queue = self._by_subject.get(msg.subject)
+        self._room -= 1  # (until the worker says how much room it has again)
         for rid, ask in self._asks.items():
             if ask.queue == queue:
                 self._next = queue  # a queue with work: asked first again

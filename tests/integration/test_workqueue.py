@@ -54,6 +54,7 @@ async def test_a_worker_asks_for_no_more_tasks_than_it_has_room_for(nats_server:
         await _put(bus, "q", 5)
         await tasks.room(2)
         await _until(lambda: len(got) == 2)
+        await tasks._ask()  # what keep_asking does now and then: no more room, no request
         await bus.flush()
         info = await bus.jetstream.consumer_info(TASKS_STREAM, _durable("q"))
         # Two delivered, three still queued, and no request of ours left waiting.
