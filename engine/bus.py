@@ -170,7 +170,6 @@ class Bus(DurableEvents):
         The subscriptions are removed (shielded) when the context exits.
         """
         send, recv = anyio.create_memory_object_stream[bytes](math.inf)
-        subs = []
 
         async def deliver(msg: Msg) -> None:
             send.send_nowait(msg.data)
@@ -184,19 +183,11 @@ class Bus(DurableEvents):
 
         self._on_closed.append(closed)
         try:
-            for subject in subjects:
-                subs.append(await self._nc.subscribe(
-                    subject, cb=deliver, pending_msgs_limit=10_000_000,
-                    pending_bytes_limit=1 << 30))
-            await self._nc.flush()
-            yield messages()
+            async with self._subscribed(subjects, deliver):
+                yield messages()
         finally:
             self._on_closed.remove(closed)
             send.close()
-            with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    with contextlib.suppress(NatsError):  # (closed: gone with it)
-                        await sub.unsubscribe()
 
     @asynccontextmanager
     async def handle(self, *subjects: str,
@@ -205,7 +196,6 @@ class Bus(DurableEvents):
         callback itself (no task in between: a worker's report reaches its job one task
         switch sooner than through ``subscribe``); a message that does not decode is
         dropped. Unsubscribed (shielded) when the context exits."""
-        subs = []
 
         async def deliver(msg: Msg) -> None:
             try:
@@ -214,6 +204,15 @@ class Bus(DurableEvents):
                 return  # not one of ours: nothing to tell
             handler(decoded)
 
+        async with self._subscribed(subjects, deliver):
+            yield
+
+    @asynccontextmanager
+    async def _subscribed(self, subjects: tuple[str, ...],
+                          deliver: Callable[[Msg], Awaitable[None]]) -> AsyncIterator[None]:
+        """Subscribe ``deliver`` to each of ``subjects`` (flushed: the server knows of
+        them on entry); unsubscribe, shielded, on exit."""
+        subs = []
         try:
             for subject in subjects:
                 subs.append(await self._nc.subscribe(

@@ -139,14 +139,20 @@ class DurableEvents:
         old = self._acks.get(msg_id, (None,))[0]
         if old is not None:  # replaced by this re-send: nats-py holds one of 4,000 permits
             old.cancel()  # per future, and a lost ack would never give it back
+        fut = await self._with_ack(msg_id, subject, payload)  # (None: _check_acks re-sends)
+        self._acks[msg_id] = (fut, time.monotonic(), self._epoch())
+
+    async def _with_ack(self, msg_id: str, subject: str,
+                        payload: bytes) -> asyncio.Future[Any] | None:
+        """Publish with an acknowledgement to come; None: it could not even be sent."""
         try:
             fut = await self._js.publish_async(subject, payload, wait_stall=_STALL,
                                                headers={"Nats-Msg-Id": msg_id})
-            fut.add_done_callback(_retrieved)
         except (NatsError, JetStreamError) as exc:
-            fut = None  # _check_acks asks for a re-send
             self._last_publish_error = str(exc)
-        self._acks[msg_id] = (fut, time.monotonic(), self._epoch())
+            return None
+        fut.add_done_callback(_retrieved)
+        return fut
 
     def _epoch(self) -> int:
         return int(self._nc.stats.get("reconnects", 0))
@@ -158,13 +164,7 @@ class DurableEvents:
             self._last_publish_error, self._resend = str(exc), True
 
     async def _send_fence(self, msg_id: str, subject: str, payload: bytes) -> None:
-        try:
-            fut = await self._js.publish_async(subject, payload, wait_stall=_STALL,
-                                               headers={"Nats-Msg-Id": msg_id})
-            fut.add_done_callback(_retrieved)
-        except (NatsError, JetStreamError) as exc:
-            fut = None  # _check_fence asks for a re-send
-            self._last_publish_error = str(exc)
+        fut = await self._with_ack(msg_id, subject, payload)  # (None: _check_fence re-sends)
         self._fence = (msg_id, fut, time.monotonic(), self._epoch())
 
     async def _resend_pending(self) -> None:
