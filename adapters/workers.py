@@ -285,9 +285,11 @@ def _read_exit(exit_file: str) -> int | None:
 
 
 def _claimed(exit_file: str) -> bool:
-    """A worker claimed the attempt (its pid file exists, and is not the engine's)."""
+    """A worker claimed the attempt: its pid file exists and is not the engine's. An
+    empty one counts: its worker died between creating it and writing its name (the
+    engine writes its own claim in the same turn as it creates it)."""
     try:
-        return Path(exit_file[: -len(".exit")] + ".pid").read_text() not in ("", CANCELLED)
+        return Path(exit_file[: -len(".exit")] + ".pid").read_text() != CANCELLED
     except OSError:
         return False
 

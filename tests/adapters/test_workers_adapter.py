@@ -99,11 +99,14 @@ async def test_an_attempt_whose_worker_fell_silent_is_lost(
     assert JobOutcome.NODE_FAIL == result.outcome  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("claim", [f"worker w1 {os.getpid()}\n", ""],
+                         ids=["named", "empty: killed between creating and naming it"])
 async def test_a_claimed_attempt_whose_worker_never_said_it_runs_is_lost(
-        adapter: WorkersAdapter, queued: list[Task], clock: Clock, tmp_path: Path) -> None:
+        adapter: WorkersAdapter, queued: list[Task], clock: Clock, tmp_path: Path,
+        claim: str) -> None:
     handle = await adapter.submit(request(make_step(tmp_path, "s", "true")))
     pid_file = queued[0].exit_file[: -len(".exit")] + ".pid"
-    Path(pid_file).write_text(f"{os.getpid()}\n")  # the wrapper claimed; its worker died
+    Path(pid_file).write_text(claim)  # a worker claimed it, then died
     result = await _lost_after_silence(adapter, clock, handle)
     assert JobOutcome.NODE_FAIL == result.outcome  # type: ignore[attr-defined]
 
