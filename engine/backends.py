@@ -121,13 +121,14 @@ def make_backends(
 def _workers(bus: Bus, local: LocalAdapter, study_id: str, env: dict[str, str],
              kill_grace: float, lost_after: float) -> Adapter:
     from adapters.workers import WorkersAdapter
+    from engine.bus import placed
     from engine.workqueue import anchor_task_stream, ensure_task_stream, publish_task
 
     ready: list[bool] = []
 
     async def queue_task(queue: str, payload: bytes, key: str) -> None:
         if not ready:
-            await ensure_task_stream(bus)
+            await placed(lambda: ensure_task_stream(bus))
             await anchor_task_stream(bus)
             ready.append(True)
         await publish_task(bus, queue, payload, key=key)

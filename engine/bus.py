@@ -14,8 +14,10 @@ import contextlib
 import errno
 import math
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import anyio
 import msgspec
@@ -28,12 +30,14 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from engine.busevents import DurableEvents
-from engine.errors import BusError
+from engine.errors import BusError, StoreError
 from engine.kvbucket import KeyValueBucket, store_errors
 from engine.messages import (BUS_DECODER, ENCODER, AnyBusMessage, BusMessage, ControlReply,
                              new_event_id)
 
-__all__ = ["Bus", "Credentials", "KeyValueBucket", "open_bus"]
+__all__ = ["Bus", "Credentials", "KeyValueBucket", "open_bus", "placed"]
+
+T = TypeVar("T")
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
@@ -297,6 +301,21 @@ def _transient(exc: Exception) -> bool:
             isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
         return False
     return isinstance(exc, (OSError, TimeoutError, NatsError))
+
+
+async def placed(make: Callable[[], Awaitable[T]], patience: float = 30.0) -> T:
+    """``make()`` (a stream, a bucket, a consumer to create), asked again for up to
+    ``patience`` seconds while the cluster has no room for its replicas yet ("no
+    suitable peers for placement": a server of a cluster just started, or restarted, has
+    not joined its JetStream group yet); any other refusal is raised at once."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await make()
+        except (BusError, StoreError) as exc:
+            if "no suitable peers" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await anyio.sleep(0.5)
 
 
 @asynccontextmanager

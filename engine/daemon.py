@@ -20,19 +20,17 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 import structlog
 
 from engine import subjects
-from engine.bus import Credentials, open_bus
-from engine.errors import BusError, StoreError
+from engine.bus import Credentials, open_bus, placed
+from engine.errors import BusError
 from engine.natsserver import open_embedded_server, reload_users
 from engine.service import EngineService
 from engine.authz import NatsUser, job_user, role_users
@@ -40,23 +38,6 @@ from engine.statedir import check_state_dir, load_credentials, lock_state_dir, w
 from engine.store import Store
 
 __all__ = ["serve_forever"]
-
-T = TypeVar("T")
-
-
-async def _placed(make: Callable[[], Awaitable[T]], patience: float = 30.0) -> T:
-    """``make()``, asked again for up to ``patience`` seconds while the cluster has no
-    room for its replicas yet ("no suitable peers for placement": a server of a cluster
-    just started, or restarted, has not joined its JetStream group yet)."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return await make()
-        except (BusError, StoreError) as exc:
-            if "no suitable peers" not in str(exc) or time.monotonic() > deadline:
-                raise
-        await anyio.sleep(0.5)
-
 
 def _engine_id(state_dir: Path) -> str:
     """This engine's id, kept in ``<state dir>/engine.id``: the same engine restarted on
@@ -124,10 +105,10 @@ async def serve_forever(
             open_bus(url, creds, name="troupe-engine", max_reconnect_attempts=-1))
         # On a cluster of 3 or more, the stream and the buckets keep 3 copies.
         replicas = 3 if bus.cluster_size() >= 3 else 1
-        if not await _placed(lambda: bus.ensure_stream(
+        if not await placed(lambda: bus.ensure_stream(
                 subjects.EVENTS_STREAM, [subjects.all_events()], replicas=replicas)):
             raise BusError(f"the NATS server at {url} has no JetStream; serve needs it", url)
-        store = await _placed(lambda: Store.open(bus, replicas=replicas))
+        store = await placed(lambda: Store.open(bus, replicas=replicas))
         service = EngineService(bus, store, drain_timeout=drain_timeout, max_running=max_running,
                                 worker=_engine_id(state_dir),
                                 job_credentials=job_credentials)

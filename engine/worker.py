@@ -37,7 +37,7 @@ import structlog
 
 from adapters.descendants import JOB_KEY_VAR, kill_marked
 from engine import subjects
-from engine.bus import Bus, Credentials, open_bus
+from engine.bus import Bus, Credentials, open_bus, placed
 from engine.errors import BusError
 from engine.messages import (
     BUS_DECODER,
@@ -195,10 +195,10 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
     mine = {"TROUPE_WORKER": name, MARK_VAR: guard.mark}
     async with open_bus(url, credentials, name=f"troupe-worker {name}",
                         max_reconnect_attempts=-1) as bus, _closing(guard):
-        await ensure_task_stream(bus)
+        await placed(lambda: ensure_task_stream(bus))  # (a cluster still forming: wait)
         w = _Worker(bus, name=name, concurrency=concurrency, log=log, env=env, mine=mine)
         tasks = w.tasks = TaskQueue(bus, queues, on_task=w.on_task, ack_wait=heartbeat * 6)
-        await tasks.open()
+        await placed(tasks.open)
         log.info("worker_ready", queues=queues, concurrency=concurrency)
         print(f"troupe worker {name} ready: queues {', '.join(queues)}, concurrency "
               f"{concurrency}, NATS at {url}", flush=True)

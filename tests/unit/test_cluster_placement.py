@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.daemon import _placed
+from engine.bus import placed as _placed
 from engine.errors import BusError, StoreError
 
 PEER_OFFLINE = "cannot create stream TROUPE_EVENTS: nats: BadRequestError: code=400 " \
