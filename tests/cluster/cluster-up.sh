@@ -70,6 +70,7 @@ for attempt in 1 2 3; do
         i=$((i + 1))
     done
     echo "cluster-up: no JetStream meta leader after 30 s" >&2
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done  # (nothing left running)
     exit 1
 done
 echo "cluster-up: the cluster could not start in three attempts" >&2
