@@ -39,6 +39,7 @@ from engine.store import Store
 
 __all__ = ["serve_forever"]
 
+
 def _engine_id(state_dir: Path) -> str:
     """This engine's id, kept in ``<state dir>/engine.id``: the same engine restarted on
     its state directory resumes its own studies at once (``engine.service``)."""

@@ -2,9 +2,9 @@
 
 A worker pulls from its queues (``engine.workqueue``: one durable consumer per queue,
 shared by every worker of the queue), at most ``concurrency`` tasks at a time, and starts
-each in the delivery callback itself. For each task it first claims the attempt (creates ``.troupe.<attempt>.pid`` exclusively: an
-attempt runs once, even if the task is delivered twice, and never after the engine
-cancelled it while queued), then starts the task's script in its workspace, in a session
+each in the delivery callback itself. For each task it first claims the attempt
+(creates ``.troupe.<attempt>.pid`` exclusively: an attempt runs once, even if the task
+is delivered twice, and never after the engine cancelled it while queued), then starts the task's script in its workspace, in a session
 of its own, with its output in Maestro's (or Merlin's) files (``engine.taskproc``:
 ``posix_spawn``, a pidfd to wait). A guard process kills what the worker started if the
 worker dies: a task never outlives its worker, so an attempt the engine finds lost
@@ -118,7 +118,7 @@ class _Worker:
             self.changed.set()
             self.changed = anyio.Event()
         if not self.stopping.is_set() and self.tasks is not None:
-            await self.tasks.room(self.free)  # (goes out with the report, in one write)
+            await self.tasks.ask()  # (goes out with the report, in one write)
 
     def _start(self, delivery: Delivery) -> Coroutine[Any, Any, None]:
         """Claim the attempt and start its process; return what finishes the task."""
@@ -197,7 +197,8 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
                         max_reconnect_attempts=-1) as bus, _closing(guard):
         await placed(lambda: ensure_task_stream(bus))  # (a cluster still forming: wait)
         w = _Worker(bus, name=name, concurrency=concurrency, log=log, env=env, mine=mine)
-        tasks = w.tasks = TaskQueue(bus, queues, on_task=w.on_task, ack_wait=heartbeat * 6)
+        tasks = w.tasks = TaskQueue(bus, queues, on_task=w.on_task, free=lambda: w.free,
+                                    ack_wait=heartbeat * 6)
         await placed(tasks.open)
         log.info("worker_ready", queues=queues, concurrency=concurrency)
         print(f"troupe worker {name} ready: queues {', '.join(queues)}, concurrency "
@@ -211,7 +212,7 @@ async def run_worker(url: str, credentials: Credentials | None = None, *,
             tg.start_soon(_listen_stop, bus, me, w.stopping)
             tg.start_soon(_on_signals, w.stopping, w.running)
             tg.start_soon(tasks.keep_asking)
-            await tasks.room(concurrency)
+            await tasks.ask()
             await w.stopping.wait()
             await tasks.close()
             await _announce(bus, msgspec.structs.replace(me, stopping=True), w.running)

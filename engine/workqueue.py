@@ -155,8 +155,9 @@ class _Ask:
 class TaskQueue:
     """This worker's pull requests on its queues' consumers.
 
-    The worker says how many tasks it can take now (``room``); the queue keeps exactly
-    that many asked for, in pull requests of its own (``$JS.API.CONSUMER.MSG.NEXT``),
+    ``free()`` is how many more tasks the worker can take now (its own count: the queue
+    keeps none); the queue keeps exactly that many asked for (``ask``, called when a slot
+    is given back), in pull requests of its own (``$JS.API.CONSUMER.MSG.NEXT``),
     each answered on a subject of a private inbox, and hands every task to ``on_task``
     in the delivery callback itself, with no task or fetch in between (a chain's next
     step starts a few tenths of a millisecond sooner). A request lasts ``EXPIRES``
@@ -168,16 +169,17 @@ class TaskQueue:
     """Seconds a pull request waits on its queue (then the next queue is asked)."""
 
     def __init__(self, bus: Bus, queues: Iterable[str], *,
-                 on_task: Callable[[Delivery], None], ack_wait: float = 30.0) -> None:
+                 on_task: Callable[[Delivery], None], free: Callable[[], int],
+                 ack_wait: float = 30.0) -> None:
         self._bus = bus
         self._queues = list(queues)
         self._on_task = on_task
+        self._free = free
         self._ack_wait = ack_wait
         self._sub: Subscription | None = None
         self._inbox = ""
         self._asks: dict[str, _Ask] = {}  # by request id, oldest first
         self._by_subject = {subjects.tasks(q): i for i, q in enumerate(self._queues)}
-        self._room = 0
         self._next = 0  # the queue asked first
         self._seq = 0
 
@@ -209,17 +211,11 @@ class TaskQueue:
         """Take no more tasks (the server drops the requests no one listens to any more;
         the consumers stay, for the other workers and the next start)."""
         sub, self._sub = self._sub, None
-        self._room = 0
         if sub is not None:
             try:
                 await sub.unsubscribe()
             except (NatsError, JetStreamError):
                 pass
-
-    async def room(self, free: int) -> None:
-        """The worker can take ``free`` more tasks now: ask for what is not asked yet."""
-        self._room = free
-        await self._ask()
 
     async def keep_asking(self, every: float = 0.25) -> None:
         """Run forever: give up the requests the server forgot, and ask again."""
@@ -228,10 +224,11 @@ class TaskQueue:
             now = time.monotonic()
             for rid in [rid for rid, ask in self._asks.items() if ask.lost_at < now]:
                 del self._asks[rid]
-            await self._ask()
+            await self.ask()
 
-    async def _ask(self) -> None:
-        want = self._room - sum(ask.left for ask in self._asks.values())
+    async def ask(self) -> None:
+        """Ask for as many tasks as the worker has room for and are not asked yet."""
+        want = self._free() - sum(ask.left for ask in self._asks.values())
         if want <= 0 or self._sub is None:
             return
         # Several queues and room for several tasks: one request per queue, from the
@@ -262,12 +259,11 @@ class TaskQueue:
             if ask is not None and status == "408":  # expired empty: the next queue first
                 if ask.queue == self._next:
                     self._next = (ask.queue + 1) % len(self._queues)
-                await self._ask()
+                await self.ask()
             return  # (any other status: keep_asking asks again, a moment later)
         # A task, on its own subject: it used up one task of the oldest request on its queue
         # (which of them the server filled does not matter: they are counted together).
         queue = self._by_subject.get(msg.subject)
-        self._room -= 1  # (until the worker says how much room it has again)
         for rid, ask in self._asks.items():
             if ask.queue == queue:
                 self._next = queue  # a queue with work: asked first again

@@ -24,12 +24,25 @@ from engine.workqueue import (
 )
 
 
+class _Slots:
+    """The worker's side: its free slots (the queue's only count of its room), one taken
+    by each task delivered."""
+
+    def __init__(self) -> None:
+        self.free = 0
+        self.got: list[Delivery] = []
+
+    def take(self, delivery: Delivery) -> None:
+        self.free -= 1
+        self.got.append(delivery)
+
+
 @asynccontextmanager
-async def _queue(url: str, queues: list[str], got: list[Delivery]) -> AsyncIterator[
+async def _queue(url: str, queues: list[str], slots: _Slots) -> AsyncIterator[
         tuple[Bus, TaskQueue]]:
     async with open_bus(url) as bus:
         await ensure_task_stream(bus)
-        tasks = TaskQueue(bus, queues, on_task=got.append)
+        tasks = TaskQueue(bus, queues, on_task=slots.take, free=lambda: slots.free)
         await tasks.open()
         try:
             yield bus, tasks
@@ -49,29 +62,34 @@ async def _put(bus: Bus, queue: str, n: int, tag: str = "t") -> None:
 
 
 async def test_a_worker_asks_for_no_more_tasks_than_it_has_room_for(nats_server: str) -> None:
-    got: list[Delivery] = []
-    async with _queue(nats_server, ["q"], got) as (bus, tasks):
+    slots = _Slots()
+    got = slots.got
+    async with _queue(nats_server, ["q"], slots) as (bus, tasks):
         await _put(bus, "q", 5)
-        await tasks.room(2)
+        slots.free = 2
+        await tasks.ask()
         await _until(lambda: len(got) == 2)
-        await tasks._ask()  # what keep_asking does now and then: no more room, no request
+        await tasks.ask()  # what keep_asking does now and then: no more room, no request
         await bus.flush()
         info = await bus.jetstream.consumer_info(TASKS_STREAM, _durable("q"))
         # Two delivered, three still queued, and no request of ours left waiting.
         assert (info.num_ack_pending, info.num_pending, info.num_waiting) == (2, 3, 0)
         for delivery in got:
             await delivery.ack()
-        await tasks.room(3)  # room for three more: the rest comes
+        slots.free += 3  # room for three more: the rest comes
+        await tasks.ask()
         await _until(lambda: len(got) == 5)
         assert sorted(d.data for d in got) == [b"t0", b"t1", b"t2", b"t3", b"t4"]
 
 
 async def test_an_expired_request_is_made_again_and_its_task_still_comes(
         nats_server: str) -> None:
-    got: list[Delivery] = []
-    async with _queue(nats_server, ["q"], got) as (bus, tasks):
+    slots = _Slots()
+    got = slots.got
+    async with _queue(nats_server, ["q"], slots) as (bus, tasks):
         tasks.EXPIRES = 0.1
-        await tasks.room(1)
+        slots.free = 1
+        await tasks.ask()
         first = tasks._seq
         await _until(lambda: tasks._seq >= first + 2)  # expired twice, asked again each time
         await _put(bus, "q", 1)
@@ -81,27 +99,32 @@ async def test_an_expired_request_is_made_again_and_its_task_still_comes(
 
 async def test_a_worker_of_two_queues_takes_tasks_from_the_second_one_too(
         nats_server: str) -> None:
-    got: list[Delivery] = []
-    async with _queue(nats_server, ["a", "b"], got) as (bus, tasks):
+    slots = _Slots()
+    got = slots.got
+    async with _queue(nats_server, ["a", "b"], slots) as (bus, tasks):
         tasks.EXPIRES = 0.1
-        await tasks.room(1)  # one slot: its request goes to "a" first
+        slots.free = 1  # one slot: its request goes to "a" first
+        await tasks.ask()
         await _put(bus, "b", 1, tag="b")
         await _until(lambda: len(got) == 1)  # "a" expired empty: "b" was asked
         await got[0].ack()
         await _put(bus, "a", 1, tag="a")
-        await tasks.room(1)
+        slots.free += 1
+        await tasks.ask()
         await _until(lambda: len(got) == 2)
         assert [d.data for d in got] == [b"b0", b"a0"]
 
 
 async def test_a_request_the_server_forgot_is_given_up_and_made_again(
         nats_server: str) -> None:
-    got: list[Delivery] = []
-    async with _queue(nats_server, ["q"], got) as (bus, tasks), \
+    slots = _Slots()
+    got = slots.got
+    async with _queue(nats_server, ["q"], slots) as (bus, tasks), \
             anyio.create_task_group() as tg:
         # As after a reconnect: the books show a request the server no longer has.
         tasks._asks["lost"] = _Ask(0, 1, time.monotonic() + 0.2)
-        await tasks.room(1)
+        slots.free = 1
+        await tasks.ask()
         assert tasks._seq == 0  # nothing asked: the lost request seems to cover it
         tg.start_soon(tasks.keep_asking, 0.05)
         await _put(bus, "q", 1)
